@@ -1,0 +1,398 @@
+//! PostgreSQL pools: a write pool on the primary and a read pool on the replica (or the primary).
+//!
+//! deadpool-postgres has no minimum size, no maximum lifetime and waits forever by default; [`Db`]
+//! adds all three: it opens `pool_min` connections at start and keeps them open, retires
+//! connections older than `max_lifetime`, and bounds every wait and every query. Every query goes
+//! through a helper that names its operation, caches the prepared statement and logs it when it is
+//! slower than `SLOW_QUERY_MS`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Transaction,
+};
+use futures::future::BoxFuture;
+use serde::Serialize;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{DbConfig, PgEndpoint};
+use crate::metrics::{self, PoolName};
+
+/// A database operation failed; every variant names the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("{op}: no connection from the {pool} pool: {source}")]
+    Pool {
+        op: &'static str,
+        pool: &'static str,
+        #[source]
+        source: PoolError,
+    },
+    #[error("{op}: {source}")]
+    Query {
+        op: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{op}: no answer within {timeout:?}")]
+    Timeout { op: &'static str, timeout: Duration },
+    #[error("{op}: {message}")]
+    Other { op: &'static str, message: String },
+}
+
+impl DbError {
+    pub fn query(op: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        move |source| DbError::Query { op, source }
+    }
+
+    /// The SQLSTATE code when PostgreSQL itself refused the statement.
+    pub fn sql_state(&self) -> Option<&str> {
+        match self {
+            DbError::Query { source, .. } => source.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+
+    /// True when the server cancelled the statement for running past `statement_timeout`.
+    pub fn is_statement_timeout(&self) -> bool {
+        self.sql_state() == Some("57014")
+    }
+
+    /// True for failures worth retrying as they are: the connection or the server was unavailable,
+    /// or a serialization conflict or resource limit was hit. Data errors are not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DbError::Pool { .. } | DbError::Timeout { .. } => true,
+            DbError::Query { source, .. } => match source.code() {
+                None => true,
+                Some(code) => {
+                    let c = code.code();
+                    // 08: connection, 40: serialization/deadlock, 53: resources, 57: operator
+                    // intervention (shutdown, cancel), 55P03: lock not available.
+                    c.starts_with("08")
+                        || c.starts_with("40")
+                        || c.starts_with("53")
+                        || c.starts_with("57")
+                        || c == "55P03"
+                }
+            },
+            DbError::Other { .. } => false,
+        }
+    }
+}
+
+/// What the health check reports for one pool (the original `healthCheck()` fields).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PoolHealth {
+    pub pool: &'static str,
+    pub reachable: bool,
+    pub size: usize,
+    pub idle: usize,
+    pub waiting: usize,
+    pub max: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One pool with its limits.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<DbInner>,
+}
+
+struct DbInner {
+    pool: Pool,
+    name: PoolName,
+    min: usize,
+    max_lifetime: Duration,
+    query_timeout: Duration,
+    slow_query: Duration,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("name", &self.inner.name)
+            .field("status", &self.inner.pool.status())
+            .finish()
+    }
+}
+
+/// The two pools of a daemon. `read` is a clone of `write`'s endpoint when no replica is set,
+/// but always a pool of its own so reads never starve writes.
+#[derive(Clone, Debug)]
+pub struct Pools {
+    pub write: Db,
+    pub read: Db,
+}
+
+impl Pools {
+    pub fn new(config: &DbConfig) -> Result<Self, DbError> {
+        Ok(Self {
+            write: Db::new(&config.primary, config, PoolName::Write)?,
+            read: Db::new(&config.read_endpoint(), config, PoolName::Read)?,
+        })
+    }
+
+    pub async fn health(&self) -> Vec<PoolHealth> {
+        let (w, r) = futures::join!(self.write.health(), self.read.health());
+        vec![w, r]
+    }
+}
+
+/// The tokio-postgres settings of an endpoint: server-side statement timeout, connect timeout,
+/// keepalives and an application name that shows in `pg_stat_activity`.
+pub fn pg_config(ep: &PgEndpoint, config: &DbConfig) -> tokio_postgres::Config {
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&ep.host)
+        .port(ep.port)
+        .dbname(&ep.dbname)
+        .user(&ep.user)
+        .password(ep.password.expose())
+        .application_name("sluice")
+        .connect_timeout(config.connect_timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(60))
+        .options(format!(
+            "-c statement_timeout={} -c timezone=UTC",
+            config.statement_timeout.as_millis()
+        ));
+    pg
+}
+
+impl Db {
+    /// Builds the pool without connecting; call [`Db::warm`] to open the minimum.
+    pub fn new(ep: &PgEndpoint, config: &DbConfig, name: PoolName) -> Result<Self, DbError> {
+        let mgr = Manager::from_config(
+            pg_config(ep, config),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(ep.pool_max)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.acquire_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| DbError::Other {
+                op: "build pool",
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            inner: Arc::new(DbInner {
+                pool,
+                name,
+                min: ep.pool_min.min(ep.pool_max),
+                max_lifetime: config.max_lifetime,
+                query_timeout: config.statement_timeout + Duration::from_secs(1),
+                slow_query: config.slow_query,
+            }),
+        })
+    }
+
+    pub fn name(&self) -> PoolName {
+        self.inner.name
+    }
+
+    pub fn status(&self) -> deadpool_postgres::Status {
+        self.inner.pool.status()
+    }
+
+    /// Opens connections until the pool holds its minimum. Fails when the server is unreachable.
+    pub async fn warm(&self) -> Result<(), DbError> {
+        let missing = self.inner.min.saturating_sub(self.status().size);
+        let conns = futures::future::join_all((0..missing).map(|_| self.get("warm pool"))).await;
+        // Holding them all at once forces distinct connections; dropping returns them idle.
+        let held: Vec<Object> = conns.into_iter().collect::<Result<_, _>>()?;
+        drop(held);
+        Ok(())
+    }
+
+    /// A connection from the pool, waiting at most the acquire timeout.
+    pub async fn get(&self, op: &'static str) -> Result<Object, DbError> {
+        self.inner.pool.get().await.map_err(|source| DbError::Pool {
+            op,
+            pool: self.inner.name.as_str(),
+            source,
+        })
+    }
+
+    /// Runs a statement through the prepared-statement cache, bounded and timed.
+    pub async fn query(
+        &self,
+        op: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, DbError> {
+        let client = self.get(op).await?;
+        self.timed(op, async {
+            let stmt = client.prepare_cached(sql).await?;
+            client.query(&stmt, params).await
+        })
+        .await
+    }
+
+    pub async fn query_one(
+        &self,
+        op: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, DbError> {
+        let client = self.get(op).await?;
+        self.timed(op, async {
+            let stmt = client.prepare_cached(sql).await?;
+            client.query_one(&stmt, params).await
+        })
+        .await
+    }
+
+    pub async fn execute(
+        &self,
+        op: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, DbError> {
+        let client = self.get(op).await?;
+        self.timed(op, async {
+            let stmt = client.prepare_cached(sql).await?;
+            client.execute(&stmt, params).await
+        })
+        .await
+    }
+
+    /// Runs `f` inside a transaction: committed when it returns `Ok`, rolled back otherwise.
+    pub async fn transaction<T, F>(&self, op: &'static str, f: F) -> Result<T, DbError>
+    where
+        T: Send,
+        F: for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<T, DbError>>,
+    {
+        let mut client = self.get(op).await?;
+        let started = Instant::now();
+        let tx = client.transaction().await.map_err(DbError::query(op))?;
+        let out = match tokio::time::timeout(self.inner.query_timeout, f(&tx)).await {
+            Ok(out) => out,
+            Err(_) => Err(DbError::Timeout {
+                op,
+                timeout: self.inner.query_timeout,
+            }),
+        };
+        match out {
+            Ok(v) => {
+                tx.commit().await.map_err(DbError::query(op))?;
+                self.note_duration(op, started.elapsed());
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Bounds `fut` by the query timeout and logs it when slow.
+    pub async fn timed<T>(
+        &self,
+        op: &'static str,
+        fut: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, DbError> {
+        let started = Instant::now();
+        let out = tokio::time::timeout(self.inner.query_timeout, fut).await;
+        self.note_duration(op, started.elapsed());
+        match out {
+            Ok(r) => r.map_err(DbError::query(op)),
+            Err(_) => Err(DbError::Timeout {
+                op,
+                timeout: self.inner.query_timeout,
+            }),
+        }
+    }
+
+    fn note_duration(&self, op: &'static str, elapsed: Duration) {
+        if elapsed >= self.inner.slow_query {
+            metrics::slow_query();
+            tracing::warn!(
+                op,
+                pool = self.inner.name.as_str(),
+                duration_ms = elapsed.as_millis() as u64,
+                "Slow query."
+            );
+        }
+    }
+
+    /// Reachability (a `SELECT 1` through the pool) and the pool's counts.
+    pub async fn health(&self) -> PoolHealth {
+        let probe = async {
+            let c = self.get("health check").await?;
+            self.timed("health check", c.simple_query("SELECT 1"))
+                .await
+                .map(|_| ())
+        };
+        let result = tokio::time::timeout(Duration::from_secs(5), probe).await;
+        let error = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("health check timed out after 5s".to_owned()),
+        };
+        let s = self.status();
+        self.export_gauges();
+        PoolHealth {
+            pool: self.inner.name.as_str(),
+            reachable: error.is_none(),
+            size: s.size,
+            idle: s.available,
+            waiting: s.waiting,
+            max: s.max_size,
+            error,
+        }
+    }
+
+    /// Publishes `sluice_db_pool_connections{pool,state}`.
+    pub fn export_gauges(&self) {
+        let s = self.status();
+        let name = self.inner.name;
+        metrics::pool_connections(name, "total", s.size);
+        metrics::pool_connections(name, "idle", s.available);
+        metrics::pool_connections(name, "active", s.size.saturating_sub(s.available));
+        metrics::pool_connections(name, "waiting", s.waiting);
+        metrics::pool_connections(name, "max", s.max_size);
+    }
+
+    /// Closes idle connections older than the maximum lifetime; busy ones are retired on a
+    /// later pass, after they come back.
+    pub fn retire_old(&self) -> usize {
+        let max = self.inner.max_lifetime;
+        self.inner.pool.retain(|_, m| m.age() < max).removed.len()
+    }
+
+    /// Every `every`: retire old connections, re-open the minimum, export the gauges.
+    pub fn spawn_upkeep(&self, every: Duration, stop: CancellationToken) {
+        let db = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => return,
+                }
+                let retired = db.retire_old();
+                if retired > 0 {
+                    tracing::debug!(
+                        retired,
+                        pool = db.inner.name.as_str(),
+                        "Retired old connections."
+                    );
+                }
+                if let Err(e) = db.warm().await {
+                    tracing::warn!(error = %e, "Cannot keep the pool's minimum open.");
+                }
+                db.export_gauges();
+            }
+        });
+    }
+}

@@ -1,0 +1,22 @@
+//! Code shared by the three Sluice daemons.
+//!
+//! - [`config`]: typed configuration read once from the environment.
+//! - [`secret`]: strings that never print themselves.
+//! - [`telemetry`]: log set-up (plain or JSON).
+//! - [`metrics`]: every metric name, its helper, and the Prometheus recorder.
+//! - [`ops`]: the `/metrics`, `/healthz`, `/readyz` endpoint each daemon serves.
+//! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
+//! - [`db`]: the write and read PostgreSQL pools, bounded, timed and health-checked.
+//! - [`schema`]: embedded migrations, the migration runner, partitions and the version check.
+//! - [`testing`]: for tests only: per-test databases cloned from a migrated template.
+
+pub mod config;
+pub mod db;
+pub mod metrics;
+pub mod ops;
+pub mod schema;
+pub mod secret;
+pub mod shutdown;
+pub mod telemetry;
+
+pub mod testing;

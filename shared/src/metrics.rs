@@ -1,0 +1,214 @@
+//! Metric names, their helpers and the Prometheus recorder.
+//!
+//! Every metric of every daemon is named here and recorded through a helper, so names stay
+//! consistent and label values come only from the small fixed sets below (no app ids, no event
+//! names: a label must never carry an unbounded value).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const EVENTS_ACCEPTED: &str = "sluice_events_accepted_total";
+pub const EVENTS_REJECTED: &str = "sluice_events_rejected_total";
+pub const EVENTS_WRITTEN: &str = "sluice_events_written_total";
+pub const DEAD_LETTER: &str = "sluice_dead_letter_total";
+pub const QUEUE_LAG: &str = "sluice_queue_lag_events";
+pub const BATCH_SIZE: &str = "sluice_batch_size";
+pub const COPY_DURATION: &str = "sluice_copy_duration_seconds";
+pub const MAINTENANCE_RUNS: &str = "sluice_maintenance_runs_total";
+pub const DB_POOL_CONNECTIONS: &str = "sluice_db_pool_connections";
+pub const CACHE_HITS: &str = "sluice_cache_hits_total";
+pub const CACHE_MISSES: &str = "sluice_cache_misses_total";
+pub const SLOW_QUERIES: &str = "sluice_db_slow_queries_total";
+pub const BUILD_INFO: &str = "sluice_build_info";
+
+/// The pools a daemon may hold, as label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolName {
+    Write,
+    Read,
+}
+
+impl PoolName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolName::Write => "write",
+            PoolName::Read => "read",
+        }
+    }
+}
+
+/// Which daemon is recording; decides which metrics it exports from start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daemon {
+    Gateway,
+    Writer,
+    Maintenance,
+}
+
+impl Daemon {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Daemon::Gateway => "ingest-gateway",
+            Daemon::Writer => "batch-writer",
+            Daemon::Maintenance => "maintenance-worker",
+        }
+    }
+}
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns its handle. Later calls return
+/// the same handle, so tests that start several daemons in one process share one registry.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(BATCH_SIZE.to_owned()),
+                    &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 750.0, 1000.0],
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Suffix("_seconds".to_owned()),
+                        &[
+                            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                            2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                        ],
+                    )
+                })
+                .expect("bucket lists are non-empty");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("A metrics recorder was already installed; /metrics may be empty.");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Describes the metrics of `daemon` and exports each of its counters at zero, so dashboards and
+/// alerts see them before their first event.
+pub fn register(daemon: Daemon) {
+    describe_gauge!(
+        DB_POOL_CONNECTIONS,
+        "PostgreSQL pool connections by pool and state (total, idle, waiting, max)."
+    );
+    describe_counter!(SLOW_QUERIES, "Queries slower than SLOW_QUERY_MS.");
+    counter!(SLOW_QUERIES).absolute(0);
+    gauge!(BUILD_INFO, "daemon" => daemon.as_str(), "version" => env!("CARGO_PKG_VERSION"))
+        .set(1.0);
+    match daemon {
+        Daemon::Gateway => register_gateway(),
+        Daemon::Writer => register_writer(),
+        Daemon::Maintenance => register_maintenance(),
+    }
+}
+
+/// Reasons an event or a request is rejected; the only values of the `reason` label.
+pub const REJECT_REASONS: &[&str] = &[
+    "invalid_event",
+    "invalid_body",
+    "too_many_events",
+    "body_too_large",
+    "unsupported_media",
+    "unauthorized",
+    "forbidden",
+    "rate_limited",
+    "queue_full",
+    "queue_unavailable",
+];
+
+fn register_gateway() {
+    describe_counter!(EVENTS_ACCEPTED, "Events queued on Redis and answered 202.");
+    describe_counter!(EVENTS_REJECTED, "Events refused, by reason.");
+    describe_counter!(CACHE_HITS, "Read API answers served from the cache.");
+    describe_counter!(CACHE_MISSES, "Read API answers computed from PostgreSQL.");
+    counter!(EVENTS_ACCEPTED).absolute(0);
+    for reason in REJECT_REASONS {
+        counter!(EVENTS_REJECTED, "reason" => *reason).absolute(0);
+    }
+    counter!(CACHE_HITS).absolute(0);
+    counter!(CACHE_MISSES).absolute(0);
+}
+
+fn register_writer() {
+    describe_counter!(
+        EVENTS_WRITTEN,
+        "Events committed to PostgreSQL (duplicates excluded)."
+    );
+    describe_counter!(DEAD_LETTER, "Events moved to the dead-letter stream.");
+    describe_gauge!(
+        QUEUE_LAG,
+        "Events in the streams not yet delivered to the consumer group."
+    );
+    describe_histogram!(BATCH_SIZE, "Events per written batch.");
+    describe_histogram!(COPY_DURATION, "Time to COPY and commit one batch.");
+    counter!(EVENTS_WRITTEN).absolute(0);
+    counter!(DEAD_LETTER).absolute(0);
+    gauge!(QUEUE_LAG).set(0.0);
+}
+
+/// The maintenance jobs, as values of the `job` label.
+pub const MAINTENANCE_JOBS: &[&str] = &["partitions", "retention", "views", "analyze", "vacuum"];
+
+fn register_maintenance() {
+    describe_counter!(MAINTENANCE_RUNS, "Maintenance job runs by job and outcome.");
+    for job in MAINTENANCE_JOBS {
+        for outcome in ["success", "failure"] {
+            counter!(MAINTENANCE_RUNS, "job" => *job, "outcome" => outcome).absolute(0);
+        }
+    }
+}
+
+pub fn pool_connections(pool: PoolName, state: &'static str, value: usize) {
+    gauge!(DB_POOL_CONNECTIONS, "pool" => pool.as_str(), "state" => state).set(value as f64);
+}
+
+pub fn slow_query() {
+    counter!(SLOW_QUERIES).increment(1);
+}
+
+pub fn events_accepted(n: u64) {
+    counter!(EVENTS_ACCEPTED).increment(n);
+}
+
+/// `reason` must be one of [`REJECT_REASONS`].
+pub fn events_rejected(reason: &'static str, n: u64) {
+    debug_assert!(REJECT_REASONS.contains(&reason), "unknown reason {reason}");
+    counter!(EVENTS_REJECTED, "reason" => reason).increment(n);
+}
+
+pub fn events_written(n: u64) {
+    counter!(EVENTS_WRITTEN).increment(n);
+}
+
+pub fn dead_lettered(n: u64) {
+    counter!(DEAD_LETTER).increment(n);
+}
+
+pub fn queue_lag(events: u64) {
+    gauge!(QUEUE_LAG).set(events as f64);
+}
+
+pub fn batch_written(size: usize, copy: Duration) {
+    histogram!(BATCH_SIZE).record(size as f64);
+    histogram!(COPY_DURATION).record(copy.as_secs_f64());
+}
+
+/// `job` must be one of [`MAINTENANCE_JOBS`].
+pub fn maintenance_run(job: &'static str, success: bool) {
+    let outcome = if success { "success" } else { "failure" };
+    counter!(MAINTENANCE_RUNS, "job" => job, "outcome" => outcome).increment(1);
+}
+
+pub fn cache_hit() {
+    counter!(CACHE_HITS).increment(1);
+}
+
+pub fn cache_miss() {
+    counter!(CACHE_MISSES).increment(1);
+}

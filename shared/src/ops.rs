@@ -1,0 +1,151 @@
+//! The operations endpoint every daemon serves on `METRICS_ADDR`: `/metrics` (Prometheus text),
+//! `/healthz` (the process is alive) and `/readyz` (the daemon can do its work).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What `/readyz` reports: ready or not, with a JSON detail for the operator.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    pub ready: bool,
+    pub detail: serde_json::Value,
+}
+
+/// Computes readiness on each `/readyz` request.
+pub type ReadyCheck = Arc<dyn Fn() -> BoxFuture<'static, Readiness> + Send + Sync>;
+
+/// A check that is always ready, for daemons with nothing to check yet.
+pub fn always_ready() -> ReadyCheck {
+    Arc::new(|| {
+        Box::pin(async {
+            Readiness {
+                ready: true,
+                detail: serde_json::json!({}),
+            }
+        })
+    })
+}
+
+struct OpsState {
+    metrics: PrometheusHandle,
+    ready: ReadyCheck,
+    shutdown: CancellationToken,
+}
+
+/// Serves the operations endpoint until `shutdown` is cancelled. From the moment it is
+/// cancelled `/readyz` answers 503, so load balancers stop sending work first.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: PrometheusHandle,
+    ready: ReadyCheck,
+    shutdown: CancellationToken,
+    stopped: CancellationToken,
+) {
+    let upkeep = metrics.clone();
+    let upkeep_stop = stopped.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => upkeep.run_upkeep(),
+                _ = upkeep_stop.cancelled() => return,
+            }
+        }
+    });
+    let state = Arc::new(OpsState {
+        metrics,
+        ready,
+        shutdown,
+    });
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Ops endpoint accept failed.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped.cancelled() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(state.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+        });
+    }
+}
+
+async fn handle(
+    state: Arc<OpsState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"));
+    }
+    let resp = match req.uri().path() {
+        "/metrics" => {
+            let body = state.metrics.render();
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap_or_default()
+        }
+        "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+        "/readyz" => {
+            let r = if state.shutdown.is_cancelled() {
+                Readiness {
+                    ready: false,
+                    detail: serde_json::json!({"shutting_down": true}),
+                }
+            } else {
+                (state.ready)().await
+            };
+            let status = if r.ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json(
+                status,
+                serde_json::json!({"ready": r.ready, "detail": r.detail}),
+            )
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    Ok(resp)
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap_or_default()
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_default()
+}

@@ -1,0 +1,213 @@
+//! For tests only: each test gets its own database, cloned in milliseconds from a template that
+//! is migrated once per schema version (and per month, since partitions follow the clock).
+//!
+//! Tests run in parallel processes (nextest), so the template is built under an advisory lock
+//! and published by renaming it, and each test database is dropped when its guard is.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::{DbConfig, Env};
+use crate::schema::{self, PartitionWindow, MIGRATIONS};
+
+/// The PostgreSQL server tests use: `SLUICE_TEST_PG_HOST`/`SLUICE_TEST_PG_PORT`, else the local
+/// server on 127.0.0.1:5432 as `postgres`.
+pub fn admin_env() -> (String, u16) {
+    let host = std::env::var("SLUICE_TEST_PG_HOST").unwrap_or_else(|_| "127.0.0.1".to_owned());
+    let port = std::env::var("SLUICE_TEST_PG_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(5432);
+    (host, port)
+}
+
+/// Connects to database `db` of the test server as `postgres`.
+pub async fn connect(db: &str) -> Client {
+    let (host, port) = admin_env();
+    let (client, conn) = tokio_postgres::Config::new()
+        .host(&host)
+        .port(port)
+        .user("postgres")
+        .dbname(db)
+        .connect(NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to test database {db} on {host}:{port}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// A database of its own for one test; dropped (with FORCE) when this guard is dropped.
+pub struct TestDb {
+    pub name: String,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TestDb {
+    /// A migrated database with the partitions of the default windows around now.
+    pub async fn migrated() -> Self {
+        let template = ensure_template().await;
+        Self::create(Some(&template)).await
+    }
+
+    /// An empty database (no schema at all).
+    pub async fn empty() -> Self {
+        Self::create(None).await
+    }
+
+    async fn create(template: Option<&str>) -> Self {
+        let name = format!(
+            "sluice_test_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>()
+        );
+        let admin = connect("postgres").await;
+        let sql = match template {
+            Some(t) => format!("CREATE DATABASE {name} TEMPLATE {t}"),
+            None => format!("CREATE DATABASE {name}"),
+        };
+        // A template being read by another CREATE DATABASE at the same instant is refused;
+        // retry briefly.
+        for attempt in 0..50 {
+            match admin.batch_execute(&sql).await {
+                Ok(()) => break,
+                Err(e) if attempt < 49 && e.to_string().contains("being accessed") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("create test database {name}: {e}"),
+            }
+        }
+        Self { name }
+    }
+
+    /// The daemons' database settings pointing at this database, with small pools.
+    pub fn config(&self) -> DbConfig {
+        let (host, port) = admin_env();
+        let port = port.to_string();
+        DbConfig::from_env(&Env::from_pairs([
+            ("DB_HOST", host.as_str()),
+            ("DB_PORT", port.as_str()),
+            ("DB_NAME", self.name.as_str()),
+            ("DB_USER", "postgres"),
+            ("DB_POOL_MAX", "4"),
+            ("DB_POOL_MIN", "1"),
+            ("DB_READ_POOL_MAX", "4"),
+            ("DB_READ_POOL_MIN", "1"),
+        ]))
+        .expect("test config parses")
+    }
+
+    /// The environment variables that point a daemon at this database.
+    pub fn env_vars(&self) -> Vec<(String, String)> {
+        let (host, port) = admin_env();
+        vec![
+            ("DB_HOST".into(), host),
+            ("DB_PORT".into(), port.to_string()),
+            ("DB_NAME".into(), self.name.clone()),
+            ("DB_USER".into(), "postgres".into()),
+            ("DB_POOL_MAX".into(), "4".into()),
+            ("DB_POOL_MIN".into(), "1".into()),
+            ("DB_READ_POOL_MAX".into(), "4".into()),
+            ("DB_READ_POOL_MIN".into(), "1".into()),
+        ]
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&self.name).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop may run inside or outside a runtime; a thread with its own runtime works in both.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let admin = connect("postgres").await;
+                let _ = admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// The template's name changes with the migrations and the month, so a stale template is never
+/// used; it is built once by whichever test gets there first.
+async fn ensure_template() -> String {
+    let sums: String = MIGRATIONS.iter().map(|m| m.checksum()).collect();
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(sums.as_bytes()))
+    };
+    let now = chrono::Utc::now();
+    let name = format!("sluice_tmpl_{}_{}", &digest[..12], now.format("%Y%m"));
+    let admin = connect("postgres").await;
+    admin
+        .execute("SELECT pg_advisory_lock(7304863)", &[])
+        .await
+        .expect("template lock");
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .expect("look up template")
+        .is_some();
+    if !exists {
+        let building = format!("{name}_building");
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
+            .await
+            .expect("drop a half-built template");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {building}"))
+            .await
+            .expect("create template database");
+        {
+            let client = connect(&building).await;
+            schema::migrate(
+                &client,
+                PartitionWindow {
+                    now,
+                    retention_months: 12,
+                    premake_months: 6,
+                },
+            )
+            .await
+            .expect("migrate template");
+        }
+        // Wait for the migration connection to be gone before renaming.
+        for _ in 0..100 {
+            let busy = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                    &[&building],
+                )
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .unwrap_or(0);
+            if busy == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        admin
+            .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {name}"))
+            .await
+            .expect("publish template");
+    }
+    let _ = admin
+        .execute("SELECT pg_advisory_unlock(7304863)", &[])
+        .await;
+    name
+}

@@ -1,0 +1,5 @@
+//! Integration tests of the shared crate against the real PostgreSQL; each test has its own
+//! database.
+
+mod migrations;
+mod pools;
