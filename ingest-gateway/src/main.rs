@@ -1,1 +1,74 @@
-fn main() {}
+use clap::{Parser, Subcommand};
+use ingest_gateway::{apps, GatewayConfig};
+use shared::config::Env;
+use shared::db::Pools;
+
+/// Sluice ingest gateway: POST /v1/events to Redis Streams, and the analytics read API.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage apps.
+    Apps {
+        #[command(subcommand)]
+        command: AppsCommand,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AppsCommand {
+    /// Create an app; prints {"app_id", "name", "ingest_key", "read_key"} as JSON.
+    Create {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Revoke a key (it stops working within KEY_REFRESH_MS).
+    Revoke { key: String },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = GatewayConfig::from_env(&Env::from_process())?;
+    shared::telemetry::init(&config.log);
+    let Some(command) = cli.command else {
+        let listener = tokio::net::TcpListener::bind(config.addr).await?;
+        let ops = tokio::net::TcpListener::bind(config.metrics_addr).await?;
+        let shutdown = shared::shutdown::on_signals();
+        return ingest_gateway::run(config, listener, ops, shutdown).await;
+    };
+    // One-shot commands need one connection, not the daemon's pools.
+    config.db.primary.pool_min = 0;
+    config.db.primary.pool_max = 1;
+    let db = Pools::new(&config.db)?.write;
+    shared::daemon::check_schema(&db).await?;
+    match command {
+        Command::Apps {
+            command: AppsCommand::Create { name },
+        } => {
+            let app = apps::create_app(&db, &name).await?;
+            println!("{}", serde_json::to_string(&app)?);
+        }
+        Command::Keys {
+            command: KeysCommand::Revoke { key },
+        } => {
+            apps::revoke_key(&db, &key).await?;
+            eprintln!("Key revoked.");
+        }
+    }
+    Ok(())
+}

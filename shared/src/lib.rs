@@ -6,11 +6,13 @@
 //! - [`metrics`]: every metric name, its helper, and the Prometheus recorder.
 //! - [`ops`]: the `/metrics`, `/healthz`, `/readyz` endpoint each daemon serves.
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
+//! - [`daemon`]: start-up and shutdown steps every daemon shares.
 //! - [`db`]: the write and read PostgreSQL pools, bounded, timed and health-checked.
 //! - [`schema`]: embedded migrations, the migration runner, partitions and the version check.
 //! - [`testing`]: for tests only: per-test databases cloned from a migrated template.
 
 pub mod config;
+pub mod daemon;
 pub mod db;
 pub mod metrics;
 pub mod ops;

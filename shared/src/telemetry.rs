@@ -10,6 +10,9 @@ pub fn init(config: &LogConfig) {
     let filter = EnvFilter::try_new(&config.filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // A closed log pipe must not panic the daemon (eprintln! would), or stop its shutdown.
+        .log_internal_errors(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = if config.json {
         builder.json().flatten_event(true).try_init()

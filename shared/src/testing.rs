@@ -29,6 +29,7 @@ pub async fn connect(db: &str) -> Client {
         .host(&host)
         .port(port)
         .user("postgres")
+        .password(std::env::var("SLUICE_TEST_PG_PASSWORD").unwrap_or_else(|_| "postgres".into()))
         .dbname(db)
         .connect(NoTls)
         .await
@@ -210,4 +211,101 @@ async fn ensure_template() -> String {
         .execute("SELECT pg_advisory_unlock(7304863)", &[])
         .await;
     name
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// A minimal HTTP/1.0 GET for tests: the status code and the body, or `None` when nothing
+/// answers.
+pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: std::time::Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A daemon binary started by a test; killed when dropped.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub ops_addr: String,
+}
+
+impl Daemon {
+    /// Starts `bin` with `env` (plus `METRICS_ADDR` on a free port) and waits until `/healthz`
+    /// answers.
+    pub async fn start(bin: &str, env: &[(String, String)]) -> Self {
+        let ops_addr = format!("127.0.0.1:{}", free_port());
+        let child = std::process::Command::new(bin)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("METRICS_ADDR", &ops_addr)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn daemon");
+        let d = Self { child, ops_addr };
+        let up = wait_for(std::time::Duration::from_secs(20), || async {
+            http_get(&d.ops_addr, "/healthz")
+                .await
+                .filter(|(s, _)| *s == 200)
+        })
+        .await;
+        assert!(up.is_some(), "{bin} did not come up on {}", d.ops_addr);
+        d
+    }
+
+    /// Sends SIGTERM and waits for the exit status, at most `timeout`.
+    pub fn terminate(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

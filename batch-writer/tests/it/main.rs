@@ -1,0 +1,3 @@
+//! Integration tests of the batch writer against the real PostgreSQL and Redis.
+
+mod daemon;

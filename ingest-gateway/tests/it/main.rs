@@ -1,0 +1,4 @@
+//! Integration tests of the gateway against the real PostgreSQL and Redis.
+
+mod apps;
+mod daemon;

@@ -1,0 +1,3 @@
+//! Integration tests of the maintenance worker against the real PostgreSQL.
+
+mod daemon;
