@@ -3,15 +3,27 @@
 //!
 //! - [`config`]: environment to [`GatewayConfig`].
 //! - [`server`]: the accept loop, connection limits and graceful shutdown.
-//! - [`routes`]: which handler answers which request, and the state they share.
+//! - [`routes`]: which handler answers which request, CORS, and the state they share.
+//! - [`ingest`]: `POST /v1/events`.
+//! - [`body`]: reading bodies within size and time limits, gzip.
+//! - [`validate`]: decoding and validating events (pure).
+//! - [`auth`]: API keys from an in-memory cache of digests.
+//! - [`queue`]: pushing onto the stream shards, backpressure, rate limits.
+//! - [`error`]: every client error with its status and code.
 //! - [`reply`]: JSON responses.
 //! - [`apps`]: apps and API keys (`apps create`, `keys revoke`).
 
 pub mod apps;
+pub mod auth;
+pub mod body;
 pub mod config;
+pub mod error;
+pub mod ingest;
+pub mod queue;
 pub mod reply;
 pub mod routes;
 pub mod server;
+pub mod validate;
 
 use std::sync::Arc;
 
@@ -20,10 +32,13 @@ use tokio_util::sync::CancellationToken;
 
 use shared::daemon::{self, Ops};
 use shared::metrics::Daemon;
+use shared::ops::Readiness;
+use shared::queue::Keys;
 
 pub use config::GatewayConfig;
 
-/// Runs the gateway until `shutdown` is cancelled.
+/// Runs the gateway until `shutdown` is cancelled. Refuses to start when the queue's Redis is
+/// reachable but evicts keys; starts (not ready, answering 503) when Redis is unreachable.
 pub async fn run(
     config: GatewayConfig,
     listener: TcpListener,
@@ -31,20 +46,43 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let pools = daemon::open_pools(&config.db).await?;
+    let keys = auth::KeyCache::load(&pools.read).await?;
+    let queue = queue::Queue::new(
+        Keys::new(&config.stream_prefix, config.stream_shards),
+        config.redis.url.clone(),
+        config.redis_timeout,
+        config.queue_high_water,
+    );
+    if !queue.connect().await? {
+        tracing::warn!("The queue's Redis is unreachable; answering 503 until it is back.");
+    }
+    let background = CancellationToken::new();
+    queue.spawn_watch(background.clone());
+    keys.spawn_refresh(pools.read.clone(), config.key_refresh, background.clone());
+    let state = Arc::new(routes::AppState {
+        config,
+        pools: pools.clone(),
+        keys,
+        queue,
+        shutdown: shutdown.clone(),
+    });
+    let ready_state = state.clone();
     let ops = Ops::start(
         Daemon::Gateway,
         ops_listener,
-        daemon::pools_ready(pools.clone()),
+        Arc::new(move || {
+            let s = ready_state.clone();
+            Box::pin(async move {
+                let (ready, detail) = routes::readiness(&s).await;
+                Readiness { ready, detail }
+            })
+        }),
         shutdown.clone(),
     );
-    daemon::spawn_pool_upkeep(&pools, ops.stopped.clone());
-    let state = Arc::new(routes::AppState {
-        config,
-        pools,
-        shutdown: shutdown.clone(),
-    });
+    daemon::spawn_pool_upkeep(&pools, background.clone());
     tracing::info!(addr = %listener.local_addr()?, "Gateway listening.");
     server::serve(listener, state, shutdown).await;
+    background.cancel();
     tracing::info!("Gateway stopped.");
     ops.stop().await;
     Ok(())

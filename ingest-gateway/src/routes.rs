@@ -1,40 +1,132 @@
-//! Routing of client requests to their handlers, and the state they share.
+//! Routing of client requests to their handlers, CORS, and the state they share.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use shared::db::Pools;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::KeyCache;
 use crate::config::GatewayConfig;
-use crate::reply;
+use crate::queue::Queue;
+use crate::{ingest, reply};
 
 /// Everything a request handler needs.
 pub struct AppState {
     pub config: GatewayConfig,
     pub pools: Pools,
+    pub keys: KeyCache,
+    pub queue: Arc<Queue>,
     pub shutdown: CancellationToken,
 }
 
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/healthz") => {
-            reply::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+    let started = Instant::now();
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (route, mut resp) = match (req.method(), req.uri().path()) {
+        (&Method::POST, "/v1/events") => ("events", ingest::post_events(&state, req).await),
+        (&Method::OPTIONS, "/v1/events") => {
+            ("events_preflight", preflight(&state, origin.as_deref()))
         }
-        (&Method::GET | &Method::HEAD, "/readyz") => readyz(&state).await,
-        _ => reply::error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+        (_, "/v1/events") => ("events", method_not_allowed("POST, OPTIONS")),
+        (&Method::GET | &Method::HEAD, "/healthz") => (
+            "healthz",
+            reply::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        ),
+        (&Method::GET | &Method::HEAD, "/readyz") => ("readyz", readyz(&state).await),
+        _ => (
+            "other",
+            reply::error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+        ),
+    };
+    if let Some(o) = origin.as_deref() {
+        add_cors(&state, o, &mut resp);
+    }
+    shared::metrics::http_request(route, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+fn add_cors(state: &AppState, origin: &str, resp: &mut Response<Full<Bytes>>) {
+    if let Some(allowed) = state.config.cors.allow(origin) {
+        if let Ok(v) = HeaderValue::from_str(&allowed) {
+            let h = resp.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+            h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        }
     }
 }
 
-async fn readyz(state: &AppState) -> Response<Full<Bytes>> {
-    if state.shutdown.is_cancelled() {
-        return reply::json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"ready": false, "detail": {"shutting_down": true}}),
+fn preflight(state: &AppState, origin: Option<&str>) -> Response<Full<Bytes>> {
+    let Some(origin) = origin else {
+        return reply::error(
+            StatusCode::BAD_REQUEST,
+            "not_preflight",
+            "an Origin header is required",
+        );
+    };
+    if state.config.cors.allow(origin).is_none() {
+        return reply::error(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this origin may not send events",
         );
     }
-    reply::json(StatusCode::OK, &serde_json::json!({"ready": true}))
+    let mut resp = reply::json(StatusCode::NO_CONTENT, &serde_json::json!({}));
+    *resp.body_mut() = Full::new(Bytes::new());
+    let h = resp.headers_mut();
+    h.remove(header::CONTENT_TYPE);
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type, content-encoding, x-api-key"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    resp
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut r = reply::error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed",
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// Ready: not shutting down, and the queue reachable and below its high-water mark.
+pub async fn readiness(state: &AppState) -> (bool, serde_json::Value) {
+    if state.shutdown.is_cancelled() {
+        return (false, serde_json::json!({"shutting_down": true}));
+    }
+    state.queue.readiness()
+}
+
+async fn readyz(state: &AppState) -> Response<Full<Bytes>> {
+    let (ready, detail) = readiness(state).await;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    reply::json(
+        status,
+        &serde_json::json!({"ready": ready, "detail": detail}),
+    )
 }

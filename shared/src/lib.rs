@@ -4,6 +4,8 @@
 //! - [`secret`]: strings that never print themselves.
 //! - [`telemetry`]: log set-up (plain or JSON).
 //! - [`metrics`]: every metric name, its helper, and the Prometheus recorder.
+//! - [`queue`]: the stream layout, entry format and Redis scripts shared by gateway and writer.
+//! - [`redis_conn`]: Redis connections with bounded waits, and the eviction-policy check.
 //! - [`ops`]: the `/metrics`, `/healthz`, `/readyz` endpoint each daemon serves.
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 //! - [`daemon`]: start-up and shutdown steps every daemon shares.
@@ -16,6 +18,8 @@ pub mod daemon;
 pub mod db;
 pub mod metrics;
 pub mod ops;
+pub mod queue;
+pub mod redis_conn;
 pub mod schema;
 pub mod secret;
 pub mod shutdown;

@@ -23,6 +23,8 @@ pub const CACHE_HITS: &str = "sluice_cache_hits_total";
 pub const CACHE_MISSES: &str = "sluice_cache_misses_total";
 pub const SLOW_QUERIES: &str = "sluice_db_slow_queries_total";
 pub const BUILD_INFO: &str = "sluice_build_info";
+pub const QUEUE_DEPTH: &str = "sluice_queue_depth_events";
+pub const HTTP_DURATION: &str = "sluice_http_request_duration_seconds";
 
 /// The pools a daemon may hold, as label values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +135,15 @@ fn register_gateway() {
     }
     counter!(CACHE_HITS).absolute(0);
     counter!(CACHE_MISSES).absolute(0);
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Events queued in Redis and not yet written, as the gateway last saw them."
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        "Client request duration by route and status class."
+    );
+    gauge!(QUEUE_DEPTH).set(0.0);
 }
 
 fn register_writer() {
@@ -192,6 +203,22 @@ pub fn dead_lettered(n: u64) {
 
 pub fn queue_lag(events: u64) {
     gauge!(QUEUE_LAG).set(events as f64);
+}
+
+pub fn queue_depth(events: u64) {
+    gauge!(QUEUE_DEPTH).set(events as f64);
+}
+
+/// `route` must be a fixed route name (never the raw path).
+pub fn http_request(route: &'static str, status: u16, elapsed: Duration) {
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    histogram!(HTTP_DURATION, "route" => route, "status" => class).record(elapsed.as_secs_f64());
 }
 
 pub fn batch_written(size: usize, copy: Duration) {

@@ -10,6 +10,11 @@ async fn the_daemon_serves_health_on_both_ports_and_stops_on_sigterm() {
     let addr = format!("127.0.0.1:{}", free_port());
     let mut env = db.env_vars();
     env.push(("GATEWAY_ADDR".into(), addr.clone()));
+    env.push(("REDIS_URL".into(), "redis://127.0.0.1:6379/".into()));
+    env.push((
+        "STREAM_PREFIX".into(),
+        format!("test-{}", std::process::id()),
+    ));
     let mut d = Daemon::start(BIN, &env).await;
     for target in [&d.ops_addr, &addr] {
         let (status, body) = http_get(target, "/readyz").await.expect("readyz");

@@ -2,3 +2,5 @@
 
 mod apps;
 mod daemon;
+mod helpers;
+mod ingest;

@@ -1,0 +1,157 @@
+//! Every error a client can get, with its status and stable code, in one exhaustive match.
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::body::ReadError;
+use crate::queue::QueueError;
+use crate::validate::{BodyError, Rejected};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("an API key is required (Authorization: Bearer, X-API-Key, or ?api_key=)")]
+    MissingKey,
+    #[error("the API key is unknown or revoked")]
+    InvalidKey,
+    #[error("a read key cannot ingest events; use the app's ingest key")]
+    ReadKeyCannotIngest,
+    #[error("an ingest key cannot read; use the app's read key")]
+    IngestKeyCannotRead,
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    #[error("no event in the request is valid")]
+    AllInvalid(Vec<Rejected>),
+    #[error("the app is over its rate limit of {limit} events per second")]
+    RateLimited { limit: u32 },
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("{0}")]
+    BadQuery(String),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("the database is unavailable; retry later")]
+    DbUnavailable,
+}
+
+impl ApiError {
+    /// Status, stable code, `Retry-After` seconds, and the `reason` label of
+    /// `sluice_events_rejected_total`.
+    pub fn parts(&self) -> (StatusCode, &'static str, Option<u32>, &'static str) {
+        use ApiError::*;
+        match self {
+            MissingKey => (
+                StatusCode::UNAUTHORIZED,
+                "missing_key",
+                None,
+                "unauthorized",
+            ),
+            InvalidKey => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_key",
+                None,
+                "unauthorized",
+            ),
+            ReadKeyCannotIngest => (StatusCode::FORBIDDEN, "read_key", None, "forbidden"),
+            IngestKeyCannotRead => (StatusCode::FORBIDDEN, "ingest_key", None, "forbidden"),
+            Read(ReadError::TooLarge(_)) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                None,
+                "body_too_large",
+            ),
+            Read(ReadError::UnsupportedType) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_content_type",
+                None,
+                "unsupported_media",
+            ),
+            Read(ReadError::UnsupportedEncoding) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_content_encoding",
+                None,
+                "unsupported_media",
+            ),
+            Read(ReadError::BadGzip(_)) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_gzip",
+                None,
+                "invalid_body",
+            ),
+            Read(ReadError::Timeout(_)) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                None,
+                "invalid_body",
+            ),
+            Read(ReadError::Broken) => (
+                StatusCode::BAD_REQUEST,
+                "body_incomplete",
+                None,
+                "invalid_body",
+            ),
+            Body(e @ BodyError::TooManyEvents { .. }) => {
+                (StatusCode::BAD_REQUEST, e.code(), None, "too_many_events")
+            }
+            Body(e) => (StatusCode::BAD_REQUEST, e.code(), None, "invalid_body"),
+            AllInvalid(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_events",
+                None,
+                "invalid_event",
+            ),
+            RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                Some(1),
+                "rate_limited",
+            ),
+            Queue(QueueError::Full { .. }) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_full",
+                Some(5),
+                "queue_full",
+            ),
+            Queue(QueueError::Unavailable) | Queue(QueueError::Evicting(_)) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_unavailable",
+                Some(2),
+                "queue_unavailable",
+            ),
+            BadQuery(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                None,
+                "invalid_body",
+            ),
+            ShuttingDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                Some(1),
+                "queue_unavailable",
+            ),
+            DbUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "db_unavailable",
+                Some(2),
+                "queue_unavailable",
+            ),
+        }
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let (status, code, retry_after, _) = self.parts();
+        let mut body = serde_json::json!({"error": code, "message": self.to_string()});
+        if let ApiError::AllInvalid(rejected) = &self {
+            body["rejected"] = serde_json::to_value(rejected).unwrap_or_default();
+        }
+        let mut resp = crate::reply::json(status, &body);
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        resp
+    }
+}

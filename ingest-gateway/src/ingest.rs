@@ -1,0 +1,97 @@
+//! `POST /v1/events`: authenticate, read the body within limits, validate each event, apply the
+//! rate limit, queue the valid events, and answer 202 only once Redis has them.
+
+use bytes::Bytes;
+use chrono::Utc;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use shared::metrics;
+use shared::schema::partitions::retention_floor;
+
+use crate::apps::KeyKind;
+use crate::auth::{presented_key, Grant};
+use crate::error::ApiError;
+use crate::routes::AppState;
+use crate::{body, validate};
+
+pub async fn post_events(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match handle(state, req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            let (_, _, _, reason) = e.parts();
+            let n = match &e {
+                ApiError::AllInvalid(r) => r.len() as u64,
+                _ => 1,
+            };
+            metrics::events_rejected(reason, n);
+            e.into_response()
+        }
+    }
+}
+
+/// The app behind the request's key, which must be an ingest key.
+pub fn authenticate(
+    state: &AppState,
+    req: &Request<Incoming>,
+    want: KeyKind,
+) -> Result<Grant, ApiError> {
+    let key = presented_key(req.headers(), req.uri().query()).ok_or(ApiError::MissingKey)?;
+    let grant = state.keys.check(key).ok_or(ApiError::InvalidKey)?;
+    match (want, grant.kind) {
+        (KeyKind::Ingest, KeyKind::Read) => Err(ApiError::ReadKeyCannotIngest),
+        (KeyKind::Read, KeyKind::Ingest) => Err(ApiError::IngestKeyCannotRead),
+        _ => Ok(grant),
+    }
+}
+
+async fn handle(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::ShuttingDown);
+    }
+    let grant = authenticate(state, &req, KeyKind::Ingest)?;
+    let gzip = body::check_headers(req.headers())?;
+    let (parts, incoming) = req.into_parts();
+    let cfg = &state.config;
+    let bytes = body::read(
+        &parts.headers,
+        incoming,
+        gzip,
+        cfg.max_body_bytes,
+        cfg.body_read_timeout,
+    )
+    .await?;
+    let received_at = Utc::now();
+    let ctx = validate::Context {
+        app_id: &grant.app_id,
+        received_at,
+        oldest: retention_floor(received_at, cfg.retention_months),
+        max_events: cfg.max_events_per_request,
+    };
+    let decoded = validate::body(&bytes, &ctx)?;
+    if decoded.valid.is_empty() {
+        return Err(ApiError::AllInvalid(decoded.rejected));
+    }
+    let limit = grant.rate_limit.unwrap_or(cfg.rate_limit_events_per_sec);
+    if limit > 0
+        && !state
+            .queue
+            .rate_allows(&grant.app_id, decoded.valid.len(), limit)
+            .await?
+    {
+        return Err(ApiError::RateLimited { limit });
+    }
+    state.queue.push(&decoded.valid).await?;
+    let accepted = decoded.valid.len();
+    metrics::events_accepted(accepted as u64);
+    if !decoded.rejected.is_empty() {
+        metrics::events_rejected("invalid_event", decoded.rejected.len() as u64);
+    }
+    Ok(crate::reply::json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({"accepted": accepted, "rejected": decoded.rejected}),
+    ))
+}

@@ -1,0 +1,225 @@
+//! Starting a gateway in-process against a test database and a test-only Redis prefix, and a
+//! small HTTP client.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use ingest_gateway::apps::{self, CreatedApp};
+use ingest_gateway::GatewayConfig;
+use shared::config::Env;
+use shared::db::Pools;
+use shared::queue::{self, Keys, QueuedEvent};
+use shared::testing::TestDb;
+use tokio_util::sync::CancellationToken;
+
+/// An entry as XRANGE returns it: id and field/value pairs.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
+pub const REDIS: &str = "redis://127.0.0.1:6379/";
+
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub ops: SocketAddr,
+    pub db: TestDb,
+    pub app: CreatedApp,
+    pub prefix: String,
+    pub config: GatewayConfig,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: serde_json::Value,
+}
+
+impl Gateway {
+    /// A gateway with `extra` environment variables on top of the test defaults.
+    pub async fn start(extra: &[(&str, &str)]) -> Self {
+        let db = TestDb::migrated().await;
+        Self::start_on(db, extra).await.expect("gateway starts")
+    }
+
+    pub async fn start_on(db: TestDb, extra: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let mut vars: Vec<(String, String)> = db.env_vars();
+        vars.push(("REDIS_URL".into(), REDIS.into()));
+        vars.push(("STREAM_PREFIX".into(), prefix.clone()));
+        vars.push(("STREAM_SHARDS".into(), "2".into()));
+        vars.push(("REDIS_TIMEOUT_MS".into(), "1000".into()));
+        for (k, v) in extra {
+            vars.push(((*k).into(), (*v).into()));
+        }
+        let config = GatewayConfig::from_env(&Env::from_pairs(vars))?;
+        let pools = Pools::new(&config.db)?;
+        let app = apps::create_app(&pools.write, "test app").await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let ops_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let (addr, ops) = (listener.local_addr()?, ops_listener.local_addr()?);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(ingest_gateway::run(
+            config.clone(),
+            listener,
+            ops_listener,
+            shutdown.clone(),
+        ));
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        let mut task = task;
+        let up = shared::testing::wait_for(std::time::Duration::from_secs(10), || async {
+            shared::testing::http_get(&addr.to_string(), "/healthz").await
+        });
+        tokio::select! {
+            up = up => if up.is_none() { anyhow::bail!("gateway did not come up") },
+            ended = &mut task => {
+                cleanup(&prefix).await;
+                return Err(ended?.err().unwrap_or_else(|| anyhow::anyhow!("gateway exited")));
+            }
+        }
+        Ok(Self {
+            addr,
+            ops,
+            db,
+            app,
+            prefix,
+            config,
+            shutdown,
+            task,
+            client,
+        })
+    }
+
+    pub fn keys(&self) -> Keys {
+        Keys::new(&self.prefix, self.config.stream_shards)
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .client
+            .request(req.body(Full::new(body.into())).expect("request"))
+            .await
+            .expect("response");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let body = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                panic!("not JSON ({status}): {}", String::from_utf8_lossy(&bytes))
+            })
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// POST /v1/events as JSON with the app's ingest key.
+    pub async fn post(&self, body: impl Into<Bytes>) -> Reply {
+        let auth = format!("Bearer {}", self.app.ingest_key);
+        self.request(
+            Method::POST,
+            "/v1/events",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )
+        .await
+    }
+
+    /// Every event queued on any shard so far.
+    pub async fn queued(&self) -> Vec<QueuedEvent> {
+        let mut conn = redis_conn().await;
+        let mut out = Vec::new();
+        for stream in self.keys().all_streams() {
+            let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
+                .arg(&stream)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut conn)
+                .await
+                .expect("xrange");
+            for (_, fields) in entries {
+                let d = fields
+                    .iter()
+                    .find(|(k, _)| k == "d")
+                    .expect("payload field");
+                out.extend(queue::decode(&d.1).expect("decode"));
+            }
+        }
+        out
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+        cleanup(&self.prefix).await;
+    }
+}
+
+pub async fn redis_conn() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(REDIS)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis")
+}
+
+/// Deletes every key of a test prefix.
+pub async fn cleanup(prefix: &str) {
+    let mut conn = redis_conn().await;
+    for pattern in [format!("{{{prefix}:*"), format!("{prefix}:*")] {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> =
+                redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+        }
+    }
+}
+
+/// A redis-server of the test's own on `port`, with `policy` as its eviction policy.
+pub fn spawn_redis(port: u16, policy: &str) -> std::process::Child {
+    std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory",
+            "64mb",
+            "--maxmemory-policy",
+            policy,
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start redis-server")
+}

@@ -1,0 +1,172 @@
+//! The queue between the gateway and the writers: Redis Streams, one per shard.
+//!
+//! Layout, per shard `N` of `STREAM_SHARDS`, with `P` the `STREAM_PREFIX`:
+//! - `{P:N}:events`: the stream. Each entry holds up to [`EVENTS_PER_ENTRY`] events of one app
+//!   as MessagePack (`v` = format version, `n` = event count, `d` = payload), so one request costs
+//!   one entry, not one entry per event.
+//! - `{P:N}:depth`: the number of events in the stream not yet written (incremented with the add,
+//!   decremented with the acknowledgement, atomically, by the scripts below). The gateway's
+//!   backpressure and the writer's `sluice_queue_lag_events` read it.
+//!
+//! The hash tag `{P:N}` puts a shard's keys in one Redis Cluster slot (the scripts touch both),
+//! while different shards land on different slots and so can live on different nodes.
+//! Streams are never trimmed with MAXLEN (that drops unconsumed events); the writer deletes an
+//! entry (XDEL) in the same script that acknowledges it, so memory follows the backlog.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Events per stream entry, at most.
+pub const EVENTS_PER_ENTRY: usize = 100;
+
+/// Payload format version, the `v` field of an entry.
+pub const FORMAT_VERSION: &str = "1";
+
+/// The consumer group every writer joins.
+pub const GROUP: &str = "sluice-writers";
+
+/// One validated event as queued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedEvent {
+    pub event_id: Uuid,
+    pub app_id: String,
+    pub event_name: String,
+    /// Event time, microseconds since the Unix epoch (UTC).
+    pub occurred_at_us: i64,
+    /// When the gateway received it, microseconds since the Unix epoch (UTC).
+    pub received_at_us: i64,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    /// Compact JSON text of an object; `None` for no metadata.
+    pub metadata: Option<String>,
+}
+
+/// Key names of one pipeline (one prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+    shards: u16,
+}
+
+impl Keys {
+    pub fn new(prefix: &str, shards: u16) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            shards: shards.max(1),
+        }
+    }
+
+    pub fn shards(&self) -> u16 {
+        self.shards
+    }
+
+    pub fn stream(&self, shard: u16) -> String {
+        format!("{{{}:{shard}}}:events", self.prefix)
+    }
+
+    pub fn depth(&self, shard: u16) -> String {
+        format!("{{{}:{shard}}}:depth", self.prefix)
+    }
+
+    /// The rate-limit counter of `app` for the second `epoch_sec`.
+    pub fn rate(&self, app: &str, epoch_sec: i64) -> String {
+        format!("{}:rate:{app}:{epoch_sec}", self.prefix)
+    }
+
+    pub fn all_streams(&self) -> Vec<String> {
+        (0..self.shards).map(|s| self.stream(s)).collect()
+    }
+
+    pub fn all_depths(&self) -> Vec<String> {
+        (0..self.shards).map(|s| self.depth(s)).collect()
+    }
+}
+
+/// Encodes a group of events as one entry payload.
+pub fn encode(events: &[QueuedEvent]) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    rmp_serde::to_vec(events)
+}
+
+/// Decodes an entry payload.
+pub fn decode(bytes: &[u8]) -> Result<Vec<QueuedEvent>, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(bytes)
+}
+
+/// Adds entries to one shard and counts their events, atomically (all or none).
+/// KEYS: stream, depth. ARGV: version, then pairs of (event count, payload).
+/// Returns the entry ids.
+pub const PUSH_SCRIPT: &str = r"
+local ids = {}
+local total = 0
+for i = 2, #ARGV, 2 do
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'v', ARGV[1], 'n', ARGV[i], 'd', ARGV[i + 1])
+  total = total + tonumber(ARGV[i])
+end
+redis.call('INCRBY', KEYS[2], total)
+return ids
+";
+
+/// Acknowledges and deletes entries of one shard, and takes their events off the depth count,
+/// atomically. Only entries still pending for the group count, so a repeated acknowledgement
+/// (after a claim) never counts twice.
+/// KEYS: stream, depth. ARGV: group, then pairs of (entry id, event count).
+/// Returns the number of entries acknowledged.
+pub const ACK_SCRIPT: &str = r"
+local acked = 0
+local events = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
+    acked = acked + 1
+    events = events + tonumber(ARGV[i + 1])
+  end
+  redis.call('XDEL', KEYS[1], ARGV[i])
+end
+if events > 0 then
+  local left = redis.call('DECRBY', KEYS[2], events)
+  if left < 0 then redis.call('SET', KEYS[2], 0) end
+end
+return acked
+";
+
+/// Counts `n` events against a per-second limit; refuses (returns -1) instead of counting when the
+/// count would pass `limit`. KEYS: counter. ARGV: n, limit. Returns the new count or -1.
+pub const RATE_SCRIPT: &str = r"
+local n = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current + n > limit then return -1 end
+local v = redis.call('INCRBY', KEYS[1], n)
+if v == n then redis.call('EXPIRE', KEYS[1], 2) end
+return v
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_a_hash_tag_per_shard() {
+        let k = Keys::new("sluice", 4);
+        assert_eq!(k.stream(3), "{sluice:3}:events");
+        assert_eq!(k.depth(3), "{sluice:3}:depth");
+        assert_eq!(k.all_streams().len(), 4);
+        assert_eq!(Keys::new("x", 0).shards(), 1);
+    }
+
+    #[test]
+    fn payloads_round_trip() {
+        let e = QueuedEvent {
+            event_id: Uuid::now_v7(),
+            app_id: "app".into(),
+            event_name: "signup".into(),
+            occurred_at_us: 1_700_000_000_000_000,
+            received_at_us: 1_700_000_000_000_001,
+            user_id: Some("u".into()),
+            session_id: None,
+            metadata: Some(r#"{"a":1}"#.into()),
+        };
+        let bytes = encode(&[e.clone(), e.clone()]).expect("encode");
+        assert_eq!(decode(&bytes).expect("decode"), vec![e.clone(), e]);
+        assert!(decode(b"\x01garbage").is_err());
+    }
+}
