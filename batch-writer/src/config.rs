@@ -20,6 +20,8 @@ pub struct WriterConfig {
     pub stream_prefix: String,
     /// This replica's consumer name in the group; unique per process by default.
     pub consumer: String,
+    /// Batches written at once (each on its own connection).
+    pub writers: usize,
     /// How long SIGTERM waits for the batch in hand.
     pub shutdown_grace: Duration,
 }
@@ -45,6 +47,7 @@ impl WriterConfig {
             stream_shards: config::stream_shards(env)?,
             stream_prefix: env.string("STREAM_PREFIX", "sluice"),
             consumer: env.string("WRITER_CONSUMER_NAME", &default_consumer),
+            writers: env.bounded("WRITER_CONCURRENCY", 2, 1, 64)? as usize,
             shutdown_grace: env.millis("SHUTDOWN_GRACE_MS", 30_000, 0, 600_000)?,
         })
     }

@@ -2,18 +2,59 @@
 //! into `analytics_events` with binary COPY, exactly once.
 //!
 //! - [`config`]: environment to [`WriterConfig`].
+//! - [`reader`]: XREADGROUP / XAUTOCLAIM on one shard, raw reply parsing.
+//! - [`pipeline`]: readers → batcher → writers → acknowledgement; retries and splitting.
+//! - [`store`]: one batch into PostgreSQL: dedupe keys, COPY, quarantine, in one transaction.
+//! - [`rows`]: dedupe keys and row encoding (pure).
+//! - [`dead_letter`]: the dead-letter table, `dead-letter list` and `replay`.
 
 pub mod config;
+pub mod dead_letter;
+pub mod pipeline;
+pub mod reader;
+pub mod rows;
+pub mod store;
 
-use tokio_util::sync::CancellationToken;
+use std::sync::Arc;
+use std::time::Duration;
 
 use shared::daemon::{self, Ops};
 use shared::metrics::Daemon;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 pub use config::WriterConfig;
 
-/// Runs the writer until `shutdown` is cancelled.
+/// Connects to the queue's Redis, retrying until it answers or `shutdown`. Refuses an evicting
+/// Redis: it can drop the stream and its consumer group.
+pub async fn connect_redis(
+    config: &WriterConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<redis::aio::ConnectionManager>> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match shared::redis_conn::connect(&config.redis.url, Duration::from_secs(5)).await {
+            Ok(mut conn) => {
+                match shared::redis_conn::eviction_policy(&mut conn).await {
+                    Ok(Some(p)) if p != "noeviction" => anyhow::bail!(
+                        "the queue's Redis has maxmemory-policy {p}; it must be noeviction, or it can drop the stream and lose events"
+                    ),
+                    Ok(None) => tracing::warn!("Cannot check the queue's Redis eviction policy (CONFIG GET refused); make sure it is noeviction."),
+                    _ => {}
+                }
+                return Ok(Some(conn));
+            }
+            Err(e) => tracing::warn!(error = %e, "Cannot reach the queue's Redis; retrying."),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return Ok(None),
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Runs the writer until `shutdown` is cancelled, then finishes the batch in hand.
 pub async fn run(
     config: WriterConfig,
     ops_listener: TcpListener,
@@ -27,8 +68,18 @@ pub async fn run(
         shutdown.clone(),
     );
     daemon::spawn_pool_upkeep(&pools, ops.stopped.clone());
-    tracing::info!(consumer = %config.consumer, "Batch writer running.");
-    shutdown.cancelled().await;
+    let Some(redis) = connect_redis(&config, &shutdown).await? else {
+        ops.stop().await;
+        return Ok(());
+    };
+    tracing::info!(consumer = %config.consumer, shards = config.stream_shards, "Batch writer running.");
+    let ctx = Arc::new(pipeline::Ctx::new(
+        config,
+        store::Store::new(pools.write.clone()),
+        redis,
+        shutdown,
+    ));
+    pipeline::run(ctx).await;
     tracing::info!("Batch writer stopped.");
     ops.stop().await;
     Ok(())

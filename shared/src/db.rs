@@ -31,7 +31,7 @@ pub enum DbError {
         #[source]
         source: PoolError,
     },
-    #[error("{op}: {source}")]
+    #[error("{op}: {}", describe(source))]
     Query {
         op: &'static str,
         #[source]
@@ -41,6 +41,20 @@ pub enum DbError {
     Timeout { op: &'static str, timeout: Duration },
     #[error("{op}: {message}")]
     Other { op: &'static str, message: String },
+}
+
+/// tokio-postgres prints a server error as just "db error"; say what the server said.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!(" ({d})"));
+            }
+            s
+        }
+        None => e.to_string(),
+    }
 }
 
 impl DbError {

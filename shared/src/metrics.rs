@@ -23,6 +23,8 @@ pub const CACHE_HITS: &str = "sluice_cache_hits_total";
 pub const CACHE_MISSES: &str = "sluice_cache_misses_total";
 pub const SLOW_QUERIES: &str = "sluice_db_slow_queries_total";
 pub const BUILD_INFO: &str = "sluice_build_info";
+pub const CLAIMED: &str = "sluice_entries_claimed_total";
+pub const E2E_LATENCY: &str = "sluice_end_to_end_latency_seconds";
 pub const QUEUE_DEPTH: &str = "sluice_queue_depth_events";
 pub const HTTP_DURATION: &str = "sluice_http_request_duration_seconds";
 
@@ -158,8 +160,14 @@ fn register_writer() {
     );
     describe_histogram!(BATCH_SIZE, "Events per written batch.");
     describe_histogram!(COPY_DURATION, "Time to COPY and commit one batch.");
+    describe_counter!(CLAIMED, "Stream entries claimed from idle consumers.");
+    describe_histogram!(
+        E2E_LATENCY,
+        "Time from the gateway receiving an event to its commit in PostgreSQL."
+    );
     counter!(EVENTS_WRITTEN).absolute(0);
     counter!(DEAD_LETTER).absolute(0);
+    counter!(CLAIMED).absolute(0);
     gauge!(QUEUE_LAG).set(0.0);
 }
 
@@ -199,6 +207,14 @@ pub fn events_written(n: u64) {
 
 pub fn dead_lettered(n: u64) {
     counter!(DEAD_LETTER).increment(n);
+}
+
+pub fn claimed(n: u64) {
+    counter!(CLAIMED).increment(n);
+}
+
+pub fn end_to_end_latency(d: Duration) {
+    histogram!(E2E_LATENCY).record(d.as_secs_f64());
 }
 
 pub fn queue_lag(events: u64) {

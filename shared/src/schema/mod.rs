@@ -21,11 +21,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. A new file in `migrations/` is added here too.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_init.sql",
-    sql: include_str!("../../../migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_init.sql",
+        sql: include_str!("../../../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_dedupe_and_dead_letters.sql",
+        sql: include_str!("../../../migrations/0002_dedupe_and_dead_letters.sql"),
+    },
+];
 
 /// The schema version this build expects.
 pub fn expected_version() -> i32 {

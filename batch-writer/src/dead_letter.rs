@@ -1,0 +1,157 @@
+//! The dead-letter table: events PostgreSQL refused `MAX_DELIVERIES` times, and entries that
+//! cannot be decoded, kept with their error until an operator lists and replays them.
+
+use serde::Serialize;
+use shared::db::{Db, DbError};
+use shared::queue::{self, Keys, QueuedEvent};
+use uuid::Uuid;
+
+/// One dead letter as `dead-letter list` shows it.
+#[derive(Debug, Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub event_id: Option<Uuid>,
+    pub app_id: Option<String>,
+    pub error: String,
+    pub stream: String,
+    pub entry_id: String,
+    pub deliveries: i32,
+    pub dead_at: chrono::DateTime<chrono::Utc>,
+    /// The event as JSON, when the payload decodes.
+    pub event: Option<serde_json::Value>,
+}
+
+/// Stores one refused event.
+pub async fn store_event(
+    db: &Db,
+    event: &QueuedEvent,
+    error: &str,
+    stream: &str,
+    entry_id: &str,
+    deliveries: u32,
+) -> Result<(), DbError> {
+    let payload = queue::encode(std::slice::from_ref(event)).map_err(|e| DbError::Other {
+        op: "encode dead letter",
+        message: e.to_string(),
+    })?;
+    db.execute(
+        "store dead letter",
+        "INSERT INTO dead_letters (event_id, app_id, payload, error, stream, entry_id, deliveries) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &event.event_id,
+            &event.app_id,
+            &payload,
+            &error,
+            &stream,
+            &entry_id,
+            &(deliveries as i32),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Stores an entry that cannot be decoded, as it was.
+pub async fn store_raw(
+    db: &Db,
+    payload: &[u8],
+    error: &str,
+    stream: &str,
+    entry_id: &str,
+    deliveries: u32,
+) -> Result<(), DbError> {
+    db.execute(
+        "store dead letter",
+        "INSERT INTO dead_letters (payload, error, stream, entry_id, deliveries) \
+         VALUES ($1, $2, $3, $4, $5)",
+        &[&payload, &error, &stream, &entry_id, &(deliveries as i32)],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn list(db: &Db) -> Result<Vec<DeadLetter>, DbError> {
+    let rows = db
+        .query(
+            "list dead letters",
+            "SELECT id, event_id, app_id, error, stream, entry_id, deliveries, dead_at, payload \
+             FROM dead_letters ORDER BY id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let payload: Vec<u8> = r.get(8);
+            DeadLetter {
+                id: r.get(0),
+                event_id: r.get(1),
+                app_id: r.get(2),
+                error: r.get(3),
+                stream: r.get(4),
+                entry_id: r.get(5),
+                deliveries: r.get(6),
+                dead_at: r.get(7),
+                event: queue::decode(&payload)
+                    .ok()
+                    .and_then(|mut v| v.pop())
+                    .and_then(|e| serde_json::to_value(e).ok()),
+            }
+        })
+        .collect())
+}
+
+/// Puts dead letters back on the queue (all of them, or the given ids) and removes them from the
+/// table; entries that never decoded stay. Returns how many events were re-queued.
+pub async fn replay(
+    db: &Db,
+    redis: &mut redis::aio::ConnectionManager,
+    keys: &Keys,
+    ids: Option<&[i64]>,
+) -> anyhow::Result<usize> {
+    let rows = match ids {
+        None => {
+            db.query(
+                "read dead letters",
+                "SELECT id, payload FROM dead_letters WHERE event_id IS NOT NULL ORDER BY id",
+                &[],
+            )
+            .await?
+        }
+        Some(ids) => {
+            db.query(
+                "read dead letters",
+                "SELECT id, payload FROM dead_letters WHERE event_id IS NOT NULL AND id = ANY($1) ORDER BY id",
+                &[&ids],
+            )
+            .await?
+        }
+    };
+    let script = redis::Script::new(queue::PUSH_SCRIPT);
+    let mut replayed = 0;
+    for row in rows {
+        let id: i64 = row.get(0);
+        let payload: Vec<u8> = row.get(1);
+        let events = queue::decode(&payload)?;
+        // The id decides the shard, so the replay is spread like the original traffic.
+        let shard = (id as u64 % keys.shards() as u64) as u16;
+        let _: Vec<String> = script
+            .key(keys.stream(shard))
+            .key(keys.depth(shard))
+            .arg(queue::FORMAT_VERSION)
+            .arg(events.len())
+            .arg(&payload)
+            .invoke_async(redis)
+            .await?;
+        // Queued first, deleted second: a crash in between replays it twice, which dedupe absorbs.
+        db.execute(
+            "delete dead letter",
+            "DELETE FROM dead_letters WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+        replayed += events.len();
+    }
+    Ok(replayed)
+}

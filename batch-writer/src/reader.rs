@@ -1,0 +1,251 @@
+//! Reading one stream shard through the consumer group: new entries (`XREADGROUP ... >`), and
+//! entries idle too long in any consumer's pending list (`XAUTOCLAIM`), with their delivery
+//! counts. Replies are parsed from the raw `Value` (cheaper than redis-rs' typed stream replies).
+//!
+//! Blocking reads use a connection of their own whose response timeout is above the BLOCK time:
+//! a client-side timeout shorter than BLOCK strands delivered entries as pending.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Value};
+use shared::queue::{self, QueuedEvent, GROUP};
+use shared::secret::Secret;
+
+/// One stream entry handed to the batcher.
+#[derive(Debug)]
+pub struct Entry {
+    pub shard: u16,
+    pub id: String,
+    /// How many times the group has delivered it, this time included.
+    pub deliveries: u32,
+    /// The event count the gateway wrote beside the payload (`n`).
+    pub declared: usize,
+    /// The events, or the raw payload and why it could not be decoded.
+    pub content: Result<Vec<QueuedEvent>, (Vec<u8>, String)>,
+}
+
+impl Entry {
+    /// Events it stands for in the depth count.
+    pub fn event_count(&self) -> usize {
+        match &self.content {
+            Ok(events) => events.len(),
+            Err(_) => self.declared,
+        }
+    }
+}
+
+/// The blocking-read connection of one shard.
+pub struct Reader {
+    pub shard: u16,
+    pub stream: String,
+    pub consumer: String,
+    conn: MultiplexedConnection,
+    block: Duration,
+}
+
+impl Reader {
+    pub async fn connect(
+        url: &Secret,
+        shard: u16,
+        stream: String,
+        consumer: String,
+        block: Duration,
+    ) -> redis::RedisResult<Self> {
+        let client = redis::Client::open(url.expose())?;
+        let config = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(block + Duration::from_secs(5)))
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        ensure_group(&mut conn, &stream).await?;
+        Ok(Self {
+            shard,
+            stream,
+            consumer,
+            conn,
+            block,
+        })
+    }
+
+    /// Up to `count` new entries, waiting at most the BLOCK time for the first.
+    pub async fn read_new(&mut self, count: usize) -> redis::RedisResult<Vec<Entry>> {
+        let reply: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(self.block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.stream)
+            .arg(">")
+            .query_async(&mut self.conn)
+            .await?;
+        let mut entries = Vec::new();
+        if let Value::Array(streams) = reply {
+            for s in streams {
+                if let Value::Array(mut parts) = s {
+                    if parts.len() == 2 {
+                        parse_entries(parts.swap_remove(1), self.shard, &mut entries);
+                    }
+                }
+            }
+        }
+        for e in &mut entries {
+            e.deliveries = 1;
+        }
+        Ok(entries)
+    }
+
+    /// Claims up to `count` entries idle for at least `min_idle` in any consumer's pending list,
+    /// with their delivery counts. Entries deleted while pending are reported as lost.
+    pub async fn claim(
+        &mut self,
+        min_idle: Duration,
+        count: usize,
+    ) -> redis::RedisResult<Vec<Entry>> {
+        let reply: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(min_idle.as_millis() as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn)
+            .await?;
+        let mut entries = Vec::new();
+        if let Value::Array(mut parts) = reply {
+            if parts.len() >= 3 {
+                if let Value::Array(deleted) = parts.swap_remove(2) {
+                    if !deleted.is_empty() {
+                        tracing::error!(
+                            count = deleted.len(),
+                            stream = %self.stream,
+                            "Entries were deleted from the stream while pending: their events are lost."
+                        );
+                    }
+                }
+            }
+            if parts.len() >= 2 {
+                parse_entries(parts.swap_remove(1), self.shard, &mut entries);
+            }
+        }
+        if entries.is_empty() {
+            return Ok(entries);
+        }
+        let counts = self.delivery_counts(&entries).await?;
+        for e in &mut entries {
+            e.deliveries = counts.get(&e.id).copied().unwrap_or(1);
+        }
+        Ok(entries)
+    }
+
+    async fn delivery_counts(
+        &mut self,
+        entries: &[Entry],
+    ) -> redis::RedisResult<HashMap<String, u32>> {
+        let first = &entries[0].id;
+        let last = &entries[entries.len() - 1].id;
+        let reply: Value = redis::cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(first)
+            .arg(last)
+            .arg(entries.len() * 2 + 10)
+            .arg(&self.consumer)
+            .query_async(&mut self.conn)
+            .await?;
+        let mut out = HashMap::new();
+        if let Value::Array(rows) = reply {
+            for row in rows {
+                if let Value::Array(f) = row {
+                    if let (Some(id), Some(Value::Int(n))) = (f.first().and_then(text), f.get(3)) {
+                        out.insert(id, *n as u32);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Creates the consumer group (reading from the start of the stream, so events queued before the
+/// first writer are not skipped), and the stream with it.
+pub async fn ensure_group(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+) -> redis::RedisResult<()> {
+    let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match r {
+        Err(e) if e.to_string().contains("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Parses `[[id, [field, value, ...]], ...]`.
+fn parse_entries(v: Value, shard: u16, out: &mut Vec<Entry>) {
+    let Value::Array(items) = v else { return };
+    for item in items {
+        let Value::Array(mut pair) = item else {
+            continue;
+        };
+        if pair.len() != 2 {
+            continue;
+        }
+        let fields = pair.pop();
+        let Some(id) = pair.first().and_then(text) else {
+            continue;
+        };
+        let mut version = None;
+        let mut payload = None;
+        let mut declared = 0usize;
+        if let Some(Value::Array(f)) = fields {
+            let mut it = f.into_iter();
+            while let (Some(k), Some(val)) = (it.next(), it.next()) {
+                match (text(&k).as_deref(), val) {
+                    (Some("v"), v) => version = text(&v),
+                    (Some("n"), v) => declared = text(&v).and_then(|s| s.parse().ok()).unwrap_or(0),
+                    (Some("d"), Value::BulkString(b)) => payload = Some(b),
+                    _ => {}
+                }
+            }
+        }
+        let content = match (version.as_deref(), payload) {
+            (Some(queue::FORMAT_VERSION), Some(p)) => match queue::decode(&p) {
+                Ok(events) => Ok(events),
+                Err(e) => Err((p, format!("undecodable payload: {e}"))),
+            },
+            (v, p) => Err((
+                p.unwrap_or_default(),
+                format!("unknown entry format (version {v:?})"),
+            )),
+        };
+        out.push(Entry {
+            shard,
+            id,
+            deliveries: 1,
+            declared,
+            content,
+        });
+    }
+}
