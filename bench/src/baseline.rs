@@ -1,0 +1,95 @@
+//! The baselines the writer is compared with, on the same rows: one raw binary COPY, and the
+//! original design's multi-row INSERT of 1000 rows a statement.
+
+use std::time::{Duration, Instant};
+
+use batch_writer::rows::{self, RawJsonb, COPY_COLUMNS, COPY_TYPES};
+use futures::pin_mut;
+use shared::queue::QueuedEvent;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
+
+/// Binary COPY of every event in one statement; returns the elapsed time.
+pub async fn raw_copy(client: &Client, events: &[QueuedEvent]) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let sink = client
+        .copy_in(&format!(
+            "COPY analytics_events {COPY_COLUMNS} FROM STDIN (FORMAT binary)"
+        ))
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+    pin_mut!(writer);
+    for e in events {
+        let occurred = rows::time(e.occurred_at_us);
+        let received = rows::time(e.received_at_us);
+        let metadata = RawJsonb(e.metadata.as_deref().unwrap_or("{}"));
+        let row: [&(dyn ToSql + Sync); 8] = [
+            &e.event_id,
+            &e.app_id,
+            &e.event_name,
+            &occurred,
+            &received,
+            &e.user_id,
+            &e.session_id,
+            &metadata,
+        ];
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await?;
+    Ok(started.elapsed())
+}
+
+/// Multi-row INSERT, 1000 rows a statement, each its own transaction (the original design's
+/// batchInsert); returns the elapsed time.
+pub async fn multi_row_insert(client: &Client, events: &[QueuedEvent]) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut prepared = std::collections::HashMap::new();
+    for chunk in events.chunks(1000) {
+        let n = chunk.len();
+        if let std::collections::hash_map::Entry::Vacant(slot) = prepared.entry(n) {
+            let values: Vec<String> = (0..n)
+                .map(|i| {
+                    let b = i * 8;
+                    format!(
+                        "(${},${},${},${},${},${},${},${}::text::jsonb)",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7,
+                        b + 8
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO analytics_events {COPY_COLUMNS} VALUES {}",
+                values.join(",")
+            );
+            slot.insert(client.prepare(&sql).await?);
+        }
+        let times: Vec<_> = chunk
+            .iter()
+            .map(|e| (rows::time(e.occurred_at_us), rows::time(e.received_at_us)))
+            .collect();
+        let meta: Vec<&str> = chunk
+            .iter()
+            .map(|e| e.metadata.as_deref().unwrap_or("{}"))
+            .collect();
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(n * 8);
+        for (i, e) in chunk.iter().enumerate() {
+            params.push(&e.event_id);
+            params.push(&e.app_id);
+            params.push(&e.event_name);
+            params.push(&times[i].0);
+            params.push(&times[i].1);
+            params.push(&e.user_id);
+            params.push(&e.session_id);
+            params.push(&meta[i]);
+        }
+        client.execute(&prepared[&n], &params).await?;
+    }
+    Ok(started.elapsed())
+}

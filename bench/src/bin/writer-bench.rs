@@ -1,0 +1,207 @@
+//! Drain benchmark of the batch writer: fills the streams with N events, measures how fast the
+//! writer stores them (dedupe on) into the fully indexed table, and measures in the same run a raw
+//! binary COPY of the same rows and the original design's 1000-row multi-row INSERT, each into an
+//! identical table of its own database.
+//!
+//! `cargo run --release -p sluice-bench --bin writer-bench -- --events 1000000`
+
+use std::time::{Duration, Instant};
+
+use bench::{baseline, print_table, queued_event};
+use clap::Parser;
+use shared::config::Env;
+use shared::queue::{self, Keys};
+use shared::testing::TestDb;
+
+#[derive(Parser)]
+struct Args {
+    /// Events to load.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Concurrent COPY streams of the writer (WRITER_CONCURRENCY).
+    #[arg(long, default_value_t = 2)]
+    writers: usize,
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 4)]
+    shards: u16,
+    /// Where to write the figures as JSON.
+    #[arg(long)]
+    json: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let n = args.events;
+    eprintln!("Generating {n} events...");
+    let now = chrono::Utc::now().timestamp_micros();
+    let mut rng = rand::rng();
+    let events: Vec<_> = (0..n).map(|_| queued_event(&mut rng, now)).collect();
+
+    eprintln!("Raw binary COPY baseline...");
+    let raw_db = TestDb::migrated().await;
+    let raw = baseline::raw_copy(&raw_db.client().await, &events).await?;
+
+    eprintln!("Filling the streams...");
+    let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let keys = Keys::new(&prefix, args.shards);
+    fill(&keys, &events).await?;
+
+    eprintln!("Draining with the batch writer...");
+    let w_db = TestDb::migrated().await;
+    let drain = drain(&w_db, &prefix, &args).await?;
+    let stored: i64 = w_db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM analytics_events", &[])
+        .await?
+        .get(0);
+    anyhow::ensure!(stored as usize == n, "writer stored {stored} of {n}");
+    cleanup(&prefix).await;
+
+    eprintln!("Multi-row INSERT baseline...");
+    let ins_db = TestDb::migrated().await;
+    let insert = baseline::multi_row_insert(&ins_db.client().await, &events).await?;
+
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    let rows = vec![
+        vec![
+            "raw binary COPY (one stream)".into(),
+            n.to_string(),
+            format!("{:.2}", raw.as_secs_f64()),
+            format!("{:.0}", rate(raw)),
+            "1.00".into(),
+        ],
+        vec![
+            format!(
+                "batch-writer drain ({} COPY streams, dedupe on)",
+                args.writers
+            ),
+            n.to_string(),
+            format!("{:.2}", drain.as_secs_f64()),
+            format!("{:.0}", rate(drain)),
+            format!("{:.2}", raw.as_secs_f64() / drain.as_secs_f64()),
+        ],
+        vec![
+            "multi-row INSERT, 1000 rows a statement".into(),
+            n.to_string(),
+            format!("{:.2}", insert.as_secs_f64()),
+            format!("{:.0}", rate(insert)),
+            format!("{:.2}", raw.as_secs_f64() / insert.as_secs_f64()),
+        ],
+    ];
+    print_table(
+        &["method", "rows", "seconds", "rows/s", "of raw COPY"],
+        &rows,
+    );
+    println!(
+        "writer / multi-row INSERT: {:.2}x",
+        insert.as_secs_f64() / drain.as_secs_f64()
+    );
+    if let Some(path) = args.json {
+        let doc = serde_json::json!({
+            "events": n,
+            "raw_copy_rows_per_sec": rate(raw),
+            "writer_rows_per_sec": rate(drain),
+            "multi_row_insert_rows_per_sec": rate(insert),
+            "writer_over_raw": raw.as_secs_f64() / drain.as_secs_f64(),
+            "writer_over_insert": insert.as_secs_f64() / drain.as_secs_f64(),
+            "writers": args.writers,
+            "batch_size": args.batch_size,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+    }
+    Ok(())
+}
+
+async fn conn() -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    Ok(redis::Client::open("redis://127.0.0.1:6379/")?
+        .get_multiplexed_async_connection()
+        .await?)
+}
+
+/// Queues the events as the gateway would (entries of 100), 16 pushes in flight.
+async fn fill(keys: &Keys, events: &[shared::queue::QueuedEvent]) -> anyhow::Result<()> {
+    let conn = conn().await?;
+    let script = redis::Script::new(queue::PUSH_SCRIPT);
+    let chunks: Vec<_> = events.chunks(queue::EVENTS_PER_ENTRY).enumerate().collect();
+    let mut stream = futures::stream::iter(chunks.into_iter().map(|(i, chunk)| {
+        let mut conn = conn.clone();
+        let script = script.clone();
+        let shard = (i % keys.shards() as usize) as u16;
+        let (stream, depth) = (keys.stream(shard), keys.depth(shard));
+        async move {
+            let payload = queue::encode(chunk)?;
+            let _: Vec<String> = script
+                .key(stream)
+                .key(depth)
+                .arg(queue::FORMAT_VERSION)
+                .arg(chunk.len())
+                .arg(payload)
+                .invoke_async(&mut conn)
+                .await?;
+            anyhow::Ok(())
+        }
+    }))
+    .buffer_unordered(16);
+    use futures::StreamExt;
+    while let Some(r) = stream.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+async fn drain(db: &TestDb, prefix: &str, args: &Args) -> anyhow::Result<Duration> {
+    let mut vars = db.env_vars();
+    vars.retain(|(k, _)| !k.starts_with("DB_POOL"));
+    let extra = [
+        ("DB_POOL_MAX", (args.writers + 2).to_string()),
+        ("DB_POOL_MIN", args.writers.to_string()),
+        ("REDIS_URL", "redis://127.0.0.1:6379/".into()),
+        ("STREAM_PREFIX", prefix.to_owned()),
+        ("STREAM_SHARDS", args.shards.to_string()),
+        ("BATCH_SIZE", args.batch_size.to_string()),
+        ("WRITER_CONCURRENCY", args.writers.to_string()),
+        ("LOG_LEVEL", "warn".into()),
+    ];
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let config = batch_writer::WriterConfig::from_env(&Env::from_pairs(vars))?;
+    let keys = Keys::new(prefix, args.shards);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let task = tokio::spawn(batch_writer::run(config, listener, shutdown.clone()));
+    let mut conn = conn().await?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let depths: Vec<Option<i64>> = redis::cmd("MGET")
+            .arg(keys.all_depths())
+            .query_async(&mut conn)
+            .await?;
+        if depths.iter().flatten().sum::<i64>() == 0 {
+            break;
+        }
+        if task.is_finished() {
+            anyhow::bail!("the writer stopped early");
+        }
+    }
+    let elapsed = started.elapsed();
+    shutdown.cancel();
+    task.await??;
+    Ok(elapsed)
+}
+
+async fn cleanup(prefix: &str) {
+    if let Ok(mut conn) = conn().await {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{{{prefix}:*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> =
+                redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! An HTTP load generator for `POST /v1/events`: closed-loop (as fast as possible with C
+//! connections) or open-loop at a fixed rate, recording each request's latency.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::client_event_json;
+
+/// What a load run measured.
+#[derive(Debug, Clone)]
+pub struct LoadResult {
+    pub requests: u64,
+    pub events_accepted: u64,
+    pub failures: u64,
+    pub elapsed: Duration,
+    /// Sorted request latencies.
+    pub latencies: Vec<Duration>,
+}
+
+impl LoadResult {
+    pub fn events_per_sec(&self) -> f64 {
+        self.events_accepted as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn requests_per_sec(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn p(&self, pct: f64) -> Duration {
+        crate::percentile(&self.latencies, pct)
+    }
+}
+
+/// Request bodies of `batch` events each (a few variants, built once so the generator costs
+/// little CPU).
+pub fn bodies(batch: usize, variants: usize) -> Vec<Bytes> {
+    let mut rng = rand::rng();
+    (0..variants)
+        .map(|_| {
+            let events: Vec<String> = (0..batch).map(|_| client_event_json(&mut rng)).collect();
+            if batch == 1 {
+                Bytes::from(events.concat())
+            } else {
+                Bytes::from(format!("[{}]", events.join(",")))
+            }
+        })
+        .collect()
+}
+
+#[derive(Clone)]
+pub struct Target {
+    pub url: String,
+    pub key: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Target {
+    pub fn new(addr: &str, key: &str, connections: usize) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(connections)
+            .build(connector);
+        Self {
+            url: format!("http://{addr}/v1/events"),
+            key: key.to_owned(),
+            client,
+        }
+    }
+
+    /// Sends one body; the number of accepted events, or `None` on failure.
+    pub async fn send(&self, body: Bytes, events: u64) -> Option<u64> {
+        let req = Request::post(&self.url)
+            .header("authorization", format!("Bearer {}", self.key))
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .ok()?;
+        let resp = self.client.request(req).await.ok()?;
+        let ok = resp.status().as_u16() == 202;
+        let _ = resp.into_body().collect().await.ok()?;
+        ok.then_some(events)
+    }
+}
+
+/// As fast as possible with `connections` concurrent requests, for `duration`.
+pub async fn closed_loop(
+    target: &Target,
+    bodies: &[Bytes],
+    events_per_body: u64,
+    connections: usize,
+    duration: Duration,
+) -> LoadResult {
+    let started = Instant::now();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..connections)
+        .map(|c| {
+            let t = target.clone();
+            let bodies = bodies.to_vec();
+            let (accepted, failures) = (accepted.clone(), failures.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut i = c;
+                while started.elapsed() < duration {
+                    let body = bodies[i % bodies.len()].clone();
+                    i += 1;
+                    let t0 = Instant::now();
+                    match t.send(body, events_per_body).await {
+                        Some(n) => {
+                            accepted.fetch_add(n, Ordering::Relaxed);
+                        }
+                        None => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    lat.push(t0.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.unwrap_or_default());
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    LoadResult {
+        requests: latencies.len() as u64,
+        events_accepted: accepted.load(Ordering::Relaxed),
+        failures: failures.load(Ordering::Relaxed),
+        elapsed,
+        latencies,
+    }
+}
+
+/// Open loop: `rate` requests per second for `duration`, whatever the answers' latency.
+pub async fn fixed_rate(
+    target: &Target,
+    bodies: &[Bytes],
+    events_per_body: u64,
+    rate: f64,
+    duration: Duration,
+) -> LoadResult {
+    let total = (rate * duration.as_secs_f64()) as u64;
+    let started = Instant::now();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let at = started + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(at.into()).await;
+        let t = target.clone();
+        let body = bodies[i as usize % bodies.len()].clone();
+        let (accepted, failures) = (accepted.clone(), failures.clone());
+        handles.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            match t.send(body, events_per_body).await {
+                Some(n) => accepted.fetch_add(n, Ordering::Relaxed),
+                None => failures.fetch_add(1, Ordering::Relaxed),
+            };
+            t0.elapsed()
+        }));
+    }
+    let mut latencies = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(d) = h.await {
+            latencies.push(d);
+        }
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    LoadResult {
+        requests: latencies.len() as u64,
+        events_accepted: accepted.load(Ordering::Relaxed),
+        failures: failures.load(Ordering::Relaxed),
+        elapsed,
+        latencies,
+    }
+}
+
+/// Raw pipelined XADD rate of a Redis: `conns` connections, `depth` commands a pipeline, one
+/// 200-byte field, for `duration`. The ceiling any gateway can reach on that Redis.
+pub async fn raw_xadd(
+    url: &str,
+    key: &str,
+    conns: usize,
+    depth: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let client = redis::Client::open(url)?;
+    let payload = vec![b'x'; 200];
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let payload = payload.clone();
+        let key = key.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while started.elapsed() < duration {
+                let mut pipe = redis::pipe();
+                for _ in 0..depth {
+                    pipe.cmd("XADD")
+                        .arg(&key)
+                        .arg("*")
+                        .arg("d")
+                        .arg(&payload)
+                        .ignore();
+                }
+                if pipe.query_async::<()>(&mut conn).await.is_err() {
+                    break;
+                }
+                n += depth as u64;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap_or(0);
+    }
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let _: () = redis::cmd("DEL").arg(key).query_async(&mut conn).await?;
+    Ok(rate)
+}
