@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::WriterConfig;
 use crate::dead_letter;
 use crate::reader::{Entry, Reader};
-use crate::store::{Store, WriteError, Written};
+use crate::rows;
+use crate::store::{EntryInfo, Item, Mode, Store, WriteError, Written};
 
 /// A group of entries written in one transaction (or, after a data error, in parts).
 #[derive(Debug)]
@@ -273,7 +274,21 @@ pub async fn process(ctx: &Ctx, batch: Batch) {
             }
         }
     }
-    let Some((written, failures)) = write_all(ctx, &events).await else {
+    let mut infos: Vec<EntryInfo> = batch
+        .entries
+        .iter()
+        .map(|e| match rows::entry_key(e.shard, &e.id) {
+            Some(key) => EntryInfo {
+                key,
+                suspect: e.deliveries > 1,
+            },
+            None => EntryInfo {
+                key: uuid::Uuid::now_v7(),
+                suspect: true,
+            },
+        })
+        .collect();
+    let Some((written, failures)) = write_all(ctx, &events, &mut infos).await else {
         tracing::warn!(
             entries = batch.entries.len(),
             "Stopping with a batch unwritten; its entries stay pending for another writer."
@@ -351,14 +366,35 @@ where
 
 type Failure<'a> = (usize, &'a QueuedEvent, String);
 
-/// Writes the events, splitting around data errors down to single events. `None` when transient
-/// errors outlasted the shutdown grace period.
+/// Writes the events: whole in one transaction when possible; after a data error, split down to
+/// single events to isolate the bad ones. A transient error is retried with backoff, and makes
+/// every entry suspect (the failed commit may have gone through). `None` when transient errors
+/// outlasted the shutdown grace period.
 async fn write_all<'a>(
     ctx: &Ctx,
-    events: &[(usize, &'a QueuedEvent)],
+    events: &[Item<'a>],
+    infos: &mut [EntryInfo],
 ) -> Option<(Written, Vec<Failure<'a>>)> {
     let mut total = Written::default();
     let mut failures = Vec::new();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match ctx.store.write(events, infos, Mode::Whole).await {
+            Ok(w) => return Some((w, failures)),
+            Err(WriteError::Transient(e)) => {
+                if ctx.give_up() {
+                    return None;
+                }
+                tracing::warn!(error = %e, "Batch write failed; retrying with backoff.");
+                infos.iter_mut().for_each(|i| i.suspect = true);
+                ctx.backoff(&mut delay).await;
+            }
+            Err(WriteError::Data(e)) => {
+                tracing::info!(error = %e, events = events.len(), "Batch refused; splitting it to find the bad events.");
+                break;
+            }
+        }
+    }
     let mut stack: Vec<std::ops::Range<usize>> = Vec::new();
     stack.push(0..events.len());
     while let Some(range) = stack.pop() {
@@ -366,29 +402,25 @@ async fn write_all<'a>(
             continue;
         }
         let slice = &events[range.clone()];
-        let refs: Vec<&QueuedEvent> = slice.iter().map(|(_, e)| *e).collect();
         let mut delay = Duration::from_millis(100);
         loop {
-            match ctx.store.write(&refs).await {
+            match ctx.store.write(slice, infos, Mode::Split).await {
                 Ok(w) => {
-                    total.stored += w.stored;
-                    total.quarantined += w.quarantined;
-                    total.duplicates += w.duplicates;
+                    total += w;
                     break;
                 }
                 Err(WriteError::Transient(e)) => {
                     if ctx.give_up() {
                         return None;
                     }
-                    tracing::warn!(error = %e, "Batch write failed; retrying with backoff.");
+                    tracing::warn!(error = %e, "Write failed; retrying with backoff.");
                     ctx.backoff(&mut delay).await;
                 }
                 Err(WriteError::Data(e)) if slice.len() == 1 => {
                     failures.push((slice[0].0, slice[0].1, e.to_string()));
                     break;
                 }
-                Err(WriteError::Data(e)) => {
-                    tracing::info!(error = %e, events = slice.len(), "Batch refused; splitting it to find the bad events.");
+                Err(WriteError::Data(_)) => {
                     let mid = range.start + slice.len() / 2;
                     stack.push(mid..range.end);
                     stack.push(range.start..mid);
@@ -461,6 +493,7 @@ mod tests {
             user_id: None,
             session_id: None,
             metadata: None,
+            client_id: false,
         };
         Entry {
             shard: 0,

@@ -24,6 +24,19 @@ pub fn dedupe_key(app_id: &str, event_id: &Uuid) -> Uuid {
     Uuid::from_bytes(key)
 }
 
+/// The ledger key of a stream entry: its id's milliseconds (8 bytes) and sequence (6 bytes), then
+/// the shard (2 bytes), so keys arrive in index order. `None` for an id not of the form `ms-seq`.
+pub fn entry_key(shard: u16, id: &str) -> Option<Uuid> {
+    let (ms, seq) = id.split_once('-')?;
+    let ms: u64 = ms.parse().ok()?;
+    let seq: u64 = seq.parse().ok()?;
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&ms.to_be_bytes());
+    key[8..14].copy_from_slice(&seq.to_be_bytes()[2..]);
+    key[14..].copy_from_slice(&shard.to_be_bytes());
+    Some(Uuid::from_bytes(key))
+}
+
 pub fn time(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
@@ -83,6 +96,17 @@ mod tests {
         assert_ne!(a, dedupe_key("app_b", &id), "per app");
         assert_eq!(&a.as_bytes()[..8], &id.as_bytes()[..8]);
         assert_ne!(a, dedupe_key("app_a", &Uuid::now_v7()));
+    }
+
+    #[test]
+    fn entry_keys_are_ordered_and_distinct_per_shard() {
+        let a = entry_key(0, "1700000000000-0").expect("key");
+        let b = entry_key(0, "1700000000000-1").expect("key");
+        let c = entry_key(0, "1700000000001-0").expect("key");
+        assert!(a < b && b < c);
+        assert_ne!(a, entry_key(1, "1700000000000-0").expect("key"));
+        assert_eq!(entry_key(0, "nope"), None);
+        assert_eq!(entry_key(0, "1-x"), None);
     }
 
     #[test]

@@ -1,12 +1,16 @@
-//! Writing one batch into PostgreSQL, exactly once, in one transaction:
-//! 1. record the batch's dedupe keys in `event_dedupe` (binary COPY; when a key is already there,
-//!    the transaction is retried with `INSERT ... ON CONFLICT DO NOTHING RETURNING`, which also
-//!    waits out a concurrent writer holding the same key), keeping only the events seen first;
-//! 2. binary COPY those events into `analytics_events`, and those whose month has no partition
-//!    into `events_quarantine`;
-//! 3. commit.
+//! Writing events into PostgreSQL exactly once, in one transaction per call:
+//! 1. drop events whose stream entry is already in `entry_ledger` (a redelivery of a committed
+//!    entry), looked up only for entries that may have been seen before;
+//! 2. record a dedupe key in `event_dedupe` for each event that needs one (a client-chosen id,
+//!    or an event of an entry that may have been partly written), keeping only events seen first;
+//! 3. binary COPY the events into `analytics_events`, and those whose month has no partition into
+//!    `events_quarantine`;
+//! 4. record the entries in `entry_ledger` when they are written whole;
+//! 5. commit.
 //!
-//! Duplicates are rare, so the fast path (plain COPY everywhere) is the usual one.
+//! Keys and ledger rows go in with binary COPY; if one already exists (a unique violation), the
+//! transaction is retried with `INSERT ... ON CONFLICT DO NOTHING RETURNING`, which also waits
+//! out a concurrent writer holding the same key. Duplicates are rare, so the fast path is usual.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -23,7 +27,26 @@ use uuid::Uuid;
 
 use crate::rows::{self, RawJsonb, COPY_COLUMNS, COPY_TYPES};
 
-/// What a written batch came to.
+/// What the store knows of a stream entry.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryInfo {
+    /// See [`rows::entry_key`].
+    pub key: Uuid,
+    /// The entry may have been written before: it is a redelivery, or an earlier attempt's
+    /// commit may have succeeded unseen.
+    pub suspect: bool,
+}
+
+/// How a call covers its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every event of every entry named is in the call: entries go to the ledger.
+    Whole,
+    /// Part of a split batch: every event gets a dedupe key, no entry goes to the ledger.
+    Split,
+}
+
+/// What a write came to.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Written {
     pub stored: u64,
@@ -31,7 +54,15 @@ pub struct Written {
     pub duplicates: u64,
 }
 
-/// Why a batch was not written.
+impl std::ops::AddAssign for Written {
+    fn add_assign(&mut self, o: Self) {
+        self.stored += o.stored;
+        self.quarantined += o.quarantined;
+        self.duplicates += o.duplicates;
+    }
+}
+
+/// Why a write failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     /// Worth retrying as is: connection, server, lock or resource trouble.
@@ -55,6 +86,9 @@ pub struct Store {
 
 const PARTITIONS_TTL: Duration = Duration::from_secs(30);
 
+/// One event to write and the index of its entry in the `entries` slice.
+pub type Item<'a> = (usize, &'a QueuedEvent);
+
 impl Store {
     pub fn new(db: Db) -> Self {
         Self {
@@ -70,15 +104,27 @@ impl Store {
         &self.db
     }
 
-    /// Writes `events` in one transaction, retrying the slow dedupe path or a partition refresh
-    /// when needed. Data errors and transient errors are told apart for the caller.
-    pub async fn write(&self, events: &[&QueuedEvent]) -> Result<Written, WriteError> {
+    /// Writes `items` in one transaction, retrying the slow path or a partition refresh when
+    /// needed. Data errors and transient errors are told apart for the caller.
+    pub async fn write(
+        &self,
+        items: &[Item<'_>],
+        entries: &[EntryInfo],
+        mode: Mode,
+    ) -> Result<Written, WriteError> {
+        let classify = |e: DbError| {
+            if e.is_transient() {
+                WriteError::Transient(e)
+            } else {
+                WriteError::Data(e)
+            }
+        };
         let mut fast = true;
         for _ in 0..3 {
             self.refresh_partitions(false)
                 .await
                 .map_err(WriteError::Transient)?;
-            match self.write_once(events, fast).await {
+            match self.write_once(items, entries, mode, fast).await {
                 Ok(w) => return Ok(w),
                 Err(e) if e.sql_state() == Some("23505") && fast => fast = false,
                 Err(e) if is_missing_partition(&e) => {
@@ -87,17 +133,12 @@ impl Store {
                         .await
                         .map_err(WriteError::Transient)?;
                 }
-                Err(e) if e.is_transient() => return Err(WriteError::Transient(e)),
-                Err(e) => return Err(WriteError::Data(e)),
+                Err(e) => return Err(classify(e)),
             }
         }
-        self.write_once(events, false).await.map_err(|e| {
-            if e.is_transient() {
-                WriteError::Transient(e)
-            } else {
-                WriteError::Data(e)
-            }
-        })
+        self.write_once(items, entries, mode, false)
+            .await
+            .map_err(classify)
     }
 
     async fn refresh_partitions(&self, force: bool) -> Result<(), DbError> {
@@ -116,32 +157,58 @@ impl Store {
         Ok(())
     }
 
-    async fn write_once(&self, events: &[&QueuedEvent], fast: bool) -> Result<Written, DbError> {
+    async fn write_once(
+        &self,
+        items: &[Item<'_>],
+        entries: &[EntryInfo],
+        mode: Mode,
+        fast: bool,
+    ) -> Result<Written, DbError> {
         let mut client = self.db.get("write batch").await?;
         let tx = client
             .transaction()
             .await
             .map_err(DbError::query("begin batch"))?;
-        // The same event twice in one batch (a retry landing next to its original) counts once.
-        let mut seen = HashSet::with_capacity(events.len());
-        let mut keyed: Vec<(Uuid, &QueuedEvent)> = Vec::with_capacity(events.len());
-        for e in events {
-            let key = rows::dedupe_key(&e.app_id, &e.event_id);
-            if seen.insert(key) {
-                keyed.push((key, e));
+        let used: Vec<usize> = {
+            let mut seen = HashSet::new();
+            items.iter().map(|(i, _)| *i).filter(|i| seen.insert(*i)).collect()
+        };
+        // On the slow path (a key already existed), every entry is looked up.
+        let suspects: Vec<Uuid> = used
+            .iter()
+            .filter(|i| entries[**i].suspect || !fast)
+            .map(|i| entries[*i].key)
+            .collect();
+        let done = committed_entries(&tx, &suspects).await?;
+        // Per-event keys: for client-chosen ids, for events of suspect entries, and for all
+        // events of a split batch; the rest are new by construction.
+        let mut in_batch = HashSet::with_capacity(items.len());
+        let mut keyed: Vec<(Uuid, &QueuedEvent)> = Vec::new();
+        let mut unkeyed: Vec<&QueuedEvent> = Vec::with_capacity(items.len());
+        for (i, e) in items {
+            let entry = &entries[*i];
+            if done.contains(&entry.key) {
+                continue;
+            }
+            if mode == Mode::Split || entry.suspect || !fast || e.client_id {
+                let key = rows::dedupe_key(&e.app_id, &e.event_id);
+                // The same event twice in one batch (a retry next to its original) counts once.
+                if in_batch.insert(key) {
+                    keyed.push((key, *e));
+                }
+            } else {
+                unkeyed.push(*e);
             }
         }
-        let fresh: Vec<&QueuedEvent> = if fast {
-            copy_keys(&tx, &keyed).await?;
-            keyed.iter().map(|(_, e)| *e).collect()
+        let mut fresh = unkeyed;
+        if fast {
+            copy_uuids(&tx, "event_dedupe", "dedupe_key", keyed.iter().map(|(k, _)| k)).await?;
+            fresh.extend(keyed.iter().map(|(_, e)| *e));
         } else {
-            let new = insert_keys(&tx, &keyed).await?;
-            keyed
-                .iter()
-                .filter(|(k, _)| new.contains(k))
-                .map(|(_, e)| *e)
-                .collect()
-        };
+            let keys: Vec<Uuid> = keyed.iter().map(|(k, _)| *k).collect();
+            let new = insert_uuids(&tx, "event_dedupe", "dedupe_key", &keys).await?;
+            fresh.extend(keyed.iter().filter(|(k, _)| new.contains(k)).map(|(_, e)| *e));
+        }
         let (known, orphans): (Vec<&QueuedEvent>, Vec<&QueuedEvent>) = {
             let p = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
             fresh
@@ -152,11 +219,23 @@ impl Store {
         if !orphans.is_empty() {
             copy_events(&tx, "events_quarantine", &orphans).await?;
         }
+        if mode == Mode::Whole {
+            let ledger: Vec<Uuid> = used
+                .iter()
+                .map(|i| entries[*i].key)
+                .filter(|k| !done.contains(k))
+                .collect();
+            if fast {
+                copy_uuids(&tx, "entry_ledger", "entry_key", ledger.iter()).await?;
+            } else {
+                insert_uuids(&tx, "entry_ledger", "entry_key", &ledger).await?;
+            }
+        }
         tx.commit().await.map_err(DbError::query("commit batch"))?;
         Ok(Written {
             stored: known.len() as u64,
             quarantined: orphans.len() as u64,
-            duplicates: (events.len() - fresh.len()) as u64,
+            duplicates: (items.len() - fresh.len()) as u64,
         })
     }
 }
@@ -167,15 +246,39 @@ fn is_missing_partition(e: &DbError) -> bool {
     e.sql_state() == Some("23514") && e.to_string().contains("no partition")
 }
 
-async fn copy_keys(tx: &Transaction<'_>, keyed: &[(Uuid, &QueuedEvent)]) -> Result<(), DbError> {
+/// The entries among `keys` already committed.
+async fn committed_entries(tx: &Transaction<'_>, keys: &[Uuid]) -> Result<HashSet<Uuid>, DbError> {
+    if keys.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows = tx
+        .query(
+            "SELECT entry_key FROM entry_ledger WHERE entry_key = ANY($1)",
+            &[&keys],
+        )
+        .await
+        .map_err(DbError::query("look up entry ledger"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Binary COPY of uuids into a one-key table (`table` and `column` are constants of this file).
+async fn copy_uuids<'k>(
+    tx: &Transaction<'_>,
+    table: &'static str,
+    column: &'static str,
+    keys: impl ExactSizeIterator<Item = &'k Uuid>,
+) -> Result<(), DbError> {
+    if keys.len() == 0 {
+        return Ok(());
+    }
     let op = "copy dedupe keys";
     let sink = tx
-        .copy_in("COPY event_dedupe (dedupe_key) FROM STDIN (FORMAT binary)")
+        .copy_in(&format!("COPY {table} ({column}) FROM STDIN (FORMAT binary)"))
         .await
         .map_err(DbError::query(op))?;
     let writer = BinaryCopyInWriter::new(sink, &[Type::UUID]);
     pin_mut!(writer);
-    for (key, _) in keyed {
+    for key in keys {
         writer
             .as_mut()
             .write(&[key])
@@ -186,15 +289,22 @@ async fn copy_keys(tx: &Transaction<'_>, keyed: &[(Uuid, &QueuedEvent)]) -> Resu
     Ok(())
 }
 
-async fn insert_keys(
+/// Inserts uuids that are not there yet; returns those inserted.
+async fn insert_uuids(
     tx: &Transaction<'_>,
-    keyed: &[(Uuid, &QueuedEvent)],
+    table: &'static str,
+    column: &'static str,
+    keys: &[Uuid],
 ) -> Result<HashSet<Uuid>, DbError> {
-    let keys: Vec<Uuid> = keyed.iter().map(|(k, _)| *k).collect();
+    if keys.is_empty() {
+        return Ok(HashSet::new());
+    }
     let rows = tx
         .query(
-            "INSERT INTO event_dedupe (dedupe_key) SELECT unnest($1::uuid[]) \
-             ON CONFLICT DO NOTHING RETURNING dedupe_key",
+            &format!(
+                "INSERT INTO {table} ({column}) SELECT unnest($1::uuid[]) \
+                 ON CONFLICT DO NOTHING RETURNING {column}"
+            ),
             &[&keys],
         )
         .await
@@ -207,6 +317,9 @@ async fn copy_events(
     table: &'static str,
     events: &[&QueuedEvent],
 ) -> Result<(), DbError> {
+    if events.is_empty() {
+        return Ok(());
+    }
     let op = if table == "analytics_events" {
         "copy events"
     } else {

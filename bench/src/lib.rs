@@ -56,6 +56,7 @@ pub fn queued_event(rng: &mut impl Rng, now_us: i64) -> QueuedEvent {
         user_id: Some(format!("user_{user}")),
         session_id: Some(format!("sess_{}_{}", user, rng.random_range(0..5))),
         metadata: Some(metadata_json(rng)),
+        client_id: false,
     }
 }
 

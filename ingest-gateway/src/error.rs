@@ -37,6 +37,35 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// One example of each variant, so tests can check the codes and statuses of all of them.
+    pub fn examples() -> Vec<ApiError> {
+        use std::time::Duration;
+        vec![
+            ApiError::MissingKey,
+            ApiError::InvalidKey,
+            ApiError::ReadKeyCannotIngest,
+            ApiError::IngestKeyCannotRead,
+            ApiError::Read(ReadError::TooLarge(1)),
+            ApiError::Read(ReadError::UnsupportedType),
+            ApiError::Read(ReadError::UnsupportedEncoding),
+            ApiError::Read(ReadError::BadGzip(String::new())),
+            ApiError::Read(ReadError::Timeout(Duration::ZERO)),
+            ApiError::Read(ReadError::Broken),
+            ApiError::Body(BodyError::InvalidJson(String::new())),
+            ApiError::Body(BodyError::NotObjectOrArray),
+            ApiError::Body(BodyError::TooManyEvents { count: 2, max: 1 }),
+            ApiError::Body(BodyError::Empty),
+            ApiError::AllInvalid(Vec::new()),
+            ApiError::RateLimited { limit: 1 },
+            ApiError::Queue(QueueError::Full { depth: 1 }),
+            ApiError::Queue(QueueError::Unavailable),
+            ApiError::Queue(QueueError::Evicting(String::new())),
+            ApiError::BadQuery(String::new()),
+            ApiError::ShuttingDown,
+            ApiError::DbUnavailable,
+        ]
+    }
+
     /// Status, stable code, `Retry-After` seconds, and the `reason` label of
     /// `sluice_events_rejected_total`.
     pub fn parts(&self) -> (StatusCode, &'static str, Option<u32>, &'static str) {

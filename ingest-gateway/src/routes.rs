@@ -16,6 +16,23 @@ use crate::config::GatewayConfig;
 use crate::queue::Queue;
 use crate::{ingest, reply};
 
+/// Every route the gateway answers, as (method, path): the OpenAPI description must list the
+/// same (a test checks).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/v1/events"),
+    ("options", "/v1/events"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+];
+
+/// Error codes answered by the router itself, besides [`crate::error::ApiError`]'s.
+pub const ROUTER_CODES: &[&str] = &[
+    "not_found",
+    "method_not_allowed",
+    "not_preflight",
+    "origin_not_allowed",
+];
+
 /// Everything a request handler needs.
 pub struct AppState {
     pub config: GatewayConfig,

@@ -191,6 +191,7 @@ pub fn event(raw: &RawValue, ctx: &Context<'_>) -> Result<QueuedEvent, String> {
     }
     let ev: RawEvent<'_> = serde_json::from_str(text).map_err(|e| strip_position(&e))?;
     let name = EventName::parse(ev.event_name.as_deref().ok_or("event_name is required")?)?;
+    let client_id = ev.event_id.is_some();
     let event_id = match ev.event_id.as_deref() {
         None => Uuid::now_v7(),
         Some(s) => {
@@ -238,6 +239,7 @@ pub fn event(raw: &RawValue, ctx: &Context<'_>) -> Result<QueuedEvent, String> {
             .map(|s| short_id("session_id", &s))
             .transpose()?,
         metadata: ev.metadata.map(metadata).transpose()?,
+        client_id,
     })
 }
 

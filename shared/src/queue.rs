@@ -39,6 +39,10 @@ pub struct QueuedEvent {
     pub session_id: Option<String>,
     /// Compact JSON text of an object; `None` for no metadata.
     pub metadata: Option<String>,
+    /// The client chose `event_id` (and so may retry with it): the writer keeps a dedupe key for
+    /// it. Ids the gateway assigned are new by construction.
+    #[serde(default)]
+    pub client_id: bool,
 }
 
 /// Key names of one pipeline (one prefix).
@@ -164,6 +168,7 @@ mod tests {
             user_id: Some("u".into()),
             session_id: None,
             metadata: Some(r#"{"a":1}"#.into()),
+            client_id: true,
         };
         let bytes = encode(&[e.clone(), e.clone()]).expect("encode");
         assert_eq!(decode(&bytes).expect("decode"), vec![e.clone(), e]);

@@ -82,7 +82,8 @@ async fn a_client_retry_with_another_timestamp_is_stored_once() {
     let db = TestDb::migrated().await;
     let prefix = prefix();
     let keys = Keys::new(&prefix, 2);
-    let first = event("app_t", "buy");
+    let mut first = event("app_t", "buy");
+    first.client_id = true;
     let mut retry = first.clone();
     retry.occurred_at_us -= 3_600_000_000;
     retry.received_at_us += 5_000_000;

@@ -29,6 +29,7 @@ pub fn event(app: &str, name: &str) -> QueuedEvent {
         user_id: Some("u1".into()),
         session_id: Some("s1".into()),
         metadata: Some(r#"{"plan":"pro","n":1}"#.into()),
+        client_id: false,
     }
 }
 

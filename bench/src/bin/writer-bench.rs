@@ -25,6 +25,9 @@ struct Args {
     batch_size: usize,
     #[arg(long, default_value_t = 4)]
     shards: u16,
+    /// Events carry client-chosen ids (each then costs a dedupe key, to catch client retries).
+    #[arg(long)]
+    client_ids: bool,
     /// Where to write the figures as JSON.
     #[arg(long)]
     json: Option<String>,
@@ -37,7 +40,13 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("Generating {n} events...");
     let now = chrono::Utc::now().timestamp_micros();
     let mut rng = rand::rng();
-    let events: Vec<_> = (0..n).map(|_| queued_event(&mut rng, now)).collect();
+    let events: Vec<_> = (0..n)
+        .map(|_| {
+            let mut e = queued_event(&mut rng, now);
+            e.client_id = args.client_ids;
+            e
+        })
+        .collect();
 
     eprintln!("Raw binary COPY baseline...");
     let raw_db = TestDb::migrated().await;
@@ -75,8 +84,9 @@ async fn main() -> anyhow::Result<()> {
         ],
         vec![
             format!(
-                "batch-writer drain ({} COPY streams, dedupe on)",
-                args.writers
+                "batch-writer drain ({} COPY streams, dedupe on, {} ids)",
+                args.writers,
+                if args.client_ids { "client" } else { "gateway" }
             ),
             n.to_string(),
             format!("{:.2}", drain.as_secs_f64()),
@@ -108,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
             "writer_over_raw": raw.as_secs_f64() / drain.as_secs_f64(),
             "writer_over_insert": insert.as_secs_f64() / drain.as_secs_f64(),
             "writers": args.writers,
+            "client_ids": args.client_ids,
             "batch_size": args.batch_size,
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;

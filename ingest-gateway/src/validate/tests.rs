@@ -34,6 +34,7 @@ fn a_minimal_event_gets_a_uuid_v7_and_the_receive_time() {
     assert_eq!(e.occurred_at_us, ctx().received_at.timestamp_micros());
     assert_eq!(e.received_at_us, e.occurred_at_us);
     assert_eq!((e.user_id, e.session_id, e.metadata), (None, None, None));
+    assert!(!e.client_id, "the gateway chose the id");
 }
 
 #[test]

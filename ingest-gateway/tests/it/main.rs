@@ -4,3 +4,4 @@ mod apps;
 mod daemon;
 mod helpers;
 mod ingest;
+mod openapi;

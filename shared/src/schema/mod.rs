@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_dedupe_and_dead_letters.sql",
         sql: include_str!("../../../migrations/0002_dedupe_and_dead_letters.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_entry_ledger.sql",
+        sql: include_str!("../../../migrations/0003_entry_ledger.sql"),
+    },
 ];
 
 /// The schema version this build expects.
