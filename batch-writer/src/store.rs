@@ -171,7 +171,11 @@ impl Store {
             .map_err(DbError::query("begin batch"))?;
         let used: Vec<usize> = {
             let mut seen = HashSet::new();
-            items.iter().map(|(i, _)| *i).filter(|i| seen.insert(*i)).collect()
+            items
+                .iter()
+                .map(|(i, _)| *i)
+                .filter(|i| seen.insert(*i))
+                .collect()
         };
         // On the slow path (a key already existed), every entry is looked up.
         let suspects: Vec<Uuid> = used
@@ -202,12 +206,23 @@ impl Store {
         }
         let mut fresh = unkeyed;
         if fast {
-            copy_uuids(&tx, "event_dedupe", "dedupe_key", keyed.iter().map(|(k, _)| k)).await?;
+            copy_uuids(
+                &tx,
+                "event_dedupe",
+                "dedupe_key",
+                keyed.iter().map(|(k, _)| k),
+            )
+            .await?;
             fresh.extend(keyed.iter().map(|(_, e)| *e));
         } else {
             let keys: Vec<Uuid> = keyed.iter().map(|(k, _)| *k).collect();
             let new = insert_uuids(&tx, "event_dedupe", "dedupe_key", &keys).await?;
-            fresh.extend(keyed.iter().filter(|(k, _)| new.contains(k)).map(|(_, e)| *e));
+            fresh.extend(
+                keyed
+                    .iter()
+                    .filter(|(k, _)| new.contains(k))
+                    .map(|(_, e)| *e),
+            );
         }
         let (known, orphans): (Vec<&QueuedEvent>, Vec<&QueuedEvent>) = {
             let p = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
@@ -273,7 +288,9 @@ async fn copy_uuids<'k>(
     }
     let op = "copy dedupe keys";
     let sink = tx
-        .copy_in(&format!("COPY {table} ({column}) FROM STDIN (FORMAT binary)"))
+        .copy_in(&format!(
+            "COPY {table} ({column}) FROM STDIN (FORMAT binary)"
+        ))
         .await
         .map_err(DbError::query(op))?;
     let writer = BinaryCopyInWriter::new(sink, &[Type::UUID]);

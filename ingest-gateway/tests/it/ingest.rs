@@ -584,8 +584,14 @@ async fn metrics_count_accepted_and_rejected_events() {
 #[tokio::test]
 async fn a_trickled_body_is_cut_off_with_408_and_slow_headers_are_dropped() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let gw = Gateway::start(&[("BODY_READ_TIMEOUT_MS", "500"), ("HEADER_READ_TIMEOUT_MS", "500")]).await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+    let gw = Gateway::start(&[
+        ("BODY_READ_TIMEOUT_MS", "500"),
+        ("HEADER_READ_TIMEOUT_MS", "500"),
+    ])
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
     let head = format!(
         "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
         gw.app.ingest_key
@@ -593,19 +599,32 @@ async fn a_trickled_body_is_cut_off_with_408_and_slow_headers_are_dropped() {
     s.write_all(head.as_bytes()).await.expect("write");
     let started = Instant::now();
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("answered").expect("read");
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("answered")
+        .expect("read");
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(3));
 
     // Headers that never finish: the connection is closed by the header timeout.
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
-    s.write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n").await.expect("write");
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
     let mut buf2 = vec![0u8; 1024];
-    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf2)).await.expect("closed in time");
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf2))
+        .await
+        .expect("closed in time");
     match r {
         Ok(0) | Err(_) => {}
-        Ok(n) => assert!(String::from_utf8_lossy(&buf2[..n]).contains(" 408 "), "{:?}", &buf2[..n]),
+        Ok(n) => assert!(
+            String::from_utf8_lossy(&buf2[..n]).contains(" 408 "),
+            "{:?}",
+            &buf2[..n]
+        ),
     }
     // Meanwhile others are served.
     assert_eq!(gw.post(r#"{"event_name":"a"}"#).await.status, 202);

@@ -5,11 +5,14 @@ use std::collections::BTreeSet;
 
 use ingest_gateway::error::ApiError;
 use ingest_gateway::routes::{ROUTER_CODES, ROUTES};
-use ingest_gateway::validate::{MAX_ID_BYTES, MAX_METADATA_BYTES, MAX_METADATA_DEPTH, MAX_NAME_BYTES};
+use ingest_gateway::validate::{
+    MAX_ID_BYTES, MAX_METADATA_BYTES, MAX_METADATA_DEPTH, MAX_NAME_BYTES,
+};
 
 fn spec() -> serde_json::Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("docs/openapi.json")).expect("valid JSON")
+    serde_json::from_str(&std::fs::read_to_string(path).expect("docs/openapi.json"))
+        .expect("valid JSON")
 }
 
 #[test]
@@ -21,15 +24,18 @@ fn the_spec_lists_exactly_the_gateways_routes() {
             listed.insert((method.clone(), path.clone()));
         }
     }
-    let routes: BTreeSet<(String, String)> =
-        ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    let routes: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
     assert_eq!(listed, routes);
 }
 
 #[test]
 fn the_spec_lists_every_error_code_and_status() {
     let spec = spec();
-    let listed: BTreeSet<String> = spec["components"]["schemas"]["Error"]["properties"]["error"]["enum"]
+    let listed: BTreeSet<String> = spec["components"]["schemas"]["Error"]["properties"]["error"]
+        ["enum"]
         .as_array()
         .expect("enum")
         .iter()
@@ -40,13 +46,22 @@ fn the_spec_lists_every_error_code_and_status() {
     for e in ApiError::examples() {
         let (status, code, retry_after, _) = e.parts();
         codes.insert(code.to_owned());
-        if matches!(e, ApiError::IngestKeyCannotRead | ApiError::BadQuery(_) | ApiError::DbUnavailable) {
+        if matches!(
+            e,
+            ApiError::IngestKeyCannotRead | ApiError::BadQuery(_) | ApiError::DbUnavailable
+        ) {
             continue; // read API errors, documented with the read API
         }
         let resp = &post[status.as_str()];
-        assert!(resp.is_object(), "status {status} ({code}) is not documented for POST /v1/events");
+        assert!(
+            resp.is_object(),
+            "status {status} ({code}) is not documented for POST /v1/events"
+        );
         if retry_after.is_some() {
-            assert!(resp["headers"]["Retry-After"].is_object(), "{status} must document Retry-After");
+            assert!(
+                resp["headers"]["Retry-After"].is_object(),
+                "{status} must document Retry-After"
+            );
         }
     }
     assert_eq!(listed, codes);
@@ -56,13 +71,22 @@ fn the_spec_lists_every_error_code_and_status() {
 fn the_spec_states_the_validation_limits() {
     let spec = spec();
     let event = &spec["components"]["schemas"]["Event"];
-    assert_eq!(event["properties"]["event_name"]["maxLength"], MAX_NAME_BYTES);
+    assert_eq!(
+        event["properties"]["event_name"]["maxLength"],
+        MAX_NAME_BYTES
+    );
     assert_eq!(event["properties"]["user_id"]["maxLength"], MAX_ID_BYTES);
     assert_eq!(event["properties"]["session_id"]["maxLength"], MAX_ID_BYTES);
     assert_eq!(event["additionalProperties"], false);
-    let meta = event["properties"]["metadata"]["description"].as_str().expect("description");
-    assert!(meta.contains(&MAX_METADATA_BYTES.to_string()) && meta.contains(&MAX_METADATA_DEPTH.to_string()));
-    let defaults = ingest_gateway::GatewayConfig::from_env(&shared::config::Env::default()).expect("defaults");
+    let meta = event["properties"]["metadata"]["description"]
+        .as_str()
+        .expect("description");
+    assert!(
+        meta.contains(&MAX_METADATA_BYTES.to_string())
+            && meta.contains(&MAX_METADATA_DEPTH.to_string())
+    );
+    let defaults =
+        ingest_gateway::GatewayConfig::from_env(&shared::config::Env::default()).expect("defaults");
     assert_eq!(
         spec["components"]["schemas"]["Body"]["oneOf"][1]["maxItems"],
         defaults.max_events_per_request
