@@ -40,6 +40,10 @@ pub struct MaintenanceConfig {
     pub retention_months: u32,
     pub premake_months: u32,
     pub schedules: Schedules,
+    /// How long the writer's exactly-once bookkeeping is kept (`DEDUPE_WINDOW_HOURS`).
+    pub dedupe_window: std::time::Duration,
+    /// How often a replica tries to become (or checks it still is) the leader.
+    pub leader_retry: std::time::Duration,
 }
 
 impl MaintenanceConfig {
@@ -50,6 +54,10 @@ impl MaintenanceConfig {
             metrics_addr: env.addr("METRICS_ADDR", "0.0.0.0:9102")?,
             retention_months: config::retention_months(env)?,
             premake_months: config::premake_months(env)?,
+            dedupe_window: std::time::Duration::from_secs(
+                env.bounded("DEDUPE_WINDOW_HOURS", 24, 1, 24 * 365)? * 3600,
+            ),
+            leader_retry: env.millis("LEADER_RETRY_MS", 5000, 50, 600_000)?,
             schedules: Schedules {
                 partitions: Schedule::from_env(env, "SCHEDULE_PARTITIONS", "0 * * * *")?,
                 refresh_views: Schedule::from_env(env, "SCHEDULE_REFRESH_VIEWS", "*/10 * * * *")?,

@@ -1,36 +1,144 @@
-//! The maintenance worker: applies migrations, and (as a daemon) keeps partitions, retention,
-//! the summary view and planner statistics in order on its own schedules.
+//! The maintenance worker: applies migrations, and, as a daemon, keeps partitions, retention,
+//! the summary view and planner statistics in order on its own cron schedules, with one replica
+//! acting at a time.
 //!
-//! - [`config`]: environment to [`config::MaintenanceConfig`].
+//! - [`config`]: environment to [`MaintenanceConfig`], schedules parsed at start.
 //! - [`migrate`]: the `migrate` command.
+//! - [`jobs`]: the five jobs, one file each, run under a per-job lock.
+//! - [`scheduler`]: cron-driven job loops.
+//! - [`leader`]: leadership by advisory lock.
+//! - [`clock`]: the injectable "now" of the jobs.
+//! - [`stats`]: the `stats` report.
+//! - [`metrics`]: this daemon's metrics.
 
+pub mod clock;
 pub mod config;
+pub mod jobs;
+pub mod leader;
+pub mod metrics;
 pub mod migrate;
+pub mod scheduler;
+pub mod stats;
+
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use shared::daemon::{self, Ops};
+use shared::db::Db;
 use shared::metrics::Daemon;
+use shared::ops::Readiness;
 
 pub use config::MaintenanceConfig;
+
+use clock::Clock;
+use jobs::{Job, JobCtx, Report};
+
+/// The jobs' context on `db`.
+pub fn job_ctx(config: &MaintenanceConfig, db: Db, clock: Clock) -> JobCtx {
+    JobCtx {
+        db,
+        clock,
+        retention_months: config.retention_months,
+        premake_months: config.premake_months,
+        dedupe_window: config.dedupe_window,
+    }
+}
+
+/// Which jobs `run-once` runs: partitions, views and analyze unless turned off; retention and
+/// vacuum only when asked.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOnce {
+    pub create_partitions: bool,
+    pub refresh_views: bool,
+    pub analyze: bool,
+    pub drop_old_partitions: bool,
+    pub vacuum: bool,
+}
+
+impl RunOnce {
+    pub fn jobs(&self) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        if self.create_partitions {
+            jobs.push(Job::Partitions);
+        }
+        if self.drop_old_partitions {
+            jobs.push(Job::Retention);
+        }
+        if self.refresh_views {
+            jobs.push(Job::Views);
+        }
+        if self.analyze {
+            jobs.push(Job::Analyze);
+        }
+        if self.vacuum {
+            jobs.push(Job::Vacuum);
+        }
+        jobs
+    }
+}
+
+/// Runs the chosen jobs once, in order; the first failure stops the run.
+pub async fn run_once(ctx: &JobCtx, what: RunOnce) -> Result<Vec<Report>, jobs::JobError> {
+    let mut reports = Vec::new();
+    for job in what.jobs() {
+        reports.push(jobs::run(job, ctx).await?);
+    }
+    Ok(reports)
+}
 
 /// Runs the daemon until `shutdown` is cancelled.
 pub async fn run(
     config: MaintenanceConfig,
     ops_listener: TcpListener,
     shutdown: CancellationToken,
+    clock: Clock,
 ) -> anyhow::Result<()> {
     let pools = daemon::open_pools(&config.db).await?;
-    let ops = Ops::start(
-        Daemon::Maintenance,
-        ops_listener,
-        daemon::pools_ready(pools.clone()),
+    let leader = leader::Leadership::default();
+    let ctx = job_ctx(&config, pools.write.clone(), clock.clone());
+    let ready = {
+        let (pools, leader, db, clock) = (
+            pools.clone(),
+            leader.clone(),
+            pools.write.clone(),
+            clock.clone(),
+        );
+        Arc::new(move || {
+            let (pools, leader, db, clock) =
+                (pools.clone(), leader.clone(), db.clone(), clock.clone());
+            Box::pin(async move {
+                let health = pools.health().await;
+                let ahead = jobs::partitions::months_ahead(&db, clock.now()).await.ok();
+                let quarantine = jobs::partitions::quarantine_rows(&db).await.ok();
+                Readiness {
+                    ready: health.iter().all(|h| h.reachable) && ahead.is_some_and(|a| a >= 2),
+                    detail: serde_json::json!({
+                        "pools": health,
+                        "partitions_ahead_months": ahead,
+                        "quarantine_rows": quarantine,
+                        "leader": leader.is_leader(),
+                    }),
+                }
+            }) as futures::future::BoxFuture<'static, Readiness>
+        })
+    };
+    let ops = Ops::start(Daemon::Maintenance, ops_listener, ready, shutdown.clone());
+    metrics::register();
+    daemon::spawn_pool_upkeep(&pools, ops.stopped.clone());
+    let tasks = scheduler::spawn(
+        config.schedules.clone(),
+        ctx,
+        leader.clone(),
         shutdown.clone(),
     );
-    daemon::spawn_pool_upkeep(&pools, ops.stopped.clone());
+    leader.spawn(config.db.clone(), config.leader_retry, shutdown.clone());
     tracing::info!("Maintenance worker running.");
     shutdown.cancelled().await;
+    for t in tasks {
+        let _ = t.await;
+    }
     tracing::info!("Maintenance worker stopped.");
     ops.stop().await;
     Ok(())

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
-use shared::testing::{http_get, Daemon, TestDb};
+use shared::testing::{http_get, wait_for, Daemon, TestDb};
+use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_maintenance-worker");
 
@@ -41,7 +42,7 @@ async fn the_daemon_serves_health_and_metrics_and_stops_on_sigterm() {
     let (status, metrics) = http_get(&d.ops_addr, "/metrics").await.expect("metrics");
     assert_eq!(status, 200);
     assert!(
-        metrics.contains("sluice_maintenance_runs_total{job=\"partitions\",outcome=\"success\"} 0"),
+        metrics.contains("sluice_maintenance_runs_total{job=\"vacuum\",outcome=\"success\"} 0"),
         "{metrics}"
     );
     assert!(
@@ -71,4 +72,277 @@ async fn the_daemon_refuses_an_unmigrated_database() {
         err.contains("run `maintenance-worker migrate` first"),
         "{err}"
     );
+}
+
+async fn start_in_process(
+    db: &TestDb,
+    extra: &[(&str, &str)],
+) -> (
+    String,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let mut vars = db.env_vars();
+    vars.push(("LEADER_RETRY_MS".into(), "100".into()));
+    for (k, v) in extra {
+        vars.push(((*k).into(), (*v).into()));
+    }
+    let config =
+        maintenance_worker::MaintenanceConfig::from_env(&shared::config::Env::from_pairs(vars))
+            .expect("config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(maintenance_worker::run(
+        config,
+        listener,
+        stop.clone(),
+        maintenance_worker::clock::Clock::System,
+    ));
+    (addr, stop, task)
+}
+
+async fn is_leader(addr: &str) -> Option<bool> {
+    let (_, body) = http_get(addr, "/readyz").await?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["detail"]["leader"].as_bool()
+}
+
+#[tokio::test]
+async fn leadership_moves_to_another_replica_when_the_leader_stops() {
+    let db = TestDb::migrated().await;
+    let (a, stop_a, task_a) = start_in_process(&db, &[]).await;
+    let led = wait_for(Duration::from_secs(5), || async {
+        is_leader(&a).await.filter(|l| *l)
+    })
+    .await;
+    assert_eq!(led, Some(true), "the first replica leads");
+    let (b, stop_b, task_b) = start_in_process(&db, &[]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(is_leader(&b).await, Some(false), "only one acts");
+    stop_a.cancel();
+    let _ = task_a.await;
+    let started = std::time::Instant::now();
+    let took = wait_for(Duration::from_secs(5), || async {
+        is_leader(&b).await.filter(|l| *l)
+    })
+    .await;
+    assert_eq!(took, Some(true), "the second replica takes over");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    stop_b.cancel();
+    let _ = task_b.await;
+}
+
+fn runs(metrics: &str, job: &str, outcome: &str) -> f64 {
+    let prefix = format!("sluice_maintenance_runs_total{{job=\"{job}\",outcome=\"{outcome}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_failing_job_does_not_stop_the_others_and_runs_again() {
+    let db = TestDb::migrated().await;
+    // REFRESH ... CONCURRENTLY needs the unique index: without it the views job fails.
+    db.client()
+        .await
+        .batch_execute("DROP INDEX daily_analytics_summary_key")
+        .await
+        .expect("drop");
+    let every_second = "* * * * * *";
+    let (addr, stop, task) = start_in_process(
+        &db,
+        &[
+            ("SCHEDULE_REFRESH_VIEWS", every_second),
+            ("SCHEDULE_ANALYZE", every_second),
+        ],
+    )
+    .await;
+    let ok = wait_for(Duration::from_secs(15), || async {
+        let (_, m) = http_get(&addr, "/metrics").await?;
+        (runs(&m, "views", "failure") >= 2.0 && runs(&m, "analyze", "success") >= 2.0).then_some(m)
+    })
+    .await;
+    assert!(
+        ok.is_some(),
+        "views failed twice while analyze kept succeeding"
+    );
+    let m = ok.unwrap_or_default();
+    assert!(
+        m.contains("sluice_maintenance_last_success_timestamp_seconds{job=\"analyze\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("sluice_maintenance_duration_seconds_bucket{job=\"views\""),
+        "{m}"
+    );
+    stop.cancel();
+    let _ = task.await;
+}
+
+#[tokio::test]
+async fn readyz_is_503_when_fewer_than_two_months_of_partitions_lie_ahead() {
+    let db = TestDb::migrated().await;
+    let (addr, stop, task) = start_in_process(&db, &[]).await;
+    // Let the new leader's first partitions run finish before taking partitions away.
+    wait_for(Duration::from_secs(5), || async {
+        is_leader(&addr).await.filter(|l| *l)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = http_get(&addr, "/readyz").await.expect("readyz");
+    assert_eq!(status, 200, "{body}");
+    let client = db.client().await;
+    let next = shared::schema::partitions::Month::of(chrono::Utc::now()).plus(2);
+    client
+        .batch_execute(&format!("DROP TABLE {}", next.partition_name()))
+        .await
+        .expect("drop");
+    let (status, body) = http_get(&addr, "/readyz").await.expect("readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"partitions_ahead_months\":1"), "{body}");
+    stop.cancel();
+    let _ = task.await;
+}
+
+fn run_once(db: &TestDb, args: &[&str], extra: &[(&str, &str)]) -> (bool, String, String) {
+    let out = std::process::Command::new(BIN)
+        .arg("run-once")
+        .args(args)
+        .envs(db.env_vars())
+        .envs(extra.iter().copied())
+        .output()
+        .expect("run-once");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn jobs_run(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["job"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn each_run_once_flag_does_what_it_says() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let future = shared::schema::partitions::Month::of(chrono::Utc::now()).plus(6);
+    let exists = |name: String| {
+        let c = &client;
+        async move {
+            c.query_one("SELECT count(*) FROM pg_class WHERE relname = $1", &[&name])
+                .await
+                .expect("q")
+                .get::<_, i64>(0)
+                == 1
+        }
+    };
+    client
+        .batch_execute(&format!("DROP TABLE {}", future.partition_name()))
+        .await
+        .expect("drop");
+
+    let (ok, out, err) = run_once(
+        &db,
+        &[
+            "--no-create-partitions",
+            "--no-refresh-views",
+            "--no-analyze",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert!(jobs_run(&out).is_empty(), "{out}");
+    assert!(
+        !exists(future.partition_name()).await,
+        "--no-create-partitions"
+    );
+
+    let (ok, out, err) = run_once(&db, &["--no-refresh-views", "--no-analyze"], &[]);
+    assert!(ok, "{err}");
+    assert_eq!(jobs_run(&out), vec!["partitions"]);
+    assert!(exists(future.partition_name()).await);
+
+    let (ok, out, err) = run_once(&db, &["--no-create-partitions", "--no-analyze"], &[]);
+    assert!(ok, "{err}");
+    assert_eq!(jobs_run(&out), vec!["views"]);
+
+    let (ok, out, err) = run_once(&db, &["--no-create-partitions", "--no-refresh-views"], &[]);
+    assert!(ok, "{err}");
+    assert_eq!(jobs_run(&out), vec!["analyze"]);
+
+    let (ok, out, _) = run_once(&db, &[], &[]);
+    assert!(ok);
+    assert_eq!(
+        jobs_run(&out),
+        vec!["partitions", "views", "analyze"],
+        "the defaults"
+    );
+
+    let oldest = shared::schema::partitions::existing(&client)
+        .await
+        .expect("list")[0];
+    let (ok, out, err) = run_once(
+        &db,
+        &["--drop-old-partitions"],
+        &[("RETENTION_MONTHS", "1")],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        jobs_run(&out),
+        vec!["partitions", "retention", "views", "analyze"]
+    );
+    assert!(
+        !exists(oldest.partition_name()).await,
+        "--drop-old-partitions dropped {oldest:?}"
+    );
+
+    let (ok, out, err) = run_once(
+        &db,
+        &[
+            "--vacuum",
+            "--no-create-partitions",
+            "--no-refresh-views",
+            "--no-analyze",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(jobs_run(&out), vec!["vacuum"]);
+}
+
+#[tokio::test]
+async fn stats_prints_a_readable_report() {
+    let db = TestDb::migrated().await;
+    let out = std::process::Command::new(BIN)
+        .arg("stats")
+        .envs(db.env_vars())
+        .output()
+        .expect("stats");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "Tables and partitions",
+        "dead tuples",
+        "Largest indexes",
+        "Rows in quarantine: 0",
+        "Buffer cache hit ratio",
+        "analytics_events_p",
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
 }

@@ -1,3 +1,4 @@
 //! Integration tests of the maintenance worker against the real PostgreSQL.
 
 mod daemon;
+mod jobs;

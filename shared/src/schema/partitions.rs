@@ -123,28 +123,34 @@ pub async fn existing(client: &Client) -> Result<Vec<Month>, DbError> {
 }
 
 /// Runs one DDL statement with `lock_timeout` set, retrying a few times when the lock is busy.
+/// The statement is sent on its own (not in a transaction block), so `CONCURRENTLY` forms work;
+/// the statement timeout is lifted for it, since DDL may legitimately take long once it holds
+/// its lock.
 pub async fn with_lock_retry(client: &Client, op: &'static str, sql: &str) -> Result<(), DbError> {
     let mut delay = std::time::Duration::from_millis(100);
-    for attempt in 1..=10 {
-        let stmt = format!("SET lock_timeout = '2s'; {sql}; RESET lock_timeout");
-        match client.batch_execute(&stmt).await {
-            Ok(()) => return Ok(()),
+    let set = "SET lock_timeout = '2s'";
+    let reset = "RESET lock_timeout";
+    client
+        .batch_execute(&format!("{set}; SET statement_timeout = 0"))
+        .await
+        .map_err(DbError::query(op))?;
+    let mut attempt = 0;
+    let out = loop {
+        attempt += 1;
+        match client.batch_execute(sql).await {
+            Ok(()) => break Ok(()),
             Err(e) if e.code().map(|c| c.code()) == Some("55P03") && attempt < 10 => {
-                let _ = client.batch_execute("RESET lock_timeout").await;
                 tracing::info!(op, attempt, "DDL lock busy; retrying.");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(5));
             }
-            Err(e) => {
-                let _ = client.batch_execute("RESET lock_timeout").await;
-                return Err(DbError::Query { op, source: e });
-            }
+            Err(e) => break Err(DbError::Query { op, source: e }),
         }
-    }
-    Err(DbError::Other {
-        op,
-        message: "lock still busy after 10 attempts".to_owned(),
-    })
+    };
+    let _ = client
+        .batch_execute(&format!("{reset}; RESET statement_timeout"))
+        .await;
+    out
 }
 
 #[cfg(test)]

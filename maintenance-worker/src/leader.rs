@@ -1,0 +1,86 @@
+//! Leadership: any number of maintenance replicas run, one acts. The leader holds a PostgreSQL
+//! session advisory lock on a connection of its own; when it dies, the server closes the session,
+//! the lock is free, and another replica takes it at its next attempt (every `LEADER_RETRY_MS`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared::config::DbConfig;
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics;
+
+const LEADER_LOCK: i64 = 0x736c_7569_6365_2000;
+
+#[derive(Clone, Default)]
+pub struct Leadership {
+    is_leader: Arc<AtomicBool>,
+    /// Signalled each time this replica becomes leader.
+    gained: Arc<tokio::sync::Notify>,
+}
+
+impl Leadership {
+    pub fn is_leader(&self) -> bool {
+        self.is_leader.load(Ordering::SeqCst)
+    }
+
+    pub async fn gained(&self) {
+        self.gained.notified().await
+    }
+
+    fn set(&self, leader: bool) {
+        let was = self.is_leader.swap(leader, Ordering::SeqCst);
+        metrics::leader(leader);
+        if leader && !was {
+            tracing::info!("This replica is now the maintenance leader.");
+            self.gained.notify_waiters();
+        } else if !leader && was {
+            tracing::warn!("Lost maintenance leadership.");
+        }
+    }
+
+    /// Tries to become (or stay) leader every `every` until `stop`, then releases the lock.
+    pub fn spawn(&self, db: DbConfig, every: Duration, stop: CancellationToken) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut held: Option<Client> = None;
+            loop {
+                held = me.attempt(&db, held).await;
+                me.set(held.is_some());
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.cancelled() => break,
+                }
+            }
+            me.set(false);
+            drop(held);
+        });
+    }
+
+    /// Keeps a live lock connection, or opens one and tries the lock.
+    async fn attempt(&self, db: &DbConfig, held: Option<Client>) -> Option<Client> {
+        if let Some(client) = held {
+            let alive =
+                tokio::time::timeout(Duration::from_secs(5), client.simple_query("SELECT 1"))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+            if alive {
+                return Some(client);
+            }
+        }
+        let mut pg = shared::db::pg_config(&db.primary, db);
+        pg.application_name("sluice-maintenance-leader");
+        let (client, conn) = pg.connect(NoTls).await.ok()?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+            .await
+            .ok()?
+            .get(0);
+        got.then_some(client)
+    }
+}

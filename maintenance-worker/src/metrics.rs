@@ -1,0 +1,43 @@
+//! The maintenance worker's own metrics, beside the shared ones.
+
+use std::time::Duration;
+
+use metrics::{describe_gauge, describe_histogram, gauge, histogram};
+
+pub const DURATION: &str = "sluice_maintenance_duration_seconds";
+pub const LAST_SUCCESS: &str = "sluice_maintenance_last_success_timestamp_seconds";
+pub const PARTITIONS_AHEAD: &str = "sluice_partitions_ahead_months";
+pub const QUARANTINE_ROWS: &str = "sluice_quarantine_rows";
+pub const LEADER: &str = "sluice_maintenance_leader";
+
+pub fn register() {
+    describe_histogram!(DURATION, "Maintenance job duration by job.");
+    describe_gauge!(LAST_SUCCESS, "Unix time of each job's last success.");
+    describe_gauge!(
+        PARTITIONS_AHEAD,
+        "Months of partitions that exist after the current one."
+    );
+    describe_gauge!(QUARANTINE_ROWS, "Events waiting in events_quarantine.");
+    describe_gauge!(LEADER, "1 while this replica is the acting leader.");
+    gauge!(LEADER).set(0.0);
+}
+
+pub fn job_finished(job: &'static str, success: bool, elapsed: Duration) {
+    shared::metrics::maintenance_run(job, success);
+    histogram!(DURATION, "job" => job).record(elapsed.as_secs_f64());
+    if success {
+        gauge!(LAST_SUCCESS, "job" => job).set(chrono::Utc::now().timestamp() as f64);
+    }
+}
+
+pub fn partitions_ahead(months: u32) {
+    gauge!(PARTITIONS_AHEAD).set(months as f64);
+}
+
+pub fn quarantine_rows(n: i64) {
+    gauge!(QUARANTINE_ROWS).set(n as f64);
+}
+
+pub fn leader(is: bool) {
+    gauge!(LEADER).set(if is { 1.0 } else { 0.0 });
+}

@@ -1,0 +1,327 @@
+//! Every job against the real PostgreSQL, with a moved clock.
+
+use std::time::Duration;
+
+use chrono::{Duration as ChronoDuration, Utc};
+use maintenance_worker::clock::Clock;
+use maintenance_worker::jobs::{self, Job, JobCtx};
+use shared::db::Pools;
+use shared::schema::partitions::{self, Month};
+use shared::testing::TestDb;
+
+fn ctx(db: &TestDb, clock: Clock) -> JobCtx {
+    JobCtx {
+        db: Pools::new(&db.config()).expect("pools").write,
+        clock,
+        retention_months: 12,
+        premake_months: 6,
+        dedupe_window: Duration::from_secs(24 * 3600),
+    }
+}
+
+async fn months(db: &TestDb) -> Vec<Month> {
+    partitions::existing(&db.client().await)
+        .await
+        .expect("list")
+}
+
+#[tokio::test]
+async fn partitions_appear_ahead_as_months_pass() {
+    let db = TestDb::migrated().await;
+    let now = Utc::now();
+    let clock = Clock::manual(now);
+    let ctx = ctx(&db, clock.clone());
+    let r = jobs::run(Job::Partitions, &ctx).await.expect("run");
+    assert_eq!(
+        r.detail["created"].as_array().map(Vec::len),
+        Some(0),
+        "the migration made them"
+    );
+    assert_eq!(r.detail["months_ahead"], 6);
+    let later = now
+        .checked_add_months(chrono::Months::new(3))
+        .expect("date");
+    clock.set(later);
+    let r = jobs::run(Job::Partitions, &ctx).await.expect("run");
+    let created: Vec<String> = r.detail["created"]
+        .as_array()
+        .expect("created")
+        .iter()
+        .map(|v| v.as_str().expect("name").to_owned())
+        .collect();
+    let want: Vec<String> = (7..=9)
+        .map(|n| Month::of(now).plus(n).partition_name())
+        .collect();
+    assert_eq!(created, want);
+    assert_eq!(r.detail["months_ahead"], 6);
+    assert!(months(&db).await.contains(&Month::of(later).plus(6)));
+}
+
+#[tokio::test]
+async fn a_quarantined_row_moves_to_its_partition_once_it_exists_and_expired_ones_are_discarded() {
+    let db = TestDb::migrated().await;
+    let now = Utc::now();
+    let client = db.client().await;
+    let far = Month::of(now).plus(8).start() + ChronoDuration::days(3);
+    let ancient = now - ChronoDuration::days(800);
+    for (id, at) in [
+        ("00000000-0000-7000-8000-000000000001", far),
+        ("00000000-0000-7000-8000-000000000002", ancient),
+    ] {
+        client
+            .execute(
+                "INSERT INTO events_quarantine (event_id, app_id, event_name, occurred_at, received_at) \
+                 VALUES ($1::text::uuid, 'a', 'e', $2, now())",
+                &[&id, &at],
+            )
+            .await
+            .expect("quarantine");
+    }
+    let clock = Clock::manual(now);
+    let ctx = ctx(&db, clock.clone());
+    let r = jobs::run(Job::Partitions, &ctx).await.expect("run");
+    assert_eq!(r.detail["quarantine_moved"], 0, "no partition for it yet");
+    assert_eq!(r.detail["quarantine_discarded"], 1, "past retention");
+    clock.set(
+        now.checked_add_months(chrono::Months::new(2))
+            .expect("date"),
+    );
+    let r = jobs::run(Job::Partitions, &ctx).await.expect("run");
+    assert_eq!(r.detail["quarantine_moved"], 1);
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM analytics_events WHERE occurred_at = $1",
+            &[&far],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 1);
+    let left: i64 = client
+        .query_one("SELECT count(*) FROM events_quarantine", &[])
+        .await
+        .expect("c")
+        .get(0);
+    assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn the_hot_index_stays_on_the_recent_partitions_only() {
+    let db = TestDb::migrated().await;
+    let now = Utc::now();
+    let clock = Clock::manual(now);
+    let ctx = ctx(&db, clock.clone());
+    jobs::run(Job::Partitions, &ctx).await.expect("run");
+    let hot = |db: &TestDb| {
+        let db = db.name.clone();
+        async move {
+            let c = shared::testing::connect(&db).await;
+            let mut v: Vec<String> = c
+                .query(
+                    "SELECT relname::text FROM pg_class WHERE relname LIKE '%_hot_idx'",
+                    &[],
+                )
+                .await
+                .expect("list")
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    let m = Month::of(now);
+    let expect = |a: Month, b: Month| {
+        vec![
+            format!("{}_hot_idx", a.partition_name()),
+            format!("{}_hot_idx", b.partition_name()),
+        ]
+    };
+    assert_eq!(hot(&db).await, expect(m.plus(-1), m));
+    clock.set(m.plus(1).start() + ChronoDuration::days(1));
+    jobs::run(Job::Partitions, &ctx).await.expect("run");
+    assert_eq!(hot(&db).await, expect(m, m.plus(1)));
+}
+
+#[tokio::test]
+async fn retention_drops_exactly_the_partitions_past_the_window_and_prunes_bookkeeping() {
+    let db = TestDb::migrated().await;
+    let now = Utc::now();
+    let before = months(&db).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO event_dedupe (dedupe_key, first_seen) VALUES \
+               (gen_random_uuid(), now() - interval '3 days'), (gen_random_uuid(), now()); \
+             INSERT INTO entry_ledger (entry_key, first_seen) VALUES \
+               (gen_random_uuid(), now() - interval '25 hours'), (gen_random_uuid(), now() - interval '1 hour')",
+        )
+        .await
+        .expect("bookkeeping");
+    let clock = Clock::manual(now);
+    let ctx = ctx(&db, clock.clone());
+    let r = jobs::run(Job::Retention, &ctx).await.expect("run");
+    assert_eq!(
+        r.detail["dropped"].as_array().map(Vec::len),
+        Some(0),
+        "nothing is past the window yet"
+    );
+    assert_eq!(r.detail["dedupe_keys_pruned"], 1);
+    assert_eq!(r.detail["ledger_entries_pruned"], 1);
+    let later = now
+        .checked_add_months(chrono::Months::new(2))
+        .expect("date");
+    clock.set(later);
+    let r = jobs::run(Job::Retention, &ctx).await.expect("run");
+    let floor = partitions::retention_floor(later, 12);
+    let want: Vec<String> = before
+        .iter()
+        .filter(|m| m.plus(1).start() <= floor)
+        .map(|m| m.partition_name())
+        .collect();
+    assert_eq!(want.len(), 2);
+    let dropped: Vec<String> = r.detail["dropped"]
+        .as_array()
+        .expect("dropped")
+        .iter()
+        .map(|v| v.as_str().expect("s").to_owned())
+        .collect();
+    assert_eq!(dropped, want);
+    let after = months(&db).await;
+    assert_eq!(after.len(), before.len() - 2);
+    assert!(after.iter().all(|m| m.plus(1).start() > floor));
+    let gone: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname = ANY($1)",
+            &[&want],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(gone, 0, "detached partitions are dropped, not left behind");
+}
+
+#[tokio::test]
+async fn the_view_refresh_runs_while_a_reader_holds_the_view() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO analytics_events (event_id, app_id, event_name, occurred_at, received_at, user_id, session_id) \
+             SELECT gen_random_uuid(), 'a', 'e' || (i % 3), now() - interval '1 day', now(), 'u' || (i % 5), 's' || (i % 7) \
+             FROM generate_series(1, 1000) i",
+        )
+        .await
+        .expect("rows");
+    let reader = db.client().await;
+    reader
+        .batch_execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM daily_analytics_summary",
+        )
+        .await
+        .expect("reader holds the view");
+    let ctx = ctx(&db, Clock::System);
+    let r = tokio::time::timeout(Duration::from_secs(20), jobs::run(Job::Views, &ctx))
+        .await
+        .expect("the refresh is not blocked by the reader")
+        .expect("refresh");
+    assert_eq!(r.detail["rows"], 3);
+    // A reader during the refresh is not blocked either: its read answers at once.
+    let started = std::time::Instant::now();
+    let n: i64 = reader
+        .query_one("SELECT count(*) FROM daily_analytics_summary", &[])
+        .await
+        .expect("read")
+        .get(0);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(n, 0, "the reader's snapshot predates the refresh");
+    reader.batch_execute("COMMIT").await.expect("commit");
+    let row = client
+        .query_one(
+            "SELECT sum(events)::bigint, max(unique_users), max(unique_sessions) FROM daily_analytics_summary",
+            &[],
+        )
+        .await
+        .expect("summary");
+    assert_eq!(row.get::<_, i64>(0), 1000);
+    assert_eq!(row.get::<_, i64>(1), 5);
+    assert_eq!(row.get::<_, i64>(2), 7);
+}
+
+async fn parent_stats(c: &tokio_postgres::Client) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM pg_stats WHERE tablename = 'analytics_events'",
+        &[],
+    )
+    .await
+    .expect("stats")
+    .get(0)
+}
+
+#[tokio::test]
+async fn analyze_updates_the_parents_statistics() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO analytics_events (event_id, app_id, event_name, occurred_at, received_at) \
+             SELECT gen_random_uuid(), 'a', 'e', now(), now() FROM generate_series(1, 500)",
+        )
+        .await
+        .expect("rows");
+    assert_eq!(parent_stats(&client).await, 0);
+    let r = jobs::run(Job::Analyze, &ctx(&db, Clock::System))
+        .await
+        .expect("analyze");
+    assert!(parent_stats(&client).await > 0);
+    assert!(r.detail["parent_columns_with_stats"].as_i64().unwrap_or(0) > 0);
+}
+
+#[tokio::test]
+async fn vacuum_reports_the_tables_it_cleaned() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO analytics_events (event_id, app_id, event_name, occurred_at, received_at) \
+             SELECT gen_random_uuid(), 'a', 'e', now(), now() FROM generate_series(1, 5000); \
+             DELETE FROM analytics_events WHERE event_name = 'e'",
+        )
+        .await
+        .expect("dead rows");
+    client
+        .batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .expect("flush");
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = jobs::run(Job::Vacuum, &ctx(&db, Clock::System))
+        .await
+        .expect("vacuum");
+    let current = Month::of(Utc::now()).partition_name();
+    let done = r.detail["vacuumed"].as_array().expect("vacuumed");
+    let entry = done.iter().find(|v| v["table"] == current.as_str());
+    assert!(entry.is_some(), "{}", r.detail);
+    assert!(entry.and_then(|e| e["dead_tuples"].as_i64()).unwrap_or(0) >= 5000);
+}
+
+#[tokio::test]
+async fn a_job_never_runs_twice_at_once() {
+    let db = TestDb::migrated().await;
+    let ctx = ctx(&db, Clock::System);
+    // Another process (a run-once, another replica) is running the job: it holds its lock.
+    let other = db.client().await;
+    other
+        .execute("SELECT pg_advisory_lock($1)", &[&Job::Analyze.lock_key()])
+        .await
+        .expect("lock");
+    let r = jobs::run(Job::Analyze, &ctx).await;
+    assert!(matches!(r, Err(jobs::JobError::Busy("analyze"))), "{r:?}");
+    other
+        .execute("SELECT pg_advisory_unlock($1)", &[&Job::Analyze.lock_key()])
+        .await
+        .expect("unlock");
+    jobs::run(Job::Analyze, &ctx)
+        .await
+        .expect("runs once the other is done");
+}
