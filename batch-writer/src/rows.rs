@@ -1,11 +1,14 @@
 //! Turning queued events into rows: the dedupe key, the timestamps and the jsonb value, written
 //! straight into the binary COPY format. Pure, no I/O.
 
+use std::pin::Pin;
+
 use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use shared::queue::QueuedEvent;
 use shared::schema::partitions::Month;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use uuid::Uuid;
 
@@ -80,6 +83,30 @@ pub const COPY_TYPES: [Type; 8] = [
     Type::TEXT,
     Type::JSONB,
 ];
+
+/// Writes `events` as rows of [`COPY_COLUMNS`] into a binary COPY (the caller finishes it).
+pub async fn write_rows(
+    mut writer: Pin<&mut BinaryCopyInWriter>,
+    events: &[&QueuedEvent],
+) -> Result<(), tokio_postgres::Error> {
+    for e in events {
+        let occurred = time(e.occurred_at_us);
+        let received = time(e.received_at_us);
+        let metadata = RawJsonb(e.metadata.as_deref().unwrap_or("{}"));
+        let row: [&(dyn ToSql + Sync); 8] = [
+            &e.event_id,
+            &e.app_id,
+            &e.event_name,
+            &occurred,
+            &received,
+            &e.user_id,
+            &e.session_id,
+            &metadata,
+        ];
+        writer.as_mut().write(&row).await?;
+    }
+    Ok(())
+}
 
 pub const COPY_COLUMNS: &str =
     "(event_id, app_id, event_name, occurred_at, received_at, user_id, session_id, metadata)";

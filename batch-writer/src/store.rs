@@ -21,11 +21,11 @@ use shared::db::{Db, DbError};
 use shared::queue::QueuedEvent;
 use shared::schema::partitions::{self, Month};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
-use crate::rows::{self, RawJsonb, COPY_COLUMNS, COPY_TYPES};
+use crate::rows::{self, COPY_COLUMNS, COPY_TYPES};
 
 /// What the store knows of a stream entry.
 #[derive(Debug, Clone, Copy)]
@@ -350,26 +350,9 @@ async fn copy_events(
         .map_err(DbError::query(op))?;
     let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
     pin_mut!(writer);
-    for e in events {
-        let occurred = rows::time(e.occurred_at_us);
-        let received = rows::time(e.received_at_us);
-        let metadata = RawJsonb(e.metadata.as_deref().unwrap_or("{}"));
-        let row: [&(dyn ToSql + Sync); 8] = [
-            &e.event_id,
-            &e.app_id,
-            &e.event_name,
-            &occurred,
-            &received,
-            &e.user_id,
-            &e.session_id,
-            &metadata,
-        ];
-        writer
-            .as_mut()
-            .write(&row)
-            .await
-            .map_err(DbError::query(op))?;
-    }
+    rows::write_rows(writer.as_mut(), events)
+        .await
+        .map_err(DbError::query(op))?;
     writer.finish().await.map_err(DbError::query(op))?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use batch_writer::rows::{self, RawJsonb, COPY_COLUMNS, COPY_TYPES};
+use batch_writer::rows::{self, COPY_COLUMNS, COPY_TYPES};
 use futures::pin_mut;
 use shared::queue::QueuedEvent;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -20,22 +20,8 @@ pub async fn raw_copy(client: &Client, events: &[QueuedEvent]) -> anyhow::Result
         .await?;
     let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
     pin_mut!(writer);
-    for e in events {
-        let occurred = rows::time(e.occurred_at_us);
-        let received = rows::time(e.received_at_us);
-        let metadata = RawJsonb(e.metadata.as_deref().unwrap_or("{}"));
-        let row: [&(dyn ToSql + Sync); 8] = [
-            &e.event_id,
-            &e.app_id,
-            &e.event_name,
-            &occurred,
-            &received,
-            &e.user_id,
-            &e.session_id,
-            &metadata,
-        ];
-        writer.as_mut().write(&row).await?;
-    }
+    let refs: Vec<&QueuedEvent> = events.iter().collect();
+    rows::write_rows(writer.as_mut(), &refs).await?;
     writer.finish().await?;
     Ok(started.elapsed())
 }

@@ -309,3 +309,25 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// Deletes every Redis key of a test (or benchmark) prefix: the shard keys `{prefix:N}:...` and
+/// the plain `prefix:...` ones. Uses KEYS, which is fine for a test Redis and nowhere else.
+pub async fn redis_cleanup(url: &str, prefix: &str) {
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    for pattern in [format!("{{{prefix}:*"), format!("{prefix}:*")] {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> =
+                redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+        }
+    }
+}

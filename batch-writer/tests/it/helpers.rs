@@ -153,15 +153,7 @@ pub async fn queue_state(keys: &Keys) -> (i64, i64) {
 }
 
 pub async fn cleanup(prefix: &str) {
-    let mut conn = redis().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{{{prefix}:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-    }
+    shared::testing::redis_cleanup(REDIS, prefix).await
 }
 
 /// A TCP proxy to PostgreSQL that a test can switch off (closing every connection) and on.

@@ -149,18 +149,5 @@ fn summary(r: &load::LoadResult) -> serde_json::Value {
 
 /// Deletes the queued events between phases, so Redis memory stays small.
 async fn clear(prefix: &str) {
-    let Ok(client) = redis::Client::open("redis://127.0.0.1:6379/") else {
-        return;
-    };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-        return;
-    };
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{{{prefix}:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-    }
+    shared::testing::redis_cleanup("redis://127.0.0.1:6379/", prefix).await
 }

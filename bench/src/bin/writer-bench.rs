@@ -204,15 +204,5 @@ async fn drain(db: &TestDb, prefix: &str, args: &Args) -> anyhow::Result<Duratio
 }
 
 async fn cleanup(prefix: &str) {
-    if let Ok(mut conn) = conn().await {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{{{prefix}:*"))
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> =
-                redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-        }
-    }
+    shared::testing::redis_cleanup("redis://127.0.0.1:6379/", prefix).await
 }

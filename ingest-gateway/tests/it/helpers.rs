@@ -188,18 +188,7 @@ pub async fn redis_conn() -> redis::aio::MultiplexedConnection {
 
 /// Deletes every key of a test prefix.
 pub async fn cleanup(prefix: &str) {
-    let mut conn = redis_conn().await;
-    for pattern in [format!("{{{prefix}:*"), format!("{prefix}:*")] {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(&pattern)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> =
-                redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-        }
-    }
+    shared::testing::redis_cleanup(REDIS, prefix).await
 }
 
 /// A redis-server of the test's own on `port`, with `policy` as its eviction policy.
