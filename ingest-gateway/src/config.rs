@@ -53,6 +53,14 @@ pub struct GatewayConfig {
     pub body_read_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Cache TTL of read answers whose range includes today.
+    pub cache_ttl_live: Duration,
+    /// Cache TTL of read answers for closed ranges.
+    pub cache_ttl_closed: Duration,
+    /// Bound on every cache call; past it the cache counts as down.
+    pub cache_timeout: Duration,
+    /// Longest range a read query may cover, in days.
+    pub stats_max_range_days: u32,
 }
 
 impl GatewayConfig {
@@ -95,6 +103,20 @@ impl GatewayConfig {
             header_read_timeout: env.millis("HEADER_READ_TIMEOUT_MS", 10_000, 100, 600_000)?,
             body_read_timeout: env.millis("BODY_READ_TIMEOUT_MS", 30_000, 100, 600_000)?,
             shutdown_grace: env.millis("SHUTDOWN_GRACE_MS", 10_000, 0, 600_000)?,
+            cache_ttl_live: std::time::Duration::from_secs(env.bounded(
+                "CACHE_TTL_LIVE_SECS",
+                10,
+                1,
+                86_400,
+            )?),
+            cache_ttl_closed: std::time::Duration::from_secs(env.bounded(
+                "CACHE_TTL_CLOSED_SECS",
+                3600,
+                1,
+                30 * 86_400,
+            )?),
+            cache_timeout: env.millis("CACHE_TIMEOUT_MS", 200, 10, 60_000)?,
+            stats_max_range_days: env.bounded("STATS_MAX_RANGE_DAYS", 366, 1, 3660)? as u32,
         })
     }
 }

@@ -36,6 +36,14 @@ pub enum ApiError {
     DbUnavailable,
 }
 
+/// The cache's single-flight passes a computation's error on as text; the only computations are
+/// read queries, whose only failure is the database's.
+impl From<String> for ApiError {
+    fn from(_message: String) -> Self {
+        ApiError::DbUnavailable
+    }
+}
+
 impl ApiError {
     /// One example of each variant, so tests can check the codes and statuses of all of them.
     pub fn examples() -> Vec<ApiError> {

@@ -9,6 +9,8 @@
 //! - [`validate`]: decoding and validating events (pure).
 //! - [`auth`]: API keys from an in-memory cache of digests.
 //! - [`queue`]: pushing onto the stream shards, backpressure, rate limits.
+//! - [`stats`]: the read API (daily stats, top events).
+//! - [`cache`]: the read API's Redis cache.
 //! - [`error`]: every client error with its status and code.
 //! - [`reply`]: JSON responses.
 //! - [`apps`]: apps and API keys (`apps create`, `keys revoke`).
@@ -16,6 +18,7 @@
 pub mod apps;
 pub mod auth;
 pub mod body;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod ingest;
@@ -23,6 +26,7 @@ pub mod queue;
 pub mod reply;
 pub mod routes;
 pub mod server;
+pub mod stats;
 pub mod validate;
 
 use std::sync::Arc;
@@ -59,11 +63,18 @@ pub async fn run(
     let background = CancellationToken::new();
     queue.spawn_watch(background.clone());
     keys.spawn_refresh(pools.read.clone(), config.key_refresh, background.clone());
+    let cache = cache::Cache::new(
+        config.redis.cache_url.clone(),
+        &config.stream_prefix,
+        config.cache_timeout,
+    );
+    cache.spawn_connect(background.clone());
     let state = Arc::new(routes::AppState {
         config,
         pools: pools.clone(),
         keys,
         queue,
+        cache,
         shutdown: shutdown.clone(),
     });
     let ready_state = state.clone();

@@ -23,6 +23,22 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Inspect or clear the read API's cache.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Print today's hits, misses, hit ratio, cached answers and the cache Redis's memory (JSON).
+    Stats,
+    /// Delete cached answers: every app's, or one app's.
+    Invalidate {
+        #[arg(long)]
+        app: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -51,6 +67,35 @@ async fn main() -> anyhow::Result<()> {
         let shutdown = shared::shutdown::on_signals();
         return ingest_gateway::run(config, listener, ops, shutdown).await;
     };
+    if let Command::Cache { command } = command {
+        let cache = ingest_gateway::cache::Cache::new(
+            config.redis.cache_url.clone(),
+            &config.stream_prefix,
+            std::time::Duration::from_secs(5),
+        );
+        anyhow::ensure!(cache.connect().await, "the cache Redis is unreachable");
+        match command {
+            CacheCommand::Stats => {
+                let stats = cache
+                    .stats()
+                    .await
+                    .ok_or_else(|| anyhow::anyhow!("cannot read cache statistics"))?;
+                println!("{}", serde_json::to_string(&stats)?);
+            }
+            CacheCommand::Invalidate { app } => {
+                let prefix = match app {
+                    Some(app) => format!("{}:v1:{app}:", cache.prefix()),
+                    None => format!("{}:v1:", cache.prefix()),
+                };
+                let n = cache
+                    .invalidate_prefix(&prefix)
+                    .await
+                    .ok_or_else(|| anyhow::anyhow!("cannot reach the cache"))?;
+                eprintln!("Deleted {n} cached answers.");
+            }
+        }
+        return Ok(());
+    }
     // One-shot commands need one connection, not the daemon's pools.
     config.db.primary.pool_min = 0;
     config.db.primary.pool_max = 1;
@@ -69,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
             apps::revoke_key(&db, &key).await?;
             eprintln!("Key revoked.");
         }
+        Command::Cache { .. } => unreachable!("handled above"),
     }
     Ok(())
 }

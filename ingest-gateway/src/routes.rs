@@ -21,6 +21,8 @@ use crate::{ingest, reply};
 pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/events"),
     ("options", "/v1/events"),
+    ("get", "/v1/stats/daily"),
+    ("get", "/v1/stats/top-events"),
     ("get", "/healthz"),
     ("get", "/readyz"),
 ];
@@ -39,6 +41,7 @@ pub struct AppState {
     pub pools: Pools,
     pub keys: KeyCache,
     pub queue: Arc<Queue>,
+    pub cache: Arc<crate::cache::Cache>,
     pub shutdown: CancellationToken,
 }
 
@@ -55,6 +58,15 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Fu
             ("events_preflight", preflight(&state, origin.as_deref()))
         }
         (_, "/v1/events") => ("events", method_not_allowed("POST, OPTIONS")),
+        (&Method::GET, "/v1/stats/daily") => (
+            "stats_daily",
+            crate::stats::handle(&state, req, crate::stats::Kind::Daily).await,
+        ),
+        (&Method::GET, "/v1/stats/top-events") => (
+            "stats_top",
+            crate::stats::handle(&state, req, crate::stats::Kind::Top).await,
+        ),
+        (_, "/v1/stats/daily" | "/v1/stats/top-events") => ("stats", method_not_allowed("GET")),
         (&Method::GET | &Method::HEAD, "/healthz") => (
             "healthz",
             reply::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),

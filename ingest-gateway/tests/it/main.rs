@@ -5,3 +5,5 @@ mod daemon;
 mod helpers;
 mod ingest;
 mod openapi;
+mod read;
+mod replica;

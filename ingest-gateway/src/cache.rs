@@ -1,0 +1,330 @@
+//! The read API's Redis cache, as the original design describes its Redis layer: reconnection
+//! with exponential backoff, batch get and set with TTL (MGET, pipelined SET EX), counters with
+//! TTL, invalidation by prefix with SCAN (never KEYS), statistics, and one computation per key
+//! for concurrent misses (no stampede). The cache may live on another, LRU, Redis
+//! (`CACHE_REDIS_URL`). Every call is bounded by a short timeout and a cache that is down is
+//! simply a miss: answers still come from PostgreSQL.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+use shared::secret::Secret;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+type Flight = Arc<OnceCell<Result<String, String>>>;
+
+pub struct Cache {
+    url: Secret,
+    prefix: String,
+    timeout: Duration,
+    conn: OnceCell<ConnectionManager>,
+    inflight: Mutex<HashMap<String, Flight>>,
+}
+
+/// What `ingest-gateway cache stats` prints.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub hit_ratio: Option<f64>,
+    pub keys: u64,
+    pub memory_bytes: Option<u64>,
+    pub maxmemory_policy: Option<String>,
+}
+
+impl Cache {
+    pub fn new(url: Secret, prefix: &str, timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            url,
+            prefix: format!("{prefix}:cache"),
+            timeout,
+            conn: OnceCell::new(),
+            inflight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The prefix of every cache key (so invalidation never touches the queue's keys).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Tries to connect once; `false` when the cache Redis is unreachable.
+    pub async fn connect(&self) -> bool {
+        if self.conn.initialized() {
+            return true;
+        }
+        match tokio::time::timeout(
+            self.timeout.max(Duration::from_millis(500)),
+            shared::redis_conn::connect(&self.url, self.timeout),
+        )
+        .await
+        {
+            Ok(Ok(c)) => {
+                let _ = self.conn.set(c);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Keeps trying to connect with exponential backoff until connected or `stop`; after that
+    /// the connection manager reconnects by itself.
+    pub fn spawn_connect(self: &Arc<Self>, stop: CancellationToken) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            while !me.connect().await {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        });
+    }
+
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        cmd: impl FnOnce() -> redis::Pipeline,
+    ) -> Option<T> {
+        let mut conn = self.conn.get()?.clone();
+        let pipe = cmd();
+        match tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut conn)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "Cache call failed.");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// `MGET`: one value (or none) per key, in order; all `None` when the cache is down.
+    pub async fn get_many(&self, keys: &[String]) -> Vec<Option<String>> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let got: Option<(Vec<Option<String>>,)> = self
+            .call(|| {
+                let mut p = redis::pipe();
+                p.cmd("MGET").arg(keys);
+                p
+            })
+            .await;
+        got.map(|(v,)| v).unwrap_or_else(|| vec![None; keys.len()])
+    }
+
+    /// Pipelined `SET key value EX ttl`; false when the cache is down.
+    pub async fn set_many(&self, items: &[(String, String, Duration)]) -> bool {
+        if items.is_empty() {
+            return true;
+        }
+        self.call::<()>(|| {
+            let mut p = redis::pipe();
+            for (k, v, ttl) in items {
+                p.cmd("SET")
+                    .arg(k)
+                    .arg(v)
+                    .arg("EX")
+                    .arg(ttl.as_secs().max(1))
+                    .ignore();
+            }
+            p
+        })
+        .await
+        .is_some()
+    }
+
+    /// `INCRBY` then `EXPIRE` (set only when the key is new), atomically; the new value.
+    pub async fn incr(&self, key: &str, by: i64, ttl: Duration) -> Option<i64> {
+        let (v, _): (i64, i64) = self
+            .call(|| {
+                let mut p = redis::pipe();
+                p.atomic()
+                    .cmd("INCRBY")
+                    .arg(key)
+                    .arg(by)
+                    .cmd("EXPIRE")
+                    .arg(key)
+                    .arg(ttl.as_secs().max(1))
+                    .arg("NX");
+                p
+            })
+            .await?;
+        Some(v)
+    }
+
+    /// Deletes every cache key under `prefix` (which must lie inside [`Cache::prefix`]), with
+    /// SCAN and UNLINK in batches; the number deleted.
+    pub async fn invalidate_prefix(&self, prefix: &str) -> Option<u64> {
+        let mut conn = self.conn.get()?.clone();
+        let pattern = format!("{}*", escape_glob(prefix));
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = tokio::time::timeout(
+                self.timeout * 5,
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                deleted += n;
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Some(deleted);
+            }
+        }
+    }
+
+    fn stats_key(&self, what: &str) -> String {
+        format!(
+            "{}:stats:{what}:{}",
+            self.prefix,
+            chrono::Utc::now().format("%Y%m%d")
+        )
+    }
+
+    /// Counts a hit or a miss: a Prometheus counter here, and a daily Redis counter (kept two
+    /// days) that `cache stats` reads across replicas.
+    pub async fn record(&self, hit: bool) {
+        if hit {
+            shared::metrics::cache_hit();
+        } else {
+            shared::metrics::cache_miss();
+        }
+        let key = self.stats_key(if hit { "hits" } else { "misses" });
+        let _ = self.incr(&key, 1, Duration::from_secs(2 * 86_400)).await;
+    }
+
+    /// Today's hits and misses, the number of cached answers, and the cache Redis's memory.
+    pub async fn stats(&self) -> Option<CacheStats> {
+        let counts = self
+            .get_many(&[self.stats_key("hits"), self.stats_key("misses")])
+            .await;
+        let num = |v: &Option<String>| v.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0u64);
+        let (hits, misses) = (num(&counts[0]), num(&counts[1]));
+        let mut conn = self.conn.get()?.clone();
+        let mut keys = 0;
+        let mut cursor: u64 = 0;
+        let pattern = format!("{}:v1:*", escape_glob(&self.prefix));
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            keys += batch.len() as u64;
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+        };
+        Some(CacheStats {
+            hits,
+            misses,
+            hit_ratio: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
+            keys,
+            memory_bytes: field("used_memory:").and_then(|v| v.parse().ok()),
+            maxmemory_policy: field("maxmemory_policy:"),
+        })
+    }
+
+    /// The cached value of `key`, or `compute`'s result, stored with `ttl`. Concurrent misses of
+    /// one key in this process compute once. Returns the value and whether it was a hit.
+    pub async fn get_or_compute<F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        compute: F,
+    ) -> Result<(String, bool), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<String, E>>,
+        E: std::fmt::Display + From<String>,
+    {
+        if let Some(v) = self.get_many(&[key.to_owned()]).await.pop().flatten() {
+            self.record(true).await;
+            return Ok((v, true));
+        }
+        let flight: Flight = {
+            let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(key.to_owned()).or_default().clone()
+        };
+        let mut computed_here = false;
+        let out = flight
+            .get_or_init(|| async {
+                computed_here = true;
+                let r = compute().await.map_err(|e| e.to_string());
+                if let Ok(v) = &r {
+                    self.set_many(&[(key.to_owned(), v.clone(), ttl)]).await;
+                }
+                r
+            })
+            .await
+            .clone();
+        if computed_here {
+            self.inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(key);
+        }
+        self.record(false).await;
+        out.map(|v| (v, false)).map_err(E::from)
+    }
+}
+
+/// Escapes Redis glob characters so a prefix matches itself only.
+fn escape_glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(escape_glob("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+        assert_eq!(escape_glob("sluice:cache:app_1"), "sluice:cache:app_1");
+    }
+}

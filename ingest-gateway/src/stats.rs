@@ -1,0 +1,371 @@
+//! The read API: `GET /v1/stats/daily` and `GET /v1/stats/top-events`, for a read key, each app
+//! seeing only its own data. Days the summary view covers come from `daily_analytics_summary`;
+//! later days (today at least) from the live partitions, merged into one answer, so a dashboard
+//! sees an event within seconds. All reads go through the read pool, and answers through the
+//! cache (`X-Cache: HIT|MISS`).
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDate, Utc};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use shared::db::Db;
+
+use crate::apps::KeyKind;
+use crate::error::ApiError;
+use crate::ingest::authenticate;
+use crate::routes::AppState;
+use crate::validate::EventName;
+
+pub const MAX_LIMIT: u32 = 100;
+pub const DEFAULT_LIMIT: u32 = 10;
+
+/// A validated query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub event_name: Option<String>,
+    pub limit: u32,
+}
+
+/// Which endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Daily,
+    Top,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Daily => "daily",
+            Kind::Top => "top",
+        }
+    }
+}
+
+/// Parses and checks the query string: dates, their order, the range, the limit.
+pub fn parse(kind: Kind, query: Option<&str>, max_days: u32) -> Result<Query, ApiError> {
+    let bad = |m: String| ApiError::BadQuery(m);
+    let mut from = None;
+    let mut to = None;
+    let mut event_name = None;
+    let mut limit = None;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let date = |v: &str| {
+            NaiveDate::parse_from_str(v, "%Y-%m-%d")
+                .map_err(|_| bad(format!("{k} must be a date YYYY-MM-DD, got {v:?}")))
+        };
+        match (k.as_ref(), kind) {
+            ("from", _) => from = Some(date(&v)?),
+            ("to", _) => to = Some(date(&v)?),
+            ("event_name", Kind::Daily) => {
+                event_name = Some(EventName::parse(&v).map_err(bad)?.into_inner())
+            }
+            ("limit", Kind::Top) => {
+                let n: u32 = v
+                    .parse()
+                    .map_err(|_| bad(format!("limit must be a whole number, got {v:?}")))?;
+                if !(1..=MAX_LIMIT).contains(&n) {
+                    return Err(bad(format!("limit must be 1 to {MAX_LIMIT}, got {n}")));
+                }
+                limit = Some(n);
+            }
+            ("api_key", _) => {}
+            (other, _) => return Err(bad(format!("unknown parameter {other:?}"))),
+        }
+    }
+    let from = from.ok_or_else(|| bad("from is required (YYYY-MM-DD)".into()))?;
+    let to = to.ok_or_else(|| bad("to is required (YYYY-MM-DD)".into()))?;
+    if from > to {
+        return Err(bad(format!("from ({from}) is after to ({to})")));
+    }
+    let days = (to - from).num_days() + 1;
+    if days > max_days as i64 {
+        return Err(bad(format!(
+            "the range covers {days} days; at most {max_days} are allowed"
+        )));
+    }
+    Ok(Query {
+        from,
+        to,
+        event_name,
+        limit: limit.unwrap_or(DEFAULT_LIMIT),
+    })
+}
+
+/// The cache key: the app, the endpoint and the query; invalidating `{prefix}:v1:{app}:` clears
+/// one app.
+pub fn cache_key(prefix: &str, app: &str, kind: Kind, q: &Query) -> String {
+    let name = q
+        .event_name
+        .as_deref()
+        .map(|n| hex::encode(&Sha256::digest(n.as_bytes())[..8]))
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "{prefix}:v1:{app}:{}:{}:{}:{name}:{}",
+        kind.name(),
+        q.from,
+        q.to,
+        q.limit
+    )
+}
+
+#[derive(Debug, Serialize)]
+struct Day {
+    day: String,
+    event_name: String,
+    events: i64,
+    unique_users: i64,
+    unique_sessions: i64,
+}
+
+pub async fn handle(state: &AppState, req: Request<Incoming>, kind: Kind) -> Response<Full<Bytes>> {
+    match answer(state, &req, kind).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn answer(
+    state: &AppState,
+    req: &Request<Incoming>,
+    kind: Kind,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let grant = authenticate(state, req, KeyKind::Read)?;
+    let q = parse(kind, req.uri().query(), state.config.stats_max_range_days)?;
+    let today = Utc::now().date_naive();
+    let ttl = if q.to >= today {
+        state.config.cache_ttl_live
+    } else {
+        state.config.cache_ttl_closed
+    };
+    let key = cache_key(state.cache.prefix(), &grant.app_id, kind, &q);
+    let app = grant.app_id.to_string();
+    let db = state.pools.read.clone();
+    let (body, hit) = state
+        .cache
+        .get_or_compute(&key, ttl, || async move {
+            let r = match kind {
+                Kind::Daily => daily(&db, &app, &q).await,
+                Kind::Top => top(&db, &app, &q).await,
+            };
+            r.map_err(|e| {
+                tracing::warn!(error = %e, "Read query failed.");
+                ApiError::DbUnavailable
+            })
+        })
+        .await?;
+    let mut resp = Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default();
+    resp.headers_mut().insert(
+        "x-cache",
+        HeaderValue::from_static(if hit { "HIT" } else { "MISS" }),
+    );
+    Ok(resp)
+}
+
+/// The first day the summary view does not fully cover: the day its last refresh started, or
+/// today, whichever is earlier.
+async fn live_from(db: &Db) -> Result<NaiveDate, shared::db::DbError> {
+    let covers: DateTime<Utc> = db
+        .query_one(
+            "read view coverage",
+            "SELECT covers_before FROM view_refreshes WHERE view_name = 'daily_analytics_summary'",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(covers.date_naive().min(Utc::now().date_naive()))
+}
+
+fn start_of(d: NaiveDate) -> DateTime<Utc> {
+    d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc()
+}
+
+async fn daily(db: &Db, app: &str, q: &Query) -> Result<String, shared::db::DbError> {
+    let split = live_from(db).await?;
+    let mut days = Vec::new();
+    if q.from < split {
+        let last = q.to.min(split.pred_opt().unwrap_or(split));
+        let rows = match &q.event_name {
+            None => db.query(
+                "daily stats from summary",
+                "SELECT day, event_name, events, unique_users, unique_sessions FROM daily_analytics_summary \
+                 WHERE app_id = $1 AND day BETWEEN $2 AND $3",
+                &[&app, &q.from, &last],
+            ).await?,
+            Some(name) => db.query(
+                "daily stats from summary",
+                "SELECT day, event_name, events, unique_users, unique_sessions FROM daily_analytics_summary \
+                 WHERE app_id = $1 AND day BETWEEN $2 AND $3 AND event_name = $4",
+                &[&app, &q.from, &last, name],
+            ).await?,
+        };
+        days.extend(rows.iter().map(|r| Day {
+            day: r.get::<_, NaiveDate>(0).to_string(),
+            event_name: r.get(1),
+            events: r.get(2),
+            unique_users: r.get(3),
+            unique_sessions: r.get(4),
+        }));
+    }
+    if q.to >= split {
+        let lo = start_of(q.from.max(split));
+        let hi = start_of(q.to.succ_opt().unwrap_or(q.to));
+        const LIVE: &str = "SELECT (occurred_at AT TIME ZONE 'UTC')::date, event_name, count(*), \
+             count(DISTINCT user_id), count(DISTINCT session_id) FROM analytics_events \
+             WHERE app_id = $1 AND occurred_at >= $2 AND occurred_at < $3";
+        let rows = match &q.event_name {
+            None => {
+                db.query(
+                    "daily stats live",
+                    &format!("{LIVE} GROUP BY 1, 2"),
+                    &[&app, &lo, &hi],
+                )
+                .await?
+            }
+            Some(name) => {
+                db.query(
+                    "daily stats live",
+                    &format!("{LIVE} AND event_name = $4 GROUP BY 1, 2"),
+                    &[&app, &lo, &hi, name],
+                )
+                .await?
+            }
+        };
+        days.extend(rows.iter().map(|r| Day {
+            day: r.get::<_, NaiveDate>(0).to_string(),
+            event_name: r.get(1),
+            events: r.get(2),
+            unique_users: r.get(3),
+            unique_sessions: r.get(4),
+        }));
+    }
+    days.sort_by(|a, b| (&a.day, &a.event_name).cmp(&(&b.day, &b.event_name)));
+    Ok(serde_json::json!({"app_id": app, "days": days}).to_string())
+}
+
+async fn top(db: &Db, app: &str, q: &Query) -> Result<String, shared::db::DbError> {
+    let split = live_from(db).await?;
+    let mut totals: HashMap<String, i64> = HashMap::new();
+    if q.from < split {
+        let last = q.to.min(split.pred_opt().unwrap_or(split));
+        for r in db
+            .query(
+                "top events from summary",
+                "SELECT event_name, sum(events)::bigint FROM daily_analytics_summary \
+                 WHERE app_id = $1 AND day BETWEEN $2 AND $3 GROUP BY 1",
+                &[&app, &q.from, &last],
+            )
+            .await?
+        {
+            *totals.entry(r.get(0)).or_default() += r.get::<_, i64>(1);
+        }
+    }
+    if q.to >= split {
+        let lo = start_of(q.from.max(split));
+        let hi = start_of(q.to.succ_opt().unwrap_or(q.to));
+        for r in db
+            .query(
+                "top events live",
+                "SELECT event_name, count(*) FROM analytics_events \
+                 WHERE app_id = $1 AND occurred_at >= $2 AND occurred_at < $3 GROUP BY 1",
+                &[&app, &lo, &hi],
+            )
+            .await?
+        {
+            *totals.entry(r.get(0)).or_default() += r.get::<_, i64>(1);
+        }
+    }
+    let mut events: Vec<(String, i64)> = totals.into_iter().collect();
+    events.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    events.truncate(q.limit as usize);
+    let events: Vec<serde_json::Value> = events
+        .into_iter()
+        .map(|(n, c)| serde_json::json!({"event_name": n, "events": c}))
+        .collect();
+    Ok(serde_json::json!({"app_id": app, "events": events}).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(kind: Kind, q: &str) -> Result<Query, String> {
+        parse(kind, Some(q), 366).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn queries_are_validated() {
+        let q = p(
+            Kind::Daily,
+            "from=2026-11-01&to=2026-11-28&event_name=sign%20up",
+        )
+        .expect("ok");
+        assert_eq!(q.event_name.as_deref(), Some("sign up"));
+        assert_eq!(q.limit, DEFAULT_LIMIT);
+        assert!(p(Kind::Daily, "from=2026-11-29&to=2026-11-28")
+            .unwrap_err()
+            .contains("after"));
+        assert!(p(Kind::Daily, "from=2026-13-01&to=2026-11-28")
+            .unwrap_err()
+            .contains("YYYY-MM-DD"));
+        assert!(p(Kind::Daily, "to=2026-11-28")
+            .unwrap_err()
+            .contains("from is required"));
+        assert!(p(Kind::Daily, "from=2026-11-28")
+            .unwrap_err()
+            .contains("to is required"));
+        assert!(p(Kind::Daily, "from=2026-11-28&to=2026-11-28&limit=5")
+            .unwrap_err()
+            .contains("unknown"));
+        assert!(p(Kind::Top, "from=2026-11-28&to=2026-11-28&event_name=x")
+            .unwrap_err()
+            .contains("unknown"));
+        assert!(p(Kind::Daily, "from=2026-11-28&to=2026-11-28&event_name=").is_err());
+        // The range limit, at it and one past it.
+        assert!(
+            p(Kind::Daily, "from=2025-11-28&to=2026-11-28").is_ok(),
+            "366 days"
+        );
+        assert!(p(Kind::Daily, "from=2025-11-27&to=2026-11-28")
+            .unwrap_err()
+            .contains("367 days"));
+        // The limit, at its bounds and past them.
+        assert_eq!(
+            p(Kind::Top, "from=2026-11-28&to=2026-11-28&limit=100")
+                .expect("ok")
+                .limit,
+            100
+        );
+        assert_eq!(
+            p(Kind::Top, "from=2026-11-28&to=2026-11-28&limit=1")
+                .expect("ok")
+                .limit,
+            1
+        );
+        assert!(p(Kind::Top, "from=2026-11-28&to=2026-11-28&limit=101").is_err());
+        assert!(p(Kind::Top, "from=2026-11-28&to=2026-11-28&limit=0").is_err());
+        assert!(p(Kind::Top, "from=2026-11-28&to=2026-11-28&limit=x").is_err());
+    }
+
+    #[test]
+    fn cache_keys_carry_the_app_and_the_query() {
+        let q = p(Kind::Daily, "from=2026-11-01&to=2026-11-28").expect("ok");
+        let a = cache_key("s:cache", "app_a", Kind::Daily, &q);
+        assert!(a.starts_with("s:cache:v1:app_a:daily:2026-11-01:2026-11-28:"));
+        assert_ne!(a, cache_key("s:cache", "app_b", Kind::Daily, &q));
+        assert_ne!(a, cache_key("s:cache", "app_a", Kind::Top, &q));
+        let named = p(Kind::Daily, "from=2026-11-01&to=2026-11-28&event_name=a:b").expect("ok");
+        assert!(!cache_key("s:cache", "app_a", Kind::Daily, &named).contains("a:b"));
+    }
+}

@@ -1,0 +1,383 @@
+//! The read API against events that went through the real pipeline (gateway, Redis, writer).
+
+use std::time::Duration;
+
+use chrono::{Duration as ChronoDuration, Utc};
+use http::Method;
+use maintenance_worker::clock::Clock;
+use maintenance_worker::jobs::{self, Job, JobCtx};
+use shared::config::Env;
+use shared::db::Pools;
+
+use crate::helpers::{Gateway, Reply, REDIS};
+
+async fn writer(gw: &Gateway) -> tokio_util::sync::CancellationToken {
+    let mut vars = gw.db.env_vars();
+    vars.extend(
+        [
+            ("REDIS_URL", REDIS),
+            ("STREAM_PREFIX", gw.prefix.as_str()),
+            ("STREAM_SHARDS", "2"),
+            ("BATCH_LINGER_MS", "20"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let config = batch_writer::WriterConfig::from_env(&Env::from_pairs(vars)).expect("config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(batch_writer::run(config, listener, stop.clone()));
+    stop
+}
+
+async fn refresh(gw: &Gateway) {
+    let ctx = JobCtx {
+        db: Pools::new(&gw.db.config()).expect("pools").write,
+        clock: Clock::System,
+        retention_months: 12,
+        premake_months: 6,
+        dedupe_window: Duration::from_secs(86_400),
+    };
+    jobs::run(Job::Views, &ctx).await.expect("refresh");
+}
+
+async fn stored(gw: &Gateway, n: i64) {
+    let c = gw.db.client().await;
+    let ok = shared::testing::wait_for(Duration::from_secs(10), || async {
+        let got: i64 = c
+            .query_one("SELECT count(*) FROM analytics_events", &[])
+            .await
+            .ok()?
+            .get(0);
+        (got >= n).then_some(())
+    })
+    .await;
+    assert!(ok.is_some(), "the writer stored {n} events");
+}
+
+async fn get(gw: &Gateway, key: &str, path: &str) -> Reply {
+    let auth = format!("Bearer {key}");
+    gw.request(Method::GET, path, &[("authorization", &auth)], "")
+        .await
+}
+
+fn days_path(from: chrono::NaiveDate, to: chrono::NaiveDate, extra: &str) -> String {
+    format!("/v1/stats/daily?from={from}&to={to}{extra}")
+}
+
+/// Posts, for the gateway's app: 3 signups yesterday (users u1, u1, u2; sessions s1, s2, s3),
+/// 2 page views yesterday, and 4 signups today (users u1..u4, one session).
+async fn seed(gw: &Gateway) {
+    let y = (Utc::now() - ChronoDuration::days(1)).to_rfc3339();
+    let body = format!(
+        r#"[{{"event_name":"signup","timestamp":"{y}","user_id":"u1","session_id":"s1"}},
+            {{"event_name":"signup","timestamp":"{y}","user_id":"u1","session_id":"s2"}},
+            {{"event_name":"signup","timestamp":"{y}","user_id":"u2","session_id":"s3"}},
+            {{"event_name":"page_view","timestamp":"{y}","user_id":"u1","session_id":"s1"}},
+            {{"event_name":"page_view","timestamp":"{y}","user_id":"u1","session_id":"s1"}}]"#
+    );
+    assert_eq!(gw.post(body).await.status, 202);
+    let today: Vec<String> = (1..=4)
+        .map(|i| format!(r#"{{"event_name":"signup","user_id":"u{i}","session_id":"t1"}}"#))
+        .collect();
+    assert_eq!(gw.post(format!("[{}]", today.join(","))).await.status, 202);
+}
+
+#[tokio::test]
+async fn past_days_come_from_the_refreshed_view_and_today_from_the_live_table() {
+    let gw = Gateway::start(&[]).await;
+    let stop = writer(&gw).await;
+    // Yesterday's events must be in the view before its refresh, or they are "live".
+    let y = (Utc::now() - ChronoDuration::days(1)).date_naive();
+    let today = Utc::now().date_naive();
+    seed(&gw).await;
+    stored(&gw, 9).await;
+    refresh(&gw).await;
+    // An event arriving after the refresh shows at once (today is read live).
+    assert_eq!(
+        gw.post(r#"{"event_name":"signup","user_id":"u9","session_id":"t2"}"#)
+            .await
+            .status,
+        202
+    );
+    stored(&gw, 10).await;
+
+    let r = get(&gw, &gw.app.read_key, &days_path(y, today, "")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["app_id"], gw.app.app_id.as_str());
+    let days = r.body["days"].as_array().expect("days");
+    let find = |day: chrono::NaiveDate, name: &str| {
+        days.iter()
+            .find(|d| d["day"] == day.to_string().as_str() && d["event_name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let s = find(y, "signup");
+    assert_eq!(
+        (
+            s["events"].as_i64(),
+            s["unique_users"].as_i64(),
+            s["unique_sessions"].as_i64()
+        ),
+        (Some(3), Some(2), Some(3))
+    );
+    let p = find(y, "page_view");
+    assert_eq!(
+        (
+            p["events"].as_i64(),
+            p["unique_users"].as_i64(),
+            p["unique_sessions"].as_i64()
+        ),
+        (Some(2), Some(1), Some(1))
+    );
+    let t = find(today, "signup");
+    assert_eq!(
+        (
+            t["events"].as_i64(),
+            t["unique_users"].as_i64(),
+            t["unique_sessions"].as_i64()
+        ),
+        (Some(5), Some(5), Some(2))
+    );
+    assert_eq!(days.len(), 3);
+
+    let r = get(
+        &gw,
+        &gw.app.read_key,
+        &days_path(y, today, "&event_name=page_view"),
+    )
+    .await;
+    assert_eq!(r.body["days"].as_array().map(Vec::len), Some(1));
+
+    let r = get(
+        &gw,
+        &gw.app.read_key,
+        &format!("/v1/stats/top-events?from={y}&to={today}&limit=1"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body["events"],
+        serde_json::json!([{"event_name": "signup", "events": 8}])
+    );
+    let r = get(
+        &gw,
+        &gw.app.read_key,
+        &format!("/v1/stats/top-events?from={y}&to={today}"),
+    )
+    .await;
+    assert_eq!(
+        r.body["events"][1],
+        serde_json::json!({"event_name": "page_view", "events": 2})
+    );
+    stop.cancel();
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_app_only_ever_sees_its_own_data() {
+    let gw = Gateway::start(&[]).await;
+    let stop = writer(&gw).await;
+    seed(&gw).await;
+    stored(&gw, 9).await;
+    let pools = Pools::new(&gw.db.config()).expect("pools");
+    let other = ingest_gateway::apps::create_app(&pools.write, "other")
+        .await
+        .expect("app");
+    tokio::time::sleep(Duration::from_millis(5500)).await; // the key cache's refresh
+    let today = Utc::now().date_naive();
+    let y = today.pred_opt().expect("date");
+    for path in [
+        days_path(y, today, ""),
+        format!("/v1/stats/top-events?from={y}&to={today}"),
+    ] {
+        let r = get(&gw, &other.read_key, &path).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["app_id"], other.app_id.as_str());
+        let list = r
+            .body
+            .get("days")
+            .or(r.body.get("events"))
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default();
+        assert!(list.is_empty(), "another app's data leaked: {}", r.body);
+    }
+    // An ingest key cannot read, a read key cannot ingest.
+    let r = get(&gw, &gw.app.ingest_key, &days_path(y, today, "")).await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (403, Some("ingest_key"))
+    );
+    let r = get(&gw, "sk_read_unknown", &days_path(y, today, "")).await;
+    assert_eq!(r.status, 401);
+    stop.cancel();
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn answers_are_cached_then_invalidated() {
+    let gw = Gateway::start(&[]).await;
+    let today = Utc::now().date_naive();
+    let path = days_path(today, today, "");
+    let first = get(&gw, &gw.app.read_key, &path).await;
+    assert_eq!(first.headers["x-cache"], "MISS");
+    let second = get(&gw, &gw.app.read_key, &path).await;
+    assert_eq!(second.headers["x-cache"], "HIT");
+    assert_eq!(first.body, second.body);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ingest-gateway"))
+        .args(["cache", "invalidate", "--app", &gw.app.app_id])
+        .envs(gw.db.env_vars())
+        .env("REDIS_URL", REDIS)
+        .env("STREAM_PREFIX", &gw.prefix)
+        .output()
+        .expect("invalidate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Deleted 1"));
+    assert_eq!(
+        get(&gw, &gw.app.read_key, &path).await.headers["x-cache"],
+        "MISS"
+    );
+    let stats = std::process::Command::new(env!("CARGO_BIN_EXE_ingest-gateway"))
+        .args(["cache", "stats"])
+        .envs(gw.db.env_vars())
+        .env("REDIS_URL", REDIS)
+        .env("STREAM_PREFIX", &gw.prefix)
+        .output()
+        .expect("stats");
+    let s: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("JSON");
+    assert_eq!(
+        (s["hits"].as_u64(), s["misses"].as_u64(), s["keys"].as_u64()),
+        (Some(1), Some(2), Some(1))
+    );
+    assert!(s["memory_bytes"].as_u64().unwrap_or(0) > 0);
+    let (_, m) = shared::testing::http_get(&gw.ops.to_string(), "/metrics")
+        .await
+        .expect("metrics");
+    assert!(
+        m.contains("sluice_cache_hits_total 1") && m.contains("sluice_cache_misses_total 2"),
+        "{m}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn queries_still_answer_when_the_cache_is_down() {
+    let port = shared::testing::free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let gw = Gateway::start(&[("CACHE_REDIS_URL", &url)]).await;
+    let today = Utc::now().date_naive();
+    let started = std::time::Instant::now();
+    for _ in 0..2 {
+        let r = get(&gw, &gw.app.read_key, &days_path(today, today, "")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.headers["x-cache"], "MISS");
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn bad_queries_get_400() {
+    let gw = Gateway::start(&[("STATS_MAX_RANGE_DAYS", "31")]).await;
+    for path in [
+        "/v1/stats/daily?from=2026-11-01",
+        "/v1/stats/daily?from=2026-11-10&to=2026-11-01",
+        "/v1/stats/daily?from=2026-02-30&to=2026-03-01",
+        "/v1/stats/daily?from=2026-10-01&to=2026-11-01",
+        "/v1/stats/top-events?from=2026-11-01&to=2026-11-02&limit=0",
+        "/v1/stats/top-events?from=2026-11-01&to=2026-11-02&limit=101",
+    ] {
+        let r = get(&gw, &gw.app.read_key, path).await;
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (400, Some("invalid_query")),
+            "{path}: {}",
+            r.body
+        );
+    }
+    let r = get(
+        &gw,
+        &gw.app.read_key,
+        "/v1/stats/daily?from=2026-10-02&to=2026-11-01",
+    )
+    .await;
+    assert_eq!(r.status, 200, "31 days is at the limit");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_misses_of_one_key_compute_once() {
+    let cache = ingest_gateway::cache::Cache::new(
+        shared::secret::Secret::new(REDIS.into()),
+        &format!("test-{}", uuid::Uuid::new_v4().simple()),
+        Duration::from_secs(1),
+    );
+    assert!(cache.connect().await);
+    let computed = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let key = format!("{}:v1:app:x", cache.prefix());
+    let calls = (0..20).map(|_| {
+        let (cache, computed, key) = (cache.clone(), computed.clone(), key.clone());
+        async move {
+            cache
+                .get_or_compute::<_, _, ingest_gateway::error::ApiError>(
+                    &key,
+                    Duration::from_secs(30),
+                    || async {
+                        computed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Ok("answer".to_owned())
+                    },
+                )
+                .await
+                .map(|(v, _)| v)
+                .ok()
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    assert!(answers.iter().all(|a| a.as_deref() == Some("answer")));
+    assert_eq!(computed.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Batch get and set with TTL, counters with TTL, invalidation by prefix.
+    let k2 = format!("{}:v1:app:y", cache.prefix());
+    assert!(
+        cache
+            .set_many(&[(k2.clone(), "2".into(), Duration::from_secs(30))])
+            .await
+    );
+    assert_eq!(
+        cache
+            .get_many(&[key.clone(), k2.clone(), "missing".into()])
+            .await,
+        vec![Some("answer".into()), Some("2".into()), None]
+    );
+    let counter = format!("{}:counter", cache.prefix());
+    assert_eq!(
+        cache.incr(&counter, 5, Duration::from_secs(30)).await,
+        Some(5)
+    );
+    assert_eq!(
+        cache.incr(&counter, 1, Duration::from_secs(30)).await,
+        Some(6)
+    );
+    let mut conn = crate::helpers::redis_conn().await;
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&counter)
+        .query_async(&mut conn)
+        .await
+        .expect("ttl");
+    assert!((1..=30).contains(&ttl));
+    assert_eq!(
+        cache
+            .invalidate_prefix(&format!("{}:v1:", cache.prefix()))
+            .await,
+        Some(2)
+    );
+    assert_eq!(cache.get_many(&[key]).await, vec![None]);
+    shared::testing::redis_cleanup(REDIS, cache.prefix().trim_end_matches(":cache")).await;
+}
