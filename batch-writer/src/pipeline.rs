@@ -289,6 +289,7 @@ pub async fn process(ctx: &Ctx, batch: Batch) {
         })
         .collect();
     let Some((written, failures)) = write_all(ctx, &events, &mut infos).await else {
+        metrics::batch("abandoned");
         tracing::warn!(
             entries = batch.entries.len(),
             "Stopping with a batch unwritten; its entries stay pending for another writer."
@@ -323,6 +324,7 @@ pub async fn process(ctx: &Ctx, batch: Batch) {
     }
     let elapsed = started.elapsed();
     metrics::batch_written(batch.events, elapsed);
+    metrics::copy_rate(written.stored + written.quarantined, elapsed);
     metrics::events_written(written.stored + written.quarantined);
     let now_us = chrono::Utc::now().timestamp_micros();
     for (i, e) in &events {
@@ -380,7 +382,10 @@ async fn write_all<'a>(
     let mut delay = Duration::from_millis(100);
     loop {
         match ctx.store.write(events, infos, Mode::Whole).await {
-            Ok(w) => return Some((w, failures)),
+            Ok(w) => {
+                metrics::batch("written");
+                return Some((w, failures));
+            }
             Err(WriteError::Transient(e)) => {
                 if ctx.give_up() {
                     return None;
@@ -390,6 +395,7 @@ async fn write_all<'a>(
                 ctx.backoff(&mut delay).await;
             }
             Err(WriteError::Data(e)) => {
+                metrics::batch("split");
                 tracing::info!(error = %e, events = events.len(), "Batch refused; splitting it to find the bad events.");
                 break;
             }

@@ -104,6 +104,23 @@ impl Cache {
         }
     }
 
+    /// Publishes the cache's keys, memory and hit ratio on `/metrics` every `every` until `stop`.
+    pub fn spawn_gauges(self: &Arc<Self>, every: Duration, stop: CancellationToken) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => return,
+                }
+                if let Some(s) = me.stats().await {
+                    shared::metrics::cache_state(s.keys, s.memory_bytes, s.hit_ratio);
+                }
+            }
+        });
+    }
+
     /// `MGET`: one value (or none) per key, in order; all `None` when the cache is down.
     pub async fn get_many(&self, keys: &[String]) -> Vec<Option<String>> {
         if keys.is_empty() {
@@ -262,8 +279,11 @@ impl Cache {
         })
     }
 
-    /// The cached value of `key`, or `compute`'s result, stored with `ttl`. Concurrent misses of
-    /// one key in this process compute once. Returns the value and whether it was a hit.
+    /// The cached value of `key`, or `compute`'s result, stored for `ttl`. Concurrent misses of
+    /// one key in this process compute once. Refresh-ahead: an answer is kept for twice `ttl`, and
+    /// once it is older than `ttl` the first request to see it recomputes it while the others are
+    /// still served the cached answer, so a busy key never expires into a burst of misses.
+    /// Returns the value and whether it came from the cache.
     pub async fn get_or_compute<F, Fut, E>(
         &self,
         key: &str,
@@ -275,9 +295,21 @@ impl Cache {
         Fut: Future<Output = Result<String, E>>,
         E: std::fmt::Display + From<String>,
     {
-        if let Some(v) = self.get_many(&[key.to_owned()]).await.pop().flatten() {
-            self.record(true).await;
-            return Ok((v, true));
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let cached = self.get_many(&[key.to_owned()]).await.pop().flatten();
+        if let Some((fresh_until, value)) = cached.as_deref().and_then(split_entry) {
+            let stale = now_ms >= fresh_until;
+            // A stale answer is refreshed by one request; the others keep being served it.
+            if !stale
+                || self
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(key)
+            {
+                self.record(true).await;
+                return Ok((value.to_owned(), true));
+            }
         }
         let flight: Flight = {
             let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
@@ -289,7 +321,10 @@ impl Cache {
                 computed_here = true;
                 let r = compute().await.map_err(|e| e.to_string());
                 if let Ok(v) = &r {
-                    self.set_many(&[(key.to_owned(), v.clone(), ttl)]).await;
+                    let fresh_until =
+                        chrono::Utc::now().timestamp_millis() + ttl.as_millis() as i64;
+                    self.set_many(&[(key.to_owned(), format!("{fresh_until}|{v}"), ttl * 2)])
+                        .await;
                 }
                 r
             })
@@ -304,6 +339,12 @@ impl Cache {
         self.record(false).await;
         out.map(|v| (v, false)).map_err(E::from)
     }
+}
+
+/// A cache entry is `fresh_until_ms|value`.
+fn split_entry(raw: &str) -> Option<(i64, &str)> {
+    let (t, v) = raw.split_once('|')?;
+    Some((t.parse().ok()?, v))
 }
 
 /// Escapes Redis glob characters so a prefix matches itself only.
@@ -321,6 +362,13 @@ fn escape_glob(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_carry_their_freshness() {
+        assert_eq!(split_entry("1700|{\"a\":1}"), Some((1700, "{\"a\":1}")));
+        assert_eq!(split_entry("{\"a\":1}"), None);
+        assert_eq!(split_entry("x|y"), None);
+    }
 
     #[test]
     fn glob_characters_are_escaped() {

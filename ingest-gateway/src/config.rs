@@ -59,6 +59,8 @@ pub struct GatewayConfig {
     pub cache_ttl_closed: Duration,
     /// Bound on every cache call; past it the cache counts as down.
     pub cache_timeout: Duration,
+    /// How often the cache's keys, memory and hit ratio are published on `/metrics`.
+    pub cache_stats_interval: Duration,
     /// Longest range a read query may cover, in days.
     pub stats_max_range_days: u32,
 }
@@ -116,6 +118,7 @@ impl GatewayConfig {
                 30 * 86_400,
             )?),
             cache_timeout: env.millis("CACHE_TIMEOUT_MS", 200, 10, 60_000)?,
+            cache_stats_interval: env.millis("CACHE_STATS_INTERVAL_MS", 15_000, 100, 3_600_000)?,
             stats_max_range_days: env.bounded("STATS_MAX_RANGE_DAYS", 366, 1, 3660)? as u32,
         })
     }

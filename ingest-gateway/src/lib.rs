@@ -69,6 +69,7 @@ pub async fn run(
         config.cache_timeout,
     );
     cache.spawn_connect(background.clone());
+    cache.spawn_gauges(config.cache_stats_interval, background.clone());
     let state = Arc::new(routes::AppState {
         config,
         pools: pools.clone(),

@@ -25,6 +25,11 @@ pub const SLOW_QUERIES: &str = "sluice_db_slow_queries_total";
 pub const BUILD_INFO: &str = "sluice_build_info";
 pub const CLAIMED: &str = "sluice_entries_claimed_total";
 pub const E2E_LATENCY: &str = "sluice_end_to_end_latency_seconds";
+pub const BATCHES: &str = "sluice_batches_total";
+pub const COPY_RATE: &str = "sluice_copy_rows_per_second";
+pub const CACHE_KEYS: &str = "sluice_cache_keys";
+pub const CACHE_MEMORY: &str = "sluice_cache_memory_bytes";
+pub const CACHE_HIT_RATIO: &str = "sluice_cache_hit_ratio";
 pub const QUEUE_DEPTH: &str = "sluice_queue_depth_events";
 pub const HTTP_DURATION: &str = "sluice_http_request_duration_seconds";
 
@@ -137,6 +142,12 @@ fn register_gateway() {
     }
     counter!(CACHE_HITS).absolute(0);
     counter!(CACHE_MISSES).absolute(0);
+    describe_gauge!(CACHE_KEYS, "Answers in the read cache.");
+    describe_gauge!(CACHE_MEMORY, "Memory used by the cache Redis.");
+    describe_gauge!(
+        CACHE_HIT_RATIO,
+        "Today's read cache hit ratio, across gateway replicas."
+    );
     describe_gauge!(
         QUEUE_DEPTH,
         "Events queued in Redis and not yet written, as the gateway last saw them."
@@ -165,9 +176,17 @@ fn register_writer() {
         E2E_LATENCY,
         "Time from the gateway receiving an event to its commit in PostgreSQL."
     );
+    describe_counter!(
+        BATCHES,
+        "Batches by outcome: written whole, split around bad events, or abandoned at shutdown."
+    );
+    describe_gauge!(COPY_RATE, "Rows per second of the last written batch.");
     counter!(EVENTS_WRITTEN).absolute(0);
     counter!(DEAD_LETTER).absolute(0);
     counter!(CLAIMED).absolute(0);
+    for outcome in BATCH_OUTCOMES {
+        counter!(BATCHES, "outcome" => *outcome).absolute(0);
+    }
     gauge!(QUEUE_LAG).set(0.0);
 }
 
@@ -207,6 +226,30 @@ pub fn events_written(n: u64) {
 
 pub fn dead_lettered(n: u64) {
     counter!(DEAD_LETTER).increment(n);
+}
+
+/// The values of the `outcome` label of `sluice_batches_total`.
+pub const BATCH_OUTCOMES: &[&str] = &["written", "split", "abandoned"];
+
+/// `outcome` must be one of [`BATCH_OUTCOMES`].
+pub fn batch(outcome: &'static str) {
+    counter!(BATCHES, "outcome" => outcome).increment(1);
+}
+
+pub fn copy_rate(rows: u64, elapsed: Duration) {
+    if elapsed > Duration::ZERO {
+        gauge!(COPY_RATE).set(rows as f64 / elapsed.as_secs_f64());
+    }
+}
+
+pub fn cache_state(keys: u64, memory: Option<u64>, hit_ratio: Option<f64>) {
+    gauge!(CACHE_KEYS).set(keys as f64);
+    if let Some(m) = memory {
+        gauge!(CACHE_MEMORY).set(m as f64);
+    }
+    if let Some(r) = hit_ratio {
+        gauge!(CACHE_HIT_RATIO).set(r);
+    }
 }
 
 pub fn claimed(n: u64) {

@@ -15,6 +15,8 @@ async fn the_daemon_serves_health_and_metrics_and_stops_on_sigterm() {
         "sluice_events_written_total 0",
         "sluice_dead_letter_total 0",
         "sluice_queue_lag_events 0",
+        "sluice_batches_total{outcome=\"written\"} 0",
+        "sluice_entries_claimed_total 0",
     ] {
         assert!(metrics.contains(name), "{name} missing from {metrics}");
     }

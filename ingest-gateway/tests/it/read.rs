@@ -219,7 +219,7 @@ async fn an_app_only_ever_sees_its_own_data() {
 
 #[tokio::test]
 async fn answers_are_cached_then_invalidated() {
-    let gw = Gateway::start(&[]).await;
+    let gw = Gateway::start(&[("CACHE_STATS_INTERVAL_MS", "200")]).await;
     let today = Utc::now().date_naive();
     let path = days_path(today, today, "");
     let first = get(&gw, &gw.app.read_key, &path).await;
@@ -343,6 +343,54 @@ async fn concurrent_misses_of_one_key_compute_once() {
     let answers = futures::future::join_all(calls).await;
     assert!(answers.iter().all(|a| a.as_deref() == Some("answer")));
     assert_eq!(computed.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Refresh-ahead: once the answer is older than its TTL, one request recomputes it while the
+    // others are still served the cached answer.
+    let k3 = format!("{}:v1:app:z", cache.prefix());
+    let ttl = Duration::from_millis(1000);
+    let first = cache
+        .get_or_compute::<_, _, ingest_gateway::error::ApiError>(&k3, ttl, || async {
+            Ok("v1".to_owned())
+        })
+        .await
+        .expect("first");
+    assert_eq!(first, ("v1".to_owned(), false));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let refreshes = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let calls = (0..10).map(|_| {
+        let (cache, refreshes, k3) = (cache.clone(), refreshes.clone(), k3.clone());
+        async move {
+            cache
+                .get_or_compute::<_, _, ingest_gateway::error::ApiError>(&k3, ttl, || async {
+                    refreshes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Ok("v2".to_owned())
+                })
+                .await
+                .expect("answer")
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    assert_eq!(
+        refreshes.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one refresh"
+    );
+    let stale_hits = answers.iter().filter(|(v, hit)| v == "v1" && *hit).count();
+    assert!(
+        stale_hits >= 1,
+        "others were served the cached answer: {answers:?}"
+    );
+    let now = cache
+        .get_or_compute::<_, _, ingest_gateway::error::ApiError>(&k3, ttl, || async {
+            Ok("v3".to_owned())
+        })
+        .await
+        .expect("after");
+    assert_eq!(
+        now,
+        ("v2".to_owned(), true),
+        "the refreshed answer is cached"
+    );
     // Batch get and set with TTL, counters with TTL, invalidation by prefix.
     let k2 = format!("{}:v1:app:y", cache.prefix());
     assert!(
@@ -350,12 +398,14 @@ async fn concurrent_misses_of_one_key_compute_once() {
             .set_many(&[(k2.clone(), "2".into(), Duration::from_secs(30))])
             .await
     );
-    assert_eq!(
-        cache
-            .get_many(&[key.clone(), k2.clone(), "missing".into()])
-            .await,
-        vec![Some("answer".into()), Some("2".into()), None]
+    let got = cache
+        .get_many(&[key.clone(), k2.clone(), "missing".into()])
+        .await;
+    assert!(
+        got[0].as_deref().is_some_and(|v| v.ends_with("|answer")),
+        "{got:?}"
     );
+    assert_eq!(got[1..], [Some("2".into()), None]);
     let counter = format!("{}:counter", cache.prefix());
     assert_eq!(
         cache.incr(&counter, 5, Duration::from_secs(30)).await,
@@ -376,7 +426,7 @@ async fn concurrent_misses_of_one_key_compute_once() {
         cache
             .invalidate_prefix(&format!("{}:v1:", cache.prefix()))
             .await,
-        Some(2)
+        Some(3)
     );
     assert_eq!(cache.get_many(&[key]).await, vec![None]);
     shared::testing::redis_cleanup(REDIS, cache.prefix().trim_end_matches(":cache")).await;
