@@ -165,6 +165,20 @@ async fn ensure_template() -> String {
         .expect("look up template")
         .is_some();
     if !exists {
+        // Templates of older migrations or months are of no use any more.
+        let stale: Vec<String> = admin
+            .query(
+                "SELECT datname::text FROM pg_database WHERE datname LIKE 'sluice\\_tmpl\\_%' AND datname <> $1",
+                &[&name],
+            )
+            .await
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default();
+        for old in stale {
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {old} WITH (FORCE)"))
+                .await;
+        }
         let building = format!("{name}_building");
         admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))

@@ -19,7 +19,7 @@ async fn a_streaming_replica_serves_the_reads_and_its_loss_is_a_clear_503() {
     // The test's database is created on the primary after the replica started: it replicates.
     let db = TestDb::migrated().await;
     let name = db.name.clone();
-    let on_replica = shared::testing::wait_for(Duration::from_secs(20), || {
+    let on_replica = shared::testing::wait_for(Duration::from_secs(90), || {
         let name = name.clone();
         async move {
             let (c, conn) = tokio_postgres::Config::new()
