@@ -14,6 +14,50 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::client_event_json;
 
+/// A progress line on the terminal: elapsed time, events accepted and the current rate.
+pub struct Progress {
+    accepted: Arc<AtomicU64>,
+    bar: indicatif::ProgressBar,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    pub fn spawn(duration: Duration) -> Self {
+        let bar = indicatif::ProgressBar::new(duration.as_secs().max(1));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} s  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (a, b) = (accepted.clone(), bar.clone());
+        let started = Instant::now();
+        let ticker = tokio::spawn(async move {
+            let mut last = (0u64, Instant::now());
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let now = a.load(Ordering::Relaxed);
+                let rate = (now - last.0) as f64 / last.1.elapsed().as_secs_f64();
+                last = (now, Instant::now());
+                b.set_position(started.elapsed().as_secs());
+                b.set_message(format!("{now} events accepted, {rate:.0}/s"));
+            }
+        });
+        Self {
+            accepted,
+            bar,
+            ticker,
+        }
+    }
+
+    pub fn finish(&self) {
+        self.ticker.abort();
+        self.bar.finish();
+    }
+}
+
 /// What a load run measured.
 #[derive(Debug, Clone)]
 pub struct LoadResult {
@@ -98,6 +142,19 @@ pub async fn closed_loop(
     connections: usize,
     duration: Duration,
 ) -> LoadResult {
+    closed_loop_with(target, bodies, events_per_body, connections, duration, None).await
+}
+
+/// [`closed_loop`], reporting to a progress line.
+pub async fn closed_loop_with(
+    target: &Target,
+    bodies: &[Bytes],
+    events_per_body: u64,
+    connections: usize,
+    duration: Duration,
+    progress: Option<&Progress>,
+) -> LoadResult {
+    let shared_count = progress.map(|p| p.accepted.clone());
     let started = Instant::now();
     let accepted = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
@@ -106,6 +163,7 @@ pub async fn closed_loop(
             let t = target.clone();
             let bodies = bodies.to_vec();
             let (accepted, failures) = (accepted.clone(), failures.clone());
+            let shown = shared_count.clone();
             tokio::spawn(async move {
                 let mut lat = Vec::new();
                 let mut i = c;
@@ -116,6 +174,9 @@ pub async fn closed_loop(
                     match t.send(body, events_per_body).await {
                         Some(n) => {
                             accepted.fetch_add(n, Ordering::Relaxed);
+                            if let Some(s) = &shown {
+                                s.fetch_add(n, Ordering::Relaxed);
+                            }
                         }
                         None => {
                             failures.fetch_add(1, Ordering::Relaxed);
@@ -150,6 +211,18 @@ pub async fn fixed_rate(
     rate: f64,
     duration: Duration,
 ) -> LoadResult {
+    fixed_rate_with(target, bodies, events_per_body, rate, duration, None).await
+}
+
+/// [`fixed_rate`], reporting to a progress line.
+pub async fn fixed_rate_with(
+    target: &Target,
+    bodies: &[Bytes],
+    events_per_body: u64,
+    rate: f64,
+    duration: Duration,
+    progress: Option<&Progress>,
+) -> LoadResult {
     let total = (rate * duration.as_secs_f64()) as u64;
     let started = Instant::now();
     let accepted = Arc::new(AtomicU64::new(0));
@@ -161,11 +234,19 @@ pub async fn fixed_rate(
         let t = target.clone();
         let body = bodies[i as usize % bodies.len()].clone();
         let (accepted, failures) = (accepted.clone(), failures.clone());
+        let shown = progress.map(|p| p.accepted.clone());
         handles.push(tokio::spawn(async move {
             let t0 = Instant::now();
             match t.send(body, events_per_body).await {
-                Some(n) => accepted.fetch_add(n, Ordering::Relaxed),
-                None => failures.fetch_add(1, Ordering::Relaxed),
+                Some(n) => {
+                    accepted.fetch_add(n, Ordering::Relaxed);
+                    if let Some(s) = shown {
+                        s.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+                None => {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
             };
             t0.elapsed()
         }));

@@ -25,6 +25,7 @@ pub const SLOW_QUERIES: &str = "sluice_db_slow_queries_total";
 pub const BUILD_INFO: &str = "sluice_build_info";
 pub const CLAIMED: &str = "sluice_entries_claimed_total";
 pub const E2E_LATENCY: &str = "sluice_end_to_end_latency_seconds";
+pub const E2E_LATENCY_MAX: &str = "sluice_end_to_end_latency_max_seconds";
 pub const BATCHES: &str = "sluice_batches_total";
 pub const COPY_RATE: &str = "sluice_copy_rows_per_second";
 pub const CACHE_KEYS: &str = "sluice_cache_keys";
@@ -256,8 +257,16 @@ pub fn claimed(n: u64) {
     counter!(CLAIMED).increment(n);
 }
 
+static E2E_MAX_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Records one event's time from receive to commit, and keeps the largest seen since start.
 pub fn end_to_end_latency(d: Duration) {
     histogram!(E2E_LATENCY).record(d.as_secs_f64());
+    let us = d.as_micros() as u64;
+    let before = E2E_MAX_US.fetch_max(us, std::sync::atomic::Ordering::Relaxed);
+    if us > before {
+        gauge!(E2E_LATENCY_MAX).set(d.as_secs_f64());
+    }
 }
 
 pub fn queue_lag(events: u64) {
