@@ -1,5 +1,6 @@
 //! Integration tests of the shared crate against the real PostgreSQL; each test has its own
 //! database.
 
+mod compose;
 mod migrations;
 mod pools;
