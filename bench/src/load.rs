@@ -134,6 +134,42 @@ impl Target {
     }
 }
 
+/// A load for `duration` with a progress line: at `rate` requests per second when it is above
+/// zero, else as fast as `connections` concurrent requests go.
+pub async fn run_with_progress(
+    target: &Target,
+    bodies: &[Bytes],
+    events_per_body: u64,
+    rate: f64,
+    connections: usize,
+    duration: Duration,
+) -> LoadResult {
+    let progress = Progress::spawn(duration);
+    let result = if rate > 0.0 {
+        fixed_rate_with(
+            target,
+            bodies,
+            events_per_body,
+            rate,
+            duration,
+            Some(&progress),
+        )
+        .await
+    } else {
+        closed_loop_with(
+            target,
+            bodies,
+            events_per_body,
+            connections,
+            duration,
+            Some(&progress),
+        )
+        .await
+    };
+    progress.finish();
+    result
+}
+
 /// As fast as possible with `connections` concurrent requests, for `duration`.
 pub async fn closed_loop(
     target: &Target,

@@ -125,6 +125,20 @@ struct Day {
     unique_sessions: i64,
 }
 
+impl Day {
+    /// From `(day, event_name, events, unique_users, unique_sessions)`, the shape of both the
+    /// summary view and the live query.
+    fn from_row(r: &tokio_postgres::Row) -> Self {
+        Day {
+            day: r.get::<_, NaiveDate>(0).to_string(),
+            event_name: r.get(1),
+            events: r.get(2),
+            unique_users: r.get(3),
+            unique_sessions: r.get(4),
+        }
+    }
+}
+
 pub async fn handle(state: &AppState, req: Request<Incoming>, kind: Kind) -> Response<Full<Bytes>> {
     match answer(state, &req, kind).await {
         Ok(r) => r,
@@ -210,13 +224,7 @@ async fn daily(db: &Db, app: &str, q: &Query) -> Result<String, shared::db::DbEr
                 &[&app, &q.from, &last, name],
             ).await?,
         };
-        days.extend(rows.iter().map(|r| Day {
-            day: r.get::<_, NaiveDate>(0).to_string(),
-            event_name: r.get(1),
-            events: r.get(2),
-            unique_users: r.get(3),
-            unique_sessions: r.get(4),
-        }));
+        days.extend(rows.iter().map(Day::from_row));
     }
     if q.to >= split {
         let lo = start_of(q.from.max(split));
@@ -242,13 +250,7 @@ async fn daily(db: &Db, app: &str, q: &Query) -> Result<String, shared::db::DbEr
                 .await?
             }
         };
-        days.extend(rows.iter().map(|r| Day {
-            day: r.get::<_, NaiveDate>(0).to_string(),
-            event_name: r.get(1),
-            events: r.get(2),
-            unique_users: r.get(3),
-            unique_sessions: r.get(4),
-        }));
+        days.extend(rows.iter().map(Day::from_row));
     }
     days.sort_by(|a, b| (&a.day, &a.event_name).cmp(&(&b.day, &b.event_name)));
     Ok(serde_json::json!({"app_id": app, "days": days}).to_string())

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use bench::load::{self, Progress, Target};
+use bench::load::{self, Target};
 use bench::{baseline, cpu_seconds, peak_rss_mib, print_table, rss_mib};
 use clap::Parser;
 use shared::queue::QueuedEvent;
@@ -207,30 +207,16 @@ async fn main() -> anyhow::Result<()> {
     let duration = Duration::from_secs(args.seconds);
     let target = Target::new(&addr, &app.ingest_key, args.connections);
     let bodies = load::bodies(args.batch, 32);
-    let progress = Progress::spawn(duration);
     let load_started = Instant::now();
-    let result = if args.rate > 0.0 {
-        load::fixed_rate_with(
-            &target,
-            &bodies,
-            args.batch as u64,
-            args.rate,
-            duration,
-            Some(&progress),
-        )
-        .await
-    } else {
-        load::closed_loop_with(
-            &target,
-            &bodies,
-            args.batch as u64,
-            args.connections,
-            duration,
-            Some(&progress),
-        )
-        .await
-    };
-    progress.finish();
+    let result = load::run_with_progress(
+        &target,
+        &bodies,
+        args.batch as u64,
+        args.rate,
+        args.connections,
+        duration,
+    )
+    .await;
     eprintln!("Load done; waiting for the drain...");
     let accepted = result.events_accepted as f64;
     let drained = shared::testing::wait_for(Duration::from_secs(600), || async {

@@ -34,29 +34,15 @@ async fn main() -> anyhow::Result<()> {
     let target = Target::new(&args.addr, &args.key, args.connections);
     let bodies = load::bodies(args.batch, 32);
     let duration = Duration::from_secs(args.seconds);
-    let progress = load::Progress::spawn(duration);
-    let result = if args.rate > 0.0 {
-        load::fixed_rate_with(
-            &target,
-            &bodies,
-            args.batch as u64,
-            args.rate,
-            duration,
-            Some(&progress),
-        )
-        .await
-    } else {
-        load::closed_loop_with(
-            &target,
-            &bodies,
-            args.batch as u64,
-            args.connections,
-            duration,
-            Some(&progress),
-        )
-        .await
-    };
-    progress.finish();
+    let result = load::run_with_progress(
+        &target,
+        &bodies,
+        args.batch as u64,
+        args.rate,
+        args.connections,
+        duration,
+    )
+    .await;
     println!(
         "accepted {} events in {:.1} s: {:.0} events/s, {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms, {} failed requests",
         result.events_accepted,

@@ -20,13 +20,21 @@ fn compose_sets_only_variables_the_binaries_read() {
     .map(|p| read(p))
     .collect();
     // Variables of the third-party images, not of Sluice.
-    let foreign = ["POSTGRES_PASSWORD", "POSTGRES_DB", "GF_AUTH_ANONYMOUS_ENABLED"];
+    let foreign = [
+        "POSTGRES_PASSWORD",
+        "POSTGRES_DB",
+        "GF_AUTH_ANONYMOUS_ENABLED",
+    ];
     let mut checked = 0;
     for line in compose.lines() {
         let t = line.trim_start();
-        let Some((key, _)) = t.split_once(':') else { continue };
+        let Some((key, _)) = t.split_once(':') else {
+            continue;
+        };
         let is_var = !key.is_empty()
-            && key.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            && key
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
             && key.chars().next().is_some_and(|c| c.is_ascii_uppercase());
         if !is_var || foreign.contains(&key) {
             continue;
@@ -37,5 +45,8 @@ fn compose_sets_only_variables_the_binaries_read() {
             "compose sets {key}, which no Sluice binary reads"
         );
     }
-    assert!(checked >= 15, "only {checked} variables found: the parser lost track of the file");
+    assert!(
+        checked >= 15,
+        "only {checked} variables found: the parser lost track of the file"
+    );
 }
