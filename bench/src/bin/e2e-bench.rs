@@ -495,3 +495,32 @@ fn chart(path: &str, samples: &[Sample]) -> anyhow::Result<()> {
     root.present()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "sluice_events_written_total 120\n\
+        sluice_end_to_end_latency_seconds_bucket{le=\"0.1\"} 50\n\
+        sluice_end_to_end_latency_seconds_bucket{le=\"0.25\"} 99\n\
+        sluice_end_to_end_latency_seconds_bucket{le=\"+Inf\"} 100\n\
+        sluice_events_written_total_extra 7\n";
+
+    #[test]
+    fn metrics_are_read_by_exact_name_and_summed() {
+        assert_eq!(metric(TEXT, "sluice_events_written_total"), 120.0);
+        let two = format!("{TEXT}{TEXT}");
+        assert_eq!(metric(&two, "sluice_events_written_total"), 240.0);
+    }
+
+    #[test]
+    fn histogram_quantiles_are_bucket_bounds() {
+        let b = buckets(&format!("{TEXT}{TEXT}"));
+        assert_eq!(b, vec![(0.1, 100.0), (0.25, 198.0), (f64::INFINITY, 200.0)]);
+        assert_eq!(quantile(&b, 0.5), Some(0.1));
+        assert_eq!(quantile(&b, 0.99), Some(0.25));
+        assert_eq!(quantile(&[], 0.5), None);
+        let d = delta(&buckets(TEXT), &b);
+        assert_eq!(d, vec![(0.1, 50.0), (0.25, 99.0), (f64::INFINITY, 100.0)]);
+    }
+}
