@@ -272,10 +272,12 @@ where
     }
 }
 
-/// A daemon binary started by a test; killed when dropped.
+/// A daemon binary started by a test; killed when dropped. Its stderr goes to a file (a pipe
+/// nobody reads would fill up and stall the daemon's logging).
 pub struct Daemon {
     pub child: std::process::Child,
     pub ops_addr: String,
+    log_path: std::path::PathBuf,
 }
 
 impl Daemon {
@@ -283,14 +285,24 @@ impl Daemon {
     /// answers.
     pub async fn start(bin: &str, env: &[(String, String)]) -> Self {
         let ops_addr = format!("127.0.0.1:{}", free_port());
+        let log_path = std::env::temp_dir().join(format!(
+            "sluice-daemon-{}-{}.log",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let log = std::fs::File::create(&log_path).expect("daemon log file");
         let child = std::process::Command::new(bin)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("METRICS_ADDR", &ops_addr)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
+            .stderr(log)
             .spawn()
             .expect("spawn daemon");
-        let d = Self { child, ops_addr };
+        let d = Self {
+            child,
+            ops_addr,
+            log_path,
+        };
         let up = wait_for(std::time::Duration::from_secs(20), || async {
             http_get(&d.ops_addr, "/healthz")
                 .await
@@ -299,6 +311,11 @@ impl Daemon {
         .await;
         assert!(up.is_some(), "{bin} did not come up on {}", d.ops_addr);
         d
+    }
+
+    /// Everything the daemon has logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     /// Sends SIGTERM and waits for the exit status, at most `timeout`.
@@ -321,6 +338,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log_path);
     }
 }
 

@@ -36,3 +36,68 @@ async fn the_daemon_serves_health_on_both_ports_and_stops_on_sigterm() {
         .expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn secrets_never_reach_the_logs() {
+    let db = TestDb::migrated().await;
+    let pools = shared::db::Pools::new(&db.config()).expect("pools");
+    let app = ingest_gateway::apps::create_app(&pools.write, "secret")
+        .await
+        .expect("app");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let password = "pw-never-log-7f3a9c";
+    let mut env = db.env_vars();
+    env.retain(|(k, _)| k != "DB_PASSWORD");
+    env.extend(
+        [
+            ("GATEWAY_ADDR", addr.as_str()),
+            ("REDIS_URL", "redis://127.0.0.1:6379/"),
+            ("STREAM_PREFIX", "test-secrets"),
+            ("DB_PASSWORD", password),
+            ("RUST_LOG", "trace"),
+            ("LOG_FORMAT", "json"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let mut d = Daemon::start(BIN, &env).await;
+    // Traffic with the keys in every place a key can be, good and bad.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for (path, header) in [
+        (
+            format!("/v1/events?api_key={}", app.ingest_key),
+            String::new(),
+        ),
+        (
+            "/v1/events".to_owned(),
+            format!("Authorization: Bearer {}\r\n", app.ingest_key),
+        ),
+        (
+            "/v1/events".to_owned(),
+            format!("X-API-Key: {}\r\n", app.read_key),
+        ),
+        (
+            "/v1/events".to_owned(),
+            "X-API-Key: sk_ingest_wrong-key-5e1d\r\n".to_owned(),
+        ),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let body = r#"{"event_name":"a"}"#;
+        let req = format!(
+            "POST {path} HTTP/1.0\r\nHost: x\r\n{header}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+    }
+    let _ = d.terminate(Duration::from_secs(10));
+    let logs = d.logs();
+    assert!(logs.len() > 100, "the daemon logged something: {logs}");
+    for secret in [password, &app.ingest_key, &app.read_key, "wrong-key-5e1d"] {
+        assert!(!logs.contains(secret), "a secret reached the logs");
+    }
+    shared::testing::redis_cleanup("redis://127.0.0.1:6379/", "test-secrets").await;
+}
