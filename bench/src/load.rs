@@ -70,6 +70,22 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
+    fn new(
+        mut latencies: Vec<Duration>,
+        accepted: &AtomicU64,
+        failures: &AtomicU64,
+        elapsed: Duration,
+    ) -> Self {
+        latencies.sort();
+        Self {
+            requests: latencies.len() as u64,
+            events_accepted: accepted.load(Ordering::Relaxed),
+            failures: failures.load(Ordering::Relaxed),
+            elapsed,
+            latencies,
+        }
+    }
+
     pub fn events_per_sec(&self) -> f64 {
         self.events_accepted as f64 / self.elapsed.as_secs_f64()
     }
@@ -228,15 +244,7 @@ pub async fn closed_loop_with(
     for t in tasks {
         latencies.extend(t.await.unwrap_or_default());
     }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    LoadResult {
-        requests: latencies.len() as u64,
-        events_accepted: accepted.load(Ordering::Relaxed),
-        failures: failures.load(Ordering::Relaxed),
-        elapsed,
-        latencies,
-    }
+    LoadResult::new(latencies, &accepted, &failures, started.elapsed())
 }
 
 /// Open loop: `rate` requests per second for `duration`, whatever the answers' latency.
@@ -293,15 +301,7 @@ pub async fn fixed_rate_with(
             latencies.push(d);
         }
     }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    LoadResult {
-        requests: latencies.len() as u64,
-        events_accepted: accepted.load(Ordering::Relaxed),
-        failures: failures.load(Ordering::Relaxed),
-        elapsed,
-        latencies,
-    }
+    LoadResult::new(latencies, &accepted, &failures, started.elapsed())
 }
 
 /// Raw pipelined XADD rate of a Redis: `conns` connections, `depth` commands a pipeline, one

@@ -78,19 +78,14 @@ impl KeyCache {
     /// Reloads every `every` until `stop`.
     pub fn spawn_refresh(&self, db: Db, every: Duration, stop: CancellationToken) {
         let cache = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.cancelled() => return,
-                }
+        tokio::spawn(shared::shutdown::every(every, stop, move || {
+            let (cache, db) = (cache.clone(), db.clone());
+            async move {
                 if let Err(e) = cache.reload(&db).await {
                     tracing::warn!(error = %e, "Cannot reload API keys; keeping the last ones.");
                 }
             }
-        });
+        }));
     }
 
     /// The grant of `key`, if it is a live key. The digest is looked up, then compared in

@@ -107,18 +107,14 @@ impl Cache {
     /// Publishes the cache's keys, memory and hit ratio on `/metrics` every `every` until `stop`.
     pub fn spawn_gauges(self: &Arc<Self>, every: Duration, stop: CancellationToken) {
         let me = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.cancelled() => return,
-                }
+        tokio::spawn(shared::shutdown::every(every, stop, move || {
+            let me = me.clone();
+            async move {
                 if let Some(s) = me.stats().await {
                     shared::metrics::cache_state(s.keys, s.memory_bytes, s.hit_ratio);
                 }
             }
-        });
+        }));
     }
 
     /// `MGET`: one value (or none) per key, in order; all `None` when the cache is down.

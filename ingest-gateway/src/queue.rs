@@ -104,15 +104,7 @@ impl Queue {
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.cancelled() => return,
-                }
-                q.poll_depth().await;
-            }
+            shared::shutdown::every(Duration::from_millis(100), stop, || q.poll_depth()).await;
         });
     }
 

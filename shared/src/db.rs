@@ -387,13 +387,9 @@ impl Db {
     /// Every `every`: retire old connections, re-open the minimum, export the gauges.
     pub fn spawn_upkeep(&self, every: Duration, stop: CancellationToken) {
         let db = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.cancelled() => return,
-                }
+        tokio::spawn(crate::shutdown::every(every, stop, move || {
+            let db = db.clone();
+            async move {
                 let retired = db.retire_old();
                 if retired > 0 {
                     tracing::debug!(
@@ -407,6 +403,6 @@ impl Db {
                 }
                 db.export_gauges();
             }
-        });
+        }));
     }
 }

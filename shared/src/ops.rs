@@ -54,16 +54,14 @@ pub async fn serve(
     stopped: CancellationToken,
 ) {
     let upkeep = metrics.clone();
-    let upkeep_stop = stopped.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => upkeep.run_upkeep(),
-                _ = upkeep_stop.cancelled() => return,
-            }
-        }
-    });
+    tokio::spawn(crate::shutdown::every(
+        Duration::from_secs(5),
+        stopped.clone(),
+        move || {
+            upkeep.run_upkeep();
+            std::future::ready(())
+        },
+    ));
     let state = Arc::new(OpsState {
         metrics,
         ready,

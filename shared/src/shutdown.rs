@@ -32,3 +32,21 @@ async fn wait_for_signal() {
         _ = int.recv() => {}
     }
 }
+
+/// Runs `f` every `period` (the first time at once) until `stop` is cancelled; a run that
+/// overruns delays the next instead of bunching them up. The loop of every background chore.
+pub async fn every<F, Fut>(period: std::time::Duration, stop: CancellationToken, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        f().await;
+    }
+}

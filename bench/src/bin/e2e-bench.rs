@@ -53,6 +53,22 @@ struct Sample {
     buckets: Vec<(f64, f64)>,
 }
 
+/// The `/metrics` text of each ops address (empty for one that does not answer).
+async fn scrape(addrs: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(addrs.len());
+    for a in addrs {
+        out.push(
+            http_get(a, "/metrics")
+                .await
+                .map(|r| r.1)
+                .unwrap_or_default(),
+        );
+    }
+    out
+}
+
+/// The sum of every sample of `name` in a `/metrics` text (so concatenated texts sum across
+/// daemons).
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
@@ -172,22 +188,14 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(async move {
             let mut samples = Vec::new();
             loop {
-                let g = http_get(&gateway_ops, "/metrics")
-                    .await
-                    .map(|r| r.1)
-                    .unwrap_or_default();
-                let mut written = 0.0;
-                let mut lag = 0.0;
-                let mut text = String::new();
-                for w in &writer_ops {
-                    let m = http_get(w, "/metrics")
-                        .await
-                        .map(|r| r.1)
-                        .unwrap_or_default();
-                    written += metric(&m, "sluice_events_written_total");
-                    lag = metric(&m, "sluice_queue_lag_events").max(lag);
-                    text.push_str(&m);
-                }
+                let g = scrape(std::slice::from_ref(&gateway_ops)).await.concat();
+                let each = scrape(&writer_ops).await;
+                let text = each.concat();
+                let written = metric(&text, "sluice_events_written_total");
+                let lag = each
+                    .iter()
+                    .map(|m| metric(m, "sluice_queue_lag_events"))
+                    .fold(0.0, f64::max);
                 samples.push(Sample {
                     t: started.elapsed().as_secs_f64(),
                     accepted: metric(&g, "sluice_events_accepted_total"),
@@ -220,14 +228,10 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("Load done; waiting for the drain...");
     let accepted = result.events_accepted as f64;
     let drained = shared::testing::wait_for(Duration::from_secs(600), || async {
-        let mut written = 0.0;
-        for w in &writer_ops {
-            let m = http_get(w, "/metrics")
-                .await
-                .map(|r| r.1)
-                .unwrap_or_default();
-            written += metric(&m, "sluice_events_written_total");
-        }
+        let written = metric(
+            &scrape(&writer_ops).await.concat(),
+            "sluice_events_written_total",
+        );
         (written >= accepted).then_some(())
     })
     .await;
@@ -236,17 +240,12 @@ async fn main() -> anyhow::Result<()> {
     stop.cancel();
     let samples = sampler.await?;
 
-    let mut max_latency: f64 = 0.0;
-    let mut text = String::new();
-    for w in &writer_ops {
-        let m = http_get(w, "/metrics")
-            .await
-            .map(|r| r.1)
-            .unwrap_or_default();
-        max_latency = max_latency.max(metric(&m, "sluice_end_to_end_latency_max_seconds"));
-        text.push_str(&m);
-    }
-    let all = buckets(&text);
+    let each = scrape(&writer_ops).await;
+    let max_latency = each
+        .iter()
+        .map(|m| metric(m, "sluice_end_to_end_latency_max_seconds"))
+        .fold(0.0, f64::max);
+    let all = buckets(&each.concat());
     let (p50, p99) = (
         quantile(&all, 0.5).unwrap_or(0.0),
         quantile(&all, 0.99).unwrap_or(0.0),
