@@ -106,7 +106,7 @@ pub async fn list(db: &Db) -> Result<Vec<DeadLetter>, DbError> {
 /// table; entries that never decoded stay. Returns how many events were re-queued.
 pub async fn replay(
     db: &Db,
-    redis: &mut redis::aio::ConnectionManager,
+    redis: &mut shared::redis_conn::RedisConn,
     keys: &Keys,
     ids: Option<&[i64]>,
 ) -> anyhow::Result<usize> {
@@ -136,13 +136,12 @@ pub async fn replay(
         let events = queue::decode(&payload)?;
         // The id decides the shard, so the replay is spread like the original traffic.
         let shard = (id as u64 % keys.shards() as u64) as u16;
-        let _: Vec<String> = script
-            .key(keys.stream(shard))
-            .key(keys.depth(shard))
-            .arg(queue::FORMAT_VERSION)
-            .arg(events.len())
-            .arg(&payload)
-            .invoke_async(redis)
+        // The dead letter's id makes the push once-only (a cluster client may resend it).
+        let token = format!("dead-letter-{id}");
+        let token = redis.is_cluster().then_some(token.as_str());
+        let _: Vec<String> =
+            queue::push_invocation(&script, keys, shard, token, [(events.len(), &payload[..])])
+                .invoke_async(redis)
             .await?;
         // Queued first, deleted second: a crash in between replays it twice, which dedupe absorbs.
         db.execute(

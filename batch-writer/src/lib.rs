@@ -30,7 +30,7 @@ pub use config::WriterConfig;
 pub async fn connect_redis(
     config: &WriterConfig,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Option<redis::aio::ConnectionManager>> {
+) -> anyhow::Result<Option<shared::redis_conn::RedisConn>> {
     let mut delay = Duration::from_millis(100);
     loop {
         match shared::redis_conn::connect(&config.redis.url, Duration::from_secs(5)).await {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use shared::redis_conn::RedisConn;
 use shared::metrics;
 use shared::queue::{self, Keys, QueuedEvent};
 use tokio::sync::{mpsc, Mutex};
@@ -35,7 +35,7 @@ pub struct Ctx {
     pub config: WriterConfig,
     pub keys: Keys,
     pub store: Store,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub ack: redis::Script,
     pub shutdown: CancellationToken,
     stop_seen: OnceLock<Instant>,
@@ -45,7 +45,7 @@ impl Ctx {
     pub fn new(
         config: WriterConfig,
         store: Store,
-        redis: ConnectionManager,
+        redis: RedisConn,
         shutdown: CancellationToken,
     ) -> Self {
         Self {

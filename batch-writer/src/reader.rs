@@ -8,9 +8,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Value};
+use redis::Value;
 use shared::queue::{self, QueuedEvent, GROUP};
+use shared::redis_conn::RedisConn;
 use shared::secret::Secret;
 
 /// One stream entry handed to the batcher.
@@ -41,7 +41,7 @@ pub struct Reader {
     pub shard: u16,
     pub stream: String,
     pub consumer: String,
-    conn: MultiplexedConnection,
+    conn: RedisConn,
     block: Duration,
 }
 
@@ -53,13 +53,8 @@ impl Reader {
         consumer: String,
         block: Duration,
     ) -> redis::RedisResult<Self> {
-        let client = redis::Client::open(url.expose())?;
-        let config = AsyncConnectionConfig::new()
-            .set_response_timeout(Some(block + Duration::from_secs(5)))
-            .set_connection_timeout(Some(Duration::from_secs(5)));
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let mut conn =
+            shared::redis_conn::connect_dedicated(url, block + Duration::from_secs(5)).await?;
         ensure_group(&mut conn, &stream).await?;
         Ok(Self {
             shard,
@@ -177,7 +172,7 @@ impl Reader {
 /// Creates the consumer group (reading from the start of the stream, so events queued before the
 /// first writer are not skipped), and the stream with it.
 pub async fn ensure_group(
-    conn: &mut MultiplexedConnection,
+    conn: &mut impl redis::aio::ConnectionLike,
     stream: &str,
 ) -> redis::RedisResult<()> {
     let r: redis::RedisResult<()> = redis::cmd("XGROUP")

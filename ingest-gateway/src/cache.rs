@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use shared::redis_conn::RedisConn;
 use serde::Serialize;
 use shared::secret::Secret;
 use tokio::sync::OnceCell;
@@ -22,7 +22,7 @@ pub struct Cache {
     url: Secret,
     prefix: String,
     timeout: Duration,
-    conn: OnceCell<ConnectionManager>,
+    conn: OnceCell<RedisConn>,
     inflight: Mutex<HashMap<String, Flight>>,
 }
 
@@ -41,7 +41,9 @@ impl Cache {
     pub fn new(url: Secret, prefix: &str, timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             url,
-            prefix: format!("{prefix}:cache"),
+            // One hash tag for the whole cache: on a Redis Cluster its keys share a slot, so
+            // batches, MGET and invalidation by SCAN all go to one node.
+            prefix: format!("{{{prefix}:cache}}"),
             timeout,
             conn: OnceCell::new(),
             inflight: Mutex::new(HashMap::new()),
@@ -122,14 +124,25 @@ impl Cache {
         if keys.is_empty() {
             return Vec::new();
         }
-        let got: Option<(Vec<Option<String>>,)> = self
-            .call(|| {
-                let mut p = redis::pipe();
-                p.cmd("MGET").arg(keys);
-                p
-            })
-            .await;
-        got.map(|(v,)| v).unwrap_or_else(|| vec![None; keys.len()])
+        let mut conn = match self.conn.get() {
+            Some(c) => c.clone(),
+            None => return vec![None; keys.len()],
+        };
+        let got = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("MGET")
+                .arg(keys)
+                .query_async::<Vec<Option<String>>>(&mut conn),
+        )
+        .await;
+        match got {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "Cache call failed.");
+                vec![None; keys.len()]
+            }
+            Err(_) => vec![None; keys.len()],
+        }
     }
 
     /// Pipelined `SET key value EX ttl`; false when the cache is down.
@@ -180,15 +193,15 @@ impl Cache {
         let mut cursor: u64 = 0;
         let mut deleted = 0;
         loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
             let (next, keys): (u64, Vec<String>) = tokio::time::timeout(
                 self.timeout * 5,
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn),
+                conn.query_at_key(&scan, &self.prefix),
             )
             .await
             .ok()?
@@ -240,24 +253,22 @@ impl Cache {
         let mut cursor: u64 = 0;
         let pattern = format!("{}:v1:*", escape_glob(&self.prefix));
         loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
                 .arg("MATCH")
                 .arg(&pattern)
                 .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .ok()?;
+                .arg(1000);
+            let (next, batch): (u64, Vec<String>) =
+                conn.query_at_key(&scan, &self.prefix).await.ok()?;
             keys += batch.len() as u64;
             cursor = next;
             if cursor == 0 {
                 break;
             }
         }
-        let info: String = redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut conn)
+        let info: String = conn
+            .query_at_key(redis::cmd("INFO").arg("memory"), &self.prefix)
             .await
             .ok()?;
         let field = |name: &str| {

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-use shared::queue::{self, Keys, QueuedEvent, EVENTS_PER_ENTRY, FORMAT_VERSION};
+use shared::queue::{self, Keys, QueuedEvent, EVENTS_PER_ENTRY};
+use shared::redis_conn::RedisConn;
 use shared::secret::Secret;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +29,7 @@ pub enum QueueError {
 pub struct Queue {
     keys: Keys,
     url: Secret,
-    conn: OnceCell<ConnectionManager>,
+    conn: OnceCell<RedisConn>,
     push: redis::Script,
     rate: redis::Script,
     timeout: Duration,
@@ -154,7 +154,7 @@ impl Queue {
         )
     }
 
-    fn conn(&self) -> Result<ConnectionManager, QueueError> {
+    fn conn(&self) -> Result<RedisConn, QueueError> {
         if let Some(p) = self
             .bad_policy
             .lock()
@@ -175,15 +175,24 @@ impl Queue {
         let mut conn = self.conn()?;
         let shard =
             (self.next_shard.fetch_add(1, Ordering::Relaxed) % self.keys.shards() as usize) as u16;
-        let mut inv = self.push.key(self.keys.stream(shard));
-        inv.key(self.keys.depth(shard)).arg(FORMAT_VERSION);
+        let mut payloads = Vec::with_capacity(events.len().div_ceil(EVENTS_PER_ENTRY));
         for chunk in events.chunks(EVENTS_PER_ENTRY) {
             let payload = queue::encode(chunk).map_err(|e| {
                 tracing::error!(error = %e, "Cannot encode events.");
                 QueueError::Unavailable
             })?;
-            inv.arg(chunk.len()).arg(payload);
+            payloads.push((chunk.len(), payload));
         }
+        // A cluster client resends after a dropped connection: a token of this push alone keeps
+        // it once-only.
+        let token = conn.is_cluster().then(|| uuid::Uuid::new_v4().simple().to_string());
+        let inv = queue::push_invocation(
+            &self.push,
+            &self.keys,
+            shard,
+            token.as_deref(),
+            payloads.iter().map(|(n, p)| (*n, &p[..])),
+        );
         let reply: Result<redis::RedisResult<Vec<String>>, _> =
             tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await;
         match reply {

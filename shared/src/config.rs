@@ -275,10 +275,22 @@ impl RedisConfig {
     }
 }
 
+/// One `redis://` or `rediss://` URL, or a comma-separated list of them (a Redis Cluster's seed
+/// nodes).
 fn check_redis_url(var: &'static str, url: &str) -> Result<(), ConfigError> {
-    redis::parse_redis_url(url)
-        .map(|_| ())
-        .ok_or_else(|| ConfigError::new(var, "not a redis:// or rediss:// URL"))
+    let urls = crate::redis_conn::urls(url);
+    if urls.is_empty() {
+        return Err(ConfigError::new(var, "empty"));
+    }
+    for u in urls {
+        if redis::parse_redis_url(u).is_none() {
+            return Err(ConfigError::new(
+                var,
+                "not a redis:// or rediss:// URL, or a comma-separated list of them",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Percent-encodes a password for use inside a URL's userinfo.
@@ -415,6 +427,8 @@ mod tests {
             ("REDIS_PORT", "port"),
             ("REDIS_URL", "http://x"),
             ("CACHE_REDIS_URL", "nope"),
+            ("REDIS_URL", "redis://a:7000,http://b:7001"),
+            ("REDIS_URL", " , "),
         ] {
             let err = RedisConfig::from_env(&env(&[(var, value)])).expect_err(var);
             assert_eq!(err.var, var);
@@ -446,6 +460,10 @@ mod tests {
         .expect("parse");
         assert_eq!(r.url.expose(), "redis://u:7001/");
         assert_eq!(r.cache_url.expose(), "redis://cache:6379/");
+        let cluster = "redis://a:7000,redis://b:7001,rediss://c:7002";
+        let r = RedisConfig::from_env(&env(&[("REDIS_URL", cluster)])).expect("cluster list");
+        assert_eq!(r.url.expose(), cluster);
+        assert_eq!(r.cache_url.expose(), cluster);
     }
 
     #[test]

@@ -72,6 +72,11 @@ impl Keys {
         format!("{{{}:{shard}}}:depth", self.prefix)
     }
 
+    /// The once-only token of one push to `shard` (same slot as the stream).
+    pub fn push_token(&self, shard: u16, token: &str) -> String {
+        format!("{{{}:{shard}}}:push:{token}", self.prefix)
+    }
+
     /// The rate-limit counter of `app` for the second `epoch_sec`.
     pub fn rate(&self, app: &str, epoch_sec: i64) -> String {
         format!("{}:rate:{app}:{epoch_sec}", self.prefix)
@@ -97,18 +102,47 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<QueuedEvent>, rmp_serde::decode::Error
 }
 
 /// Adds entries to one shard and counts their events, atomically (all or none).
-/// KEYS: stream, depth. ARGV: version, then pairs of (event count, payload).
-/// Returns the entry ids.
+/// KEYS: stream, depth, and optionally a push token (see [`Keys::push_token`]).
+/// ARGV: version, token lifetime in ms, then pairs of (event count, payload).
+/// Returns the entry ids, or nothing when the token was already used: a Redis Cluster client
+/// resends a command whose connection dropped, and the first send may have run.
 pub const PUSH_SCRIPT: &str = r"
+if KEYS[3] and not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[2]) then
+  return {}
+end
 local ids = {}
 local total = 0
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'v', ARGV[1], 'n', ARGV[i], 'd', ARGV[i + 1])
   total = total + tonumber(ARGV[i])
 end
 redis.call('INCRBY', KEYS[2], total)
 return ids
 ";
+
+/// How long a push token lives: far longer than a cluster client's resends take.
+pub const PUSH_TOKEN_TTL_MS: u64 = 60_000;
+
+/// The invocation of [`PUSH_SCRIPT`] (loaded in `script`) adding `entries` (event count,
+/// payload) to `shard`, made once-only by `token` when given (needed on a Redis Cluster).
+pub fn push_invocation<'s, 'p>(
+    script: &'s redis::Script,
+    keys: &Keys,
+    shard: u16,
+    token: Option<&str>,
+    entries: impl IntoIterator<Item = (usize, &'p [u8])>,
+) -> redis::ScriptInvocation<'s> {
+    let mut inv = script.key(keys.stream(shard));
+    inv.key(keys.depth(shard));
+    if let Some(t) = token {
+        inv.key(keys.push_token(shard, t));
+    }
+    inv.arg(FORMAT_VERSION).arg(PUSH_TOKEN_TTL_MS);
+    for (n, payload) in entries {
+        inv.arg(n).arg(payload);
+    }
+    inv
+}
 
 /// Acknowledges and deletes entries of one shard, and takes their events off the depth count,
 /// atomically. Only entries still pending for the group count, so a repeated acknowledgement

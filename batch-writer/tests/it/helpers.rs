@@ -53,13 +53,10 @@ pub async fn push(keys: &Keys, events: &[QueuedEvent], per_entry: usize) {
     let script = redis::Script::new(queue::PUSH_SCRIPT);
     for (i, chunk) in events.chunks(per_entry).enumerate() {
         let shard = (i % keys.shards() as usize) as u16;
-        let _: Vec<String> = script
-            .key(keys.stream(shard))
-            .key(keys.depth(shard))
-            .arg(queue::FORMAT_VERSION)
-            .arg(chunk.len())
-            .arg(queue::encode(chunk).expect("encode"))
-            .invoke_async(&mut conn)
+        let payload = queue::encode(chunk).expect("encode");
+        let _: Vec<String> =
+            queue::push_invocation(&script, keys, shard, None, [(chunk.len(), &payload[..])])
+                .invoke_async(&mut conn)
             .await
             .expect("push");
     }

@@ -141,16 +141,11 @@ async fn fill(keys: &Keys, events: &[shared::queue::QueuedEvent]) -> anyhow::Res
         let mut conn = conn.clone();
         let script = script.clone();
         let shard = (i % keys.shards() as usize) as u16;
-        let (stream, depth) = (keys.stream(shard), keys.depth(shard));
         async move {
             let payload = queue::encode(chunk)?;
-            let _: Vec<String> = script
-                .key(stream)
-                .key(depth)
-                .arg(queue::FORMAT_VERSION)
-                .arg(chunk.len())
-                .arg(payload)
-                .invoke_async(&mut conn)
+            let _: Vec<String> =
+                queue::push_invocation(&script, keys, shard, None, [(chunk.len(), &payload[..])])
+                    .invoke_async(&mut conn)
                 .await?;
             anyhow::Ok(())
         }
