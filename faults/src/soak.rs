@@ -1,0 +1,1 @@
+//! The soak run (filled in below).

@@ -1,0 +1,221 @@
+//! One pipeline under test: the gateway, two batch writers and the maintenance worker, as their
+//! own processes (the binaries beside the running executable), on a database of their own in the
+//! suite's PostgreSQL and a stream prefix of their own in the suite's Redis (or Redis Cluster).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use shared::testing::{free_port, http_get, Daemon};
+
+use crate::load::Sender;
+use crate::servers::OwnPostgres;
+
+pub const WRITERS: usize = 2;
+pub const SHARDS: u16 = 6;
+
+/// The directory of the daemon binaries: the running executable's (a test's lives one level down,
+/// in `deps/`).
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("exe dir")?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    for b in ["ingest-gateway", "batch-writer", "maintenance-worker"] {
+        if !dir.join(b).exists() {
+            bail!(
+                "{} is missing: build the daemons first (cargo build --bins)",
+                dir.join(b).display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+pub struct Stack {
+    pub db: String,
+    pub pg_port: u16,
+    pub redis_url: String,
+    pub env: Vec<(String, String)>,
+    pub gateway_addr: String,
+    pub gateway: Option<Daemon>,
+    pub writers: Vec<Option<Daemon>>,
+    pub maintenance: Option<Daemon>,
+    pub sender: Sender,
+    bins: PathBuf,
+}
+
+impl Stack {
+    /// A new database (migrated by `maintenance-worker migrate`), an app, and the daemons.
+    pub async fn start(
+        pg: &OwnPostgres,
+        redis_url: &str,
+        name: &str,
+        prefix: &str,
+    ) -> anyhow::Result<Self> {
+        let bins = bin_dir()?;
+        let db = format!("faults_{name}_{}", std::process::id()).replace('-', "_");
+        let admin = pg.client("postgres").await?;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .await?;
+        let gateway_addr = format!("127.0.0.1:{}", free_port());
+        let env: Vec<(String, String)> = [
+            ("DB_HOST", "127.0.0.1".to_owned()),
+            ("DB_PORT", pg.port.to_string()),
+            ("DB_NAME", db.clone()),
+            ("DB_USER", "postgres".into()),
+            ("DB_POOL_MAX", "6".into()),
+            ("DB_POOL_MIN", "1".into()),
+            ("DB_READ_POOL_MAX", "2".into()),
+            ("DB_READ_POOL_MIN", "1".into()),
+            ("REDIS_URL", redis_url.to_owned()),
+            ("STREAM_PREFIX", prefix.to_owned()),
+            ("STREAM_SHARDS", SHARDS.to_string()),
+            ("GATEWAY_ADDR", gateway_addr.clone()),
+            ("QUEUE_HIGH_WATER", "10000000".into()),
+            ("CLAIM_IDLE_MS", "2000".into()),
+            ("BATCH_LINGER_MS", "100".into()),
+            ("LOG_LEVEL", "warn".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let run = |bin: &str, args: &[&str]| -> anyhow::Result<String> {
+            let out = std::process::Command::new(bins.join(bin))
+                .args(args)
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .output()?;
+            if !out.status.success() {
+                bail!("{bin} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        run("maintenance-worker", &["migrate"])?;
+        let app: serde_json::Value =
+            serde_json::from_str(&run("ingest-gateway", &["apps", "create", "--name", name])?)?;
+        let key = app["ingest_key"].as_str().context("ingest_key")?.to_owned();
+        let mut me = Self {
+            db,
+            pg_port: pg.port,
+            redis_url: redis_url.to_owned(),
+            sender: Sender::new(&gateway_addr, &key),
+            env,
+            gateway_addr,
+            gateway: None,
+            writers: (0..WRITERS).map(|_| None).collect(),
+            maintenance: None,
+            bins,
+        };
+        me.start_gateway().await;
+        for i in 0..WRITERS {
+            me.start_writer(i).await;
+        }
+        me.start_maintenance().await;
+        Ok(me)
+    }
+
+    fn bin(&self, name: &str) -> String {
+        self.bins.join(name).to_string_lossy().into_owned()
+    }
+
+    pub async fn start_gateway(&mut self) {
+        self.gateway = Some(Daemon::start(&self.bin("ingest-gateway"), &self.env).await);
+    }
+
+    pub async fn start_writer(&mut self, i: usize) {
+        let mut env = self.env.clone();
+        env.push(("WRITER_CONSUMER_NAME".into(), format!("w{i}")));
+        self.writers[i] = Some(Daemon::start(&self.bin("batch-writer"), &env).await);
+    }
+
+    pub async fn start_maintenance(&mut self) {
+        self.maintenance = Some(Daemon::start(&self.bin("maintenance-worker"), &self.env).await);
+    }
+
+    /// A database connection opened now.
+    pub async fn db(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.pg_port)
+            .user("postgres")
+            .dbname(&self.db)
+            .connect_timeout(Duration::from_secs(3))
+            .connect(tokio_postgres::NoTls)
+            .await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    fn daemons(&self) -> impl Iterator<Item = &Daemon> {
+        self.gateway
+            .iter()
+            .chain(self.writers.iter().flatten())
+            .chain(self.maintenance.iter())
+    }
+
+    /// Every daemon answers `/readyz` with 200.
+    pub async fn all_ready(&self) -> bool {
+        for d in self.daemons() {
+            if !matches!(http_get(&d.ops_addr, "/readyz").await, Some((200, _))) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Events queued and not yet written, per the depth counters.
+    pub async fn queue_depth(&self) -> anyhow::Result<i64> {
+        let mut conn = shared::redis_conn::connect(
+            &shared::secret::Secret::new(self.redis_url.clone()),
+            Duration::from_secs(2),
+        )
+        .await?;
+        let prefix = &self
+            .env
+            .iter()
+            .find(|(k, _)| k == "STREAM_PREFIX")
+            .context("prefix")?
+            .1;
+        let keys = shared::queue::Keys::new(prefix, SHARDS);
+        let v: Vec<Option<i64>> = redis::cmd("MGET")
+            .arg(keys.all_depths())
+            .query_async(&mut conn)
+            .await?;
+        Ok(v.into_iter().flatten().sum())
+    }
+
+    /// Waits until the queue is empty and the stored count has stopped moving.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        let start = std::time::Instant::now();
+        let mut last = -1i64;
+        while start.elapsed() < limit {
+            let depth = self.queue_depth().await.unwrap_or(-1);
+            let rows = match self.db().await {
+                Ok(c) => c
+                    .query_one("SELECT count(*) FROM analytics_events", &[])
+                    .await
+                    .map(|r| r.get::<_, i64>(0))
+                    .unwrap_or(-1),
+                Err(_) => -1,
+            };
+            if depth == 0 && rows >= 0 && rows == last {
+                return true;
+            }
+            last = rows;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        false
+    }
+
+    /// The logs of every daemon still running, for a failure report.
+    pub fn logs(&self) -> String {
+        self.daemons().map(|d| d.logs()).collect::<Vec<_>>().join("\n")
+    }
+}
