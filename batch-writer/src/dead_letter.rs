@@ -142,7 +142,7 @@ pub async fn replay(
         let _: Vec<String> =
             queue::push_invocation(&script, keys, shard, token, [(events.len(), &payload[..])])
                 .invoke_async(redis)
-            .await?;
+                .await?;
         // Queued first, deleted second: a crash in between replays it twice, which dedupe absorbs.
         db.execute(
             "delete dead letter",

@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use shared::redis_conn::RedisConn;
 use shared::metrics;
 use shared::queue::{self, Keys, QueuedEvent};
+use shared::redis_conn::RedisConn;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 

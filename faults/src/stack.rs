@@ -216,6 +216,9 @@ impl Stack {
 
     /// The logs of every daemon still running, for a failure report.
     pub fn logs(&self) -> String {
-        self.daemons().map(|d| d.logs()).collect::<Vec<_>>().join("\n")
+        self.daemons()
+            .map(|d| d.logs())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }

@@ -10,8 +10,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shared::redis_conn::RedisConn;
 use serde::Serialize;
+use shared::redis_conn::RedisConn;
 use shared::secret::Secret;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -199,13 +199,11 @@ impl Cache {
                 .arg(&pattern)
                 .arg("COUNT")
                 .arg(1000);
-            let (next, keys): (u64, Vec<String>) = tokio::time::timeout(
-                self.timeout * 5,
-                conn.query_at_key(&scan, &self.prefix),
-            )
-            .await
-            .ok()?
-            .ok()?;
+            let (next, keys): (u64, Vec<String>) =
+                tokio::time::timeout(self.timeout * 5, conn.query_at_key(&scan, &self.prefix))
+                    .await
+                    .ok()?
+                    .ok()?;
             if !keys.is_empty() {
                 let n: u64 = redis::cmd("UNLINK")
                     .arg(&keys)

@@ -185,7 +185,9 @@ impl Queue {
         }
         // A cluster client resends after a dropped connection: a token of this push alone keeps
         // it once-only.
-        let token = conn.is_cluster().then(|| uuid::Uuid::new_v4().simple().to_string());
+        let token = conn
+            .is_cluster()
+            .then(|| uuid::Uuid::new_v4().simple().to_string());
         let inv = queue::push_invocation(
             &self.push,
             &self.keys,

@@ -57,8 +57,8 @@ pub async fn push(keys: &Keys, events: &[QueuedEvent], per_entry: usize) {
         let _: Vec<String> =
             queue::push_invocation(&script, keys, shard, None, [(chunk.len(), &payload[..])])
                 .invoke_async(&mut conn)
-            .await
-            .expect("push");
+                .await
+                .expect("push");
     }
 }
 

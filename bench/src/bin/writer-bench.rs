@@ -146,7 +146,7 @@ async fn fill(keys: &Keys, events: &[shared::queue::QueuedEvent]) -> anyhow::Res
             let _: Vec<String> =
                 queue::push_invocation(&script, keys, shard, None, [(chunk.len(), &payload[..])])
                     .invoke_async(&mut conn)
-                .await?;
+                    .await?;
             anyhow::Ok(())
         }
     }))

@@ -54,7 +54,9 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(path, &table)?;
     }
     if outcomes.iter().all(|o| o.passed()) {
-        eprintln!("fault suite: every acknowledged event stored exactly once, every fault recovered.");
+        eprintln!(
+            "fault suite: every acknowledged event stored exactly once, every fault recovered."
+        );
         Ok(())
     } else {
         eprintln!("fault suite: FAILED (see the table and the logs above).");

@@ -27,3 +27,76 @@ async fn the_pipeline_runs_on_a_redis_cluster_and_a_node_restart_loses_nothing_a
     assert_eq!(o.audit.doubled, 0, "{o:?}");
     assert!(o.recovery.is_some() && o.healthy, "{o:?}");
 }
+
+#[tokio::test]
+async fn a_push_resent_by_the_cluster_client_is_added_once() {
+    let cluster = faults::servers::OwnCluster::start().await.expect("cluster");
+    let url = shared::secret::Secret::new(cluster.url());
+    let mut conn = shared::redis_conn::connect(&url, std::time::Duration::from_secs(2))
+        .await
+        .expect("connect");
+    assert!(conn.is_cluster());
+    let keys = Keys::new("faults-token", 3);
+    let script = redis::Script::new(shared::queue::PUSH_SCRIPT);
+    for shard in 0..3 {
+        for _ in 0..2 {
+            let _: Vec<String> = shared::queue::push_invocation(
+                &script,
+                &keys,
+                shard,
+                Some("same-token"),
+                [(5, &b"payload"[..]), (2, &b"more"[..])],
+            )
+            .invoke_async(&mut conn)
+            .await
+            .expect("push");
+        }
+        let len: i64 = redis::cmd("XLEN")
+            .arg(keys.stream(shard))
+            .query_async(&mut conn)
+            .await
+            .expect("xlen");
+        assert_eq!(len, 2, "two entries, pushed once");
+    }
+    // Depths live on their shards' nodes; MGET across slots is split by the client.
+    let depths: Vec<i64> = redis::cmd("MGET")
+        .arg(keys.all_depths())
+        .query_async(&mut conn)
+        .await
+        .expect("mget");
+    assert_eq!(depths, vec![7, 7, 7]);
+}
+
+#[tokio::test]
+async fn the_read_cache_works_on_a_cluster() {
+    use std::time::Duration;
+    let cluster = faults::servers::OwnCluster::start().await.expect("cluster");
+    let cache = ingest_gateway::cache::Cache::new(
+        shared::secret::Secret::new(cluster.url()),
+        "faults-cache",
+        Duration::from_secs(2),
+    );
+    assert!(cache.connect().await);
+    let p = cache.prefix().to_owned();
+    let items: Vec<(String, String, Duration)> = (0..50)
+        .map(|i| {
+            (
+                format!("{p}:v1:app:{i}"),
+                format!("v{i}"),
+                Duration::from_secs(60),
+            )
+        })
+        .collect();
+    assert!(cache.set_many(&items).await);
+    let got = cache
+        .get_many(&[format!("{p}:v1:app:3"), format!("{p}:v1:app:77")])
+        .await;
+    assert_eq!(got, vec![Some("v3".to_owned()), None]);
+    let stats = cache.stats().await.expect("stats");
+    assert_eq!(stats.keys, 50);
+    assert_eq!(
+        cache.invalidate_prefix(&format!("{p}:v1:app:")).await,
+        Some(50)
+    );
+    assert_eq!(cache.get_many(&[format!("{p}:v1:app:3")]).await, vec![None]);
+}
