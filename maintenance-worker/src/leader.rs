@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shared::config::DbConfig;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
@@ -72,10 +72,7 @@ impl Leadership {
         }
         let mut pg = shared::db::pg_config(&db.primary, db);
         pg.application_name("sluice-maintenance-leader");
-        let (client, conn) = pg.connect(NoTls).await.ok()?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let (client, _conn) = shared::db::connect_one(&pg, db).await.ok()?;
         let got: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
             .await

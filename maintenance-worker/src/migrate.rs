@@ -2,18 +2,15 @@
 //! retention and premake windows.
 
 use chrono::Utc;
-use shared::db::{pg_config, DbError};
+use shared::db::{connect_one, pg_config};
 use shared::schema::{self, MigrateReport, PartitionWindow};
 
 use crate::config::MaintenanceConfig;
 
 /// Applies every pending migration on the primary. Safe to run concurrently with itself.
 pub async fn run(config: &MaintenanceConfig) -> anyhow::Result<MigrateReport> {
-    let (client, conn) = pg_config(&config.db.primary, &config.db)
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(DbError::query("connect for migration"))?;
-    let conn = tokio::spawn(conn);
+    let (client, conn) =
+        connect_one(&pg_config(&config.db.primary, &config.db), &config.db).await?;
     let report = schema::migrate(
         &client,
         PartitionWindow {

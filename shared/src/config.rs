@@ -170,6 +170,58 @@ pub struct DbConfig {
     pub acquire_timeout: Duration,
     /// TCP connect timeout for a new connection.
     pub connect_timeout: Duration,
+    /// TLS to PostgreSQL (`DB_SSLMODE`, `DB_SSLROOTCERT`), for the primary and the replica.
+    pub tls: PgTls,
+}
+
+/// `DB_SSLMODE`, with libpq's meanings: `disable` (plain), `prefer` (TLS when the server offers
+/// it, certificate not checked), `require` (TLS or no connection, certificate not checked),
+/// `verify-ca` (TLS with a certificate signed by a trusted CA), `verify-full` (and issued for
+/// `DB_HOST`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgTls {
+    pub mode: SslMode,
+    /// A PEM file of CA certificates trusted beside the system's (`DB_SSLROOTCERT`).
+    pub root_cert: Option<String>,
+}
+
+impl PgTls {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let mode = match env.string("DB_SSLMODE", "prefer").as_str() {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(ConfigError::new(
+                    "DB_SSLMODE",
+                    format!(
+                        "{other:?} is not one of disable, prefer, require, verify-ca, verify-full"
+                    ),
+                ))
+            }
+        };
+        let root_cert = env.get("DB_SSLROOTCERT").map(str::to_owned);
+        if let Some(path) = &root_cert {
+            if !std::path::Path::new(path).is_file() {
+                return Err(ConfigError::new(
+                    "DB_SSLROOTCERT",
+                    format!("{path} is not a file"),
+                ));
+            }
+        }
+        Ok(Self { mode, root_cert })
+    }
 }
 
 impl DbConfig {
@@ -221,6 +273,7 @@ impl DbConfig {
             slow_query: env.millis("SLOW_QUERY_MS", 1000, 1, 3_600_000)?,
             acquire_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            tls: PgTls::from_env(env)?,
         })
     }
 
@@ -439,6 +492,11 @@ mod tests {
         assert_eq!(err.var, "RETENTION_MONTHS");
         let err = premake_months(&env(&[("PARTITION_PREMAKE_MONTHS", "x")])).expect_err("x");
         assert_eq!(err.var, "PARTITION_PREMAKE_MONTHS");
+        let err = DbConfig::from_env(&env(&[("DB_SSLMODE", "allow")])).expect_err("sslmode");
+        assert_eq!(err.var, "DB_SSLMODE");
+        let err = DbConfig::from_env(&env(&[("DB_SSLROOTCERT", "/nonexistent/ca.pem")]))
+            .expect_err("root cert");
+        assert_eq!(err.var, "DB_SSLROOTCERT");
         let err = stream_shards(&env(&[("STREAM_SHARDS", "0")])).expect_err("zero");
         assert_eq!(err.var, "STREAM_SHARDS");
     }

@@ -13,12 +13,13 @@ use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Transaction,
 };
 use futures::future::BoxFuture;
+use postgres_native_tls::MakeTlsConnector;
 use serde::Serialize;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DbConfig, PgEndpoint};
+use crate::config::{DbConfig, PgEndpoint, SslMode};
 use crate::metrics::{self, PoolName};
 
 /// A database operation failed; every variant names the operation.
@@ -173,8 +174,67 @@ pub fn pg_config(ep: &PgEndpoint, config: &DbConfig) -> tokio_postgres::Config {
         .options(format!(
             "-c statement_timeout={} -c timezone=UTC",
             config.statement_timeout.as_millis()
-        ));
+        ))
+        .ssl_mode(match config.tls.mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                tokio_postgres::config::SslMode::Require
+            }
+        });
     pg
+}
+
+/// The TLS connector for `DB_SSLMODE`: `prefer` and `require` encrypt without checking the
+/// server's certificate (as libpq does), `verify-ca` checks it was signed by a trusted CA (the
+/// system's, or `DB_SSLROOTCERT`), `verify-full` also checks it names the host.
+pub fn pg_tls(config: &DbConfig) -> Result<MakeTlsConnector, DbError> {
+    let tls = &config.tls;
+    let mut b = native_tls::TlsConnector::builder();
+    match tls.mode {
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => {
+            b.danger_accept_invalid_certs(true)
+                .danger_accept_invalid_hostnames(true);
+        }
+        SslMode::VerifyCa => {
+            b.danger_accept_invalid_hostnames(true);
+        }
+        SslMode::VerifyFull => {}
+    }
+    if let Some(path) = &tls.root_cert {
+        let pem = std::fs::read(path).map_err(|e| DbError::Other {
+            op: "read DB_SSLROOTCERT",
+            message: format!("{path}: {e}"),
+        })?;
+        let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| DbError::Other {
+            op: "read DB_SSLROOTCERT",
+            message: format!("{path}: {e}"),
+        })?;
+        b.add_root_certificate(cert);
+    }
+    let connector = b.build().map_err(|e| DbError::Other {
+        op: "set up TLS",
+        message: e.to_string(),
+    })?;
+    Ok(MakeTlsConnector::new(connector))
+}
+
+/// One connection outside the pools (migrations, the leader lock), with the pools' settings and
+/// TLS; its connection task is spawned.
+pub async fn connect_one(
+    pg: &tokio_postgres::Config,
+    config: &DbConfig,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), DbError> {
+    let (client, conn) = pg
+        .connect(pg_tls(config)?)
+        .await
+        .map_err(DbError::query("connect"))?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "PostgreSQL connection closed.");
+        }
+    });
+    Ok((client, task))
 }
 
 impl Db {
@@ -182,7 +242,7 @@ impl Db {
     pub fn new(ep: &PgEndpoint, config: &DbConfig, name: PoolName) -> Result<Self, DbError> {
         let mgr = Manager::from_config(
             pg_config(ep, config),
-            NoTls,
+            pg_tls(config)?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -160,3 +160,61 @@ fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
 }
+
+/// Whether the pool's connection is encrypted, or the error when it cannot connect.
+async fn ssl_in_use(config: &DbConfig) -> Result<bool, String> {
+    let pools = Pools::new(config).map_err(|e| e.to_string())?;
+    pools
+        .write
+        .query_one(
+            "ssl in use",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map(|r| r.get::<_, bool>(0))
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn db_sslmode_encrypts_and_verifies_as_libpq_does() {
+    use shared::config::SslMode;
+    // The local server's certificate is Debian's self-signed "snakeoil" one, issued for localhost.
+    let snakeoil = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    let db = TestDb::migrated().await;
+    let mut config = db.config();
+    config.connect_timeout = Duration::from_secs(3);
+    config.acquire_timeout = Duration::from_secs(3);
+    let with = |mode, root: Option<&str>, host: &str| {
+        let mut c = config.clone();
+        c.tls.mode = mode;
+        c.tls.root_cert = root.map(str::to_owned);
+        c.primary.host = host.to_owned();
+        c
+    };
+    assert_eq!(
+        ssl_in_use(&with(SslMode::Disable, None, "127.0.0.1")).await,
+        Ok(false)
+    );
+    assert_eq!(
+        ssl_in_use(&with(SslMode::Prefer, None, "127.0.0.1")).await,
+        Ok(true)
+    );
+    assert_eq!(
+        ssl_in_use(&with(SslMode::Require, None, "127.0.0.1")).await,
+        Ok(true)
+    );
+    // Trusted through DB_SSLROOTCERT; verify-ca ignores the name, verify-full does not.
+    let root = Some(snakeoil);
+    assert_eq!(
+        ssl_in_use(&with(SslMode::VerifyCa, root, "127.0.0.1")).await,
+        Ok(true)
+    );
+    assert!(ssl_in_use(&with(SslMode::VerifyFull, root, "127.0.0.1"))
+        .await
+        .is_err());
+    assert_eq!(
+        ssl_in_use(&with(SslMode::VerifyFull, root, "localhost")).await,
+        Ok(true)
+    );
+}
