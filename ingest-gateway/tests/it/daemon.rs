@@ -101,3 +101,87 @@ async fn secrets_never_reach_the_logs() {
     }
     shared::testing::redis_cleanup("redis://127.0.0.1:6379/", "test-secrets").await;
 }
+
+/// Sends one event over a new connection; the status line's code.
+async fn post_event(addr: &str, key: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let body = r#"{"event_name":"after_the_crowd"}"#;
+    s.write_all(
+        format!(
+            "POST /v1/events HTTP/1.0\r\nHost: t\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.ok()?;
+    String::from_utf8_lossy(&out)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_idle_connections_do_not_exhaust_the_gateway() {
+    const IDLE: usize = 10_000;
+    // This process holds the idle sockets; the gateway (its own process, inheriting the limit)
+    // holds their other ends.
+    let limit = rlimit::increase_nofile_limit(u64::MAX).expect("raise the open-files limit");
+    assert!(
+        limit >= IDLE as u64 + 1000,
+        "the open-files hard limit ({limit}) is too low for {IDLE} connections"
+    );
+    let db = TestDb::migrated().await;
+    let pools = shared::db::Pools::new(&db.config()).expect("pools");
+    let app = ingest_gateway::apps::create_app(&pools.write, "crowd")
+        .await
+        .expect("app");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let prefix = format!("test-idle-{}", std::process::id());
+    let mut env = db.env_vars();
+    env.push(("GATEWAY_ADDR".into(), addr.clone()));
+    env.push(("REDIS_URL".into(), "redis://127.0.0.1:6379/".into()));
+    env.push(("STREAM_PREFIX".into(), prefix.clone()));
+    // Idle connections are not cut off during the test.
+    env.push(("HEADER_READ_TIMEOUT_MS".into(), "120000".into()));
+    let d = Daemon::start(BIN, &env).await;
+
+    let mut idle = Vec::with_capacity(IDLE);
+    while idle.len() < IDLE {
+        let batch: Vec<_> = (0..500)
+            .map(|_| tokio::net::TcpStream::connect(addr.clone()))
+            .collect();
+        for s in futures::future::join_all(batch).await {
+            idle.push(s.expect("an idle connection is accepted"));
+        }
+    }
+    // With all of them open and silent, others are still served, and health answers.
+    for _ in 0..5 {
+        assert_eq!(post_event(&addr, &app.ingest_key).await, Some(202));
+    }
+    assert!(matches!(
+        http_get(&d.ops_addr, "/readyz").await,
+        Some((200, _))
+    ));
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", d.child.id()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    eprintln!(
+        "gateway RSS with {IDLE} idle connections: {} MiB",
+        rss_kib / 1024
+    );
+    drop(idle);
+    shared::testing::redis_cleanup("redis://127.0.0.1:6379/", &prefix).await;
+}
