@@ -630,3 +630,45 @@ async fn a_trickled_body_is_cut_off_with_408_and_slow_headers_are_dropped() {
     assert_eq!(gw.post(r#"{"event_name":"a"}"#).await.status, 202);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_body_trickled_a_byte_at_a_time_is_cut_off_by_the_body_timeout_not_kept_alive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start(&[("BODY_READ_TIMEOUT_MS", "1000")]).await;
+    let s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let (mut rd, mut wr) = s.into_split();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
+        gw.app.ingest_key
+    );
+    wr.write_all(head.as_bytes()).await.expect("write");
+    // One byte every 200 ms: each arrives well within any idle timeout, but the body as a whole
+    // takes far longer than BODY_READ_TIMEOUT_MS.
+    let trickle = tokio::spawn(async move {
+        for b in br#"[{"event_name":"slow","metadata":{"pad":""#.iter().cycle().take(100) {
+            if wr.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf))
+        .await
+        .expect("answered before the trickle ends")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // Others are served meanwhile and after.
+    assert_eq!(gw.post(r#"{"event_name":"a"}"#).await.status, 202);
+    trickle.abort();
+    gw.stop().await;
+}
