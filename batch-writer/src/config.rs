@@ -24,6 +24,9 @@ pub struct WriterConfig {
     pub writers: usize,
     /// How long SIGTERM waits for the batch in hand.
     pub shutdown_grace: Duration,
+    /// Consumers of the group idle this long with nothing pending are deleted
+    /// (`CONSUMER_IDLE_DELETE_MS`).
+    pub consumer_idle_delete: Duration,
 }
 
 impl WriterConfig {
@@ -49,6 +52,12 @@ impl WriterConfig {
             consumer: env.string("WRITER_CONSUMER_NAME", &default_consumer),
             writers: env.bounded("WRITER_CONCURRENCY", 2, 1, 64)? as usize,
             shutdown_grace: env.millis("SHUTDOWN_GRACE_MS", 30_000, 0, 600_000)?,
+            consumer_idle_delete: env.millis(
+                "CONSUMER_IDLE_DELETE_MS",
+                3_600_000,
+                1_000,
+                30 * 86_400_000,
+            )?,
         })
     }
 }

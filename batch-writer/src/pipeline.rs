@@ -110,6 +110,15 @@ pub async fn run(ctx: Arc<Ctx>) {
         })
         .collect();
     let lag = tokio::spawn(lag_loop(ctx.clone()));
+    let reap = {
+        let ctx = ctx.clone();
+        let every = (ctx.config.consumer_idle_delete / 4).min(Duration::from_secs(60));
+        tokio::spawn(shared::shutdown::every(
+            every,
+            ctx.shutdown.clone(),
+            move || reap_consumers(ctx.clone()),
+        ))
+    };
     for r in readers {
         let _ = r.await;
     }
@@ -118,6 +127,34 @@ pub async fn run(ctx: Arc<Ctx>) {
         let _ = w.await;
     }
     lag.abort();
+    reap.abort();
+}
+
+/// Deletes the group's dead consumers (nothing pending, idle past `CONSUMER_IDLE_DELETE_MS`) on
+/// every shard, so the group's consumer list does not grow with every writer ever started.
+async fn reap_consumers(ctx: Arc<Ctx>) {
+    let script = redis::Script::new(queue::REAP_SCRIPT);
+    for shard in 0..ctx.keys.shards() {
+        let mut conn = ctx.redis.clone();
+        let r: redis::RedisResult<i64> = script
+            .key(ctx.keys.stream(shard))
+            .arg(queue::GROUP)
+            .arg(ctx.config.consumer_idle_delete.as_millis() as u64)
+            .arg(&ctx.config.consumer)
+            .invoke_async(&mut conn)
+            .await;
+        match r {
+            Ok(n) if n > 0 => {
+                tracing::info!(
+                    shard,
+                    deleted = n,
+                    "Deleted idle consumers with nothing pending."
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, shard, "Cannot reap idle consumers."),
+        }
+    }
 }
 
 fn read_count(batch_size: usize) -> usize {

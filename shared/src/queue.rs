@@ -166,6 +166,26 @@ end
 return acked
 ";
 
+/// Deletes the group's consumers that hold no pending entry and have been idle longer than a
+/// threshold: writers that died or were scaled away (each run of a writer may use a new consumer
+/// name). Atomic, so a consumer cannot be given an entry between the check and the deletion.
+/// KEYS: stream. ARGV: group, idle threshold in ms, a consumer never to delete (the caller).
+/// Returns the number deleted.
+pub const REAP_SCRIPT: &str = r"
+local deleted = 0
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return 0 end
+for _, c in ipairs(consumers) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['name'] ~= ARGV[3] and tonumber(f['pending']) == 0 and tonumber(f['idle']) > tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    deleted = deleted + 1
+  end
+end
+return deleted
+";
+
 /// Counts `n` events against a per-second limit; refuses (returns -1) instead of counting when the
 /// count would pass `limit`. KEYS: counter. ARGV: n, limit. Returns the new count or -1.
 pub const RATE_SCRIPT: &str = r"

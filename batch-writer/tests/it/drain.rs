@@ -174,3 +174,93 @@ async fn two_writers_share_the_work() {
     assert_eq!(wa + wb, 20_000.0);
     cleanup(&prefix).await;
 }
+
+/// The consumers of the group on `stream`: (name, pending).
+async fn consumers(stream: &str) -> Vec<(String, i64)> {
+    let mut c = redis().await;
+    let v: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg(shared::queue::GROUP)
+        .query_async(&mut c)
+        .await
+        .unwrap_or_default();
+    v.into_iter()
+        .map(|m| {
+            let name = match m.get("name") {
+                Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                _ => String::new(),
+            };
+            let pending = match m.get("pending") {
+                Some(redis::Value::Int(n)) => *n,
+                _ => -1,
+            };
+            (name, pending)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn dead_consumers_with_nothing_pending_are_deleted_and_the_others_kept() {
+    let db = TestDb::migrated().await;
+    let prefix = prefix();
+    let keys = Keys::new(&prefix, 2);
+    push(&keys, &events(2), 1).await;
+    let mut c = redis().await;
+    for s in 0..2 {
+        let _: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(keys.stream(s))
+            .arg(shared::queue::GROUP)
+            .arg("0")
+            .query_async(&mut c)
+            .await;
+    }
+    // A consumer that died with nothing pending, and one that died holding an entry.
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(keys.stream(0))
+        .arg(shared::queue::GROUP)
+        .arg("ghost")
+        .query_async(&mut c)
+        .await
+        .expect("createconsumer");
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(shared::queue::GROUP)
+        .arg("holder")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(keys.stream(1))
+        .arg(">")
+        .query_async(&mut c)
+        .await
+        .expect("read as holder");
+    let vars = env(
+        &db,
+        &prefix,
+        &[
+            ("CONSUMER_IDLE_DELETE_MS", "1000"),
+            ("CLAIM_IDLE_MS", "600000"),
+        ],
+    );
+    let _w = start(vars, "live").await;
+    let gone = shared::testing::wait_for(Duration::from_secs(20), || async {
+        (!consumers(&keys.stream(0))
+            .await
+            .iter()
+            .any(|(n, _)| n == "ghost"))
+        .then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "{:?}", consumers(&keys.stream(0)).await);
+    // The live writer (it read shard 0's entry) and the holder of an entry stay, through several
+    // reaping rounds (every 250 ms here).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let shard0 = consumers(&keys.stream(0)).await;
+    assert!(shard0.iter().any(|(n, _)| n == "live"), "{shard0:?}");
+    let shard1 = consumers(&keys.stream(1)).await;
+    assert!(shard1.contains(&("holder".to_owned(), 1)), "{shard1:?}");
+    cleanup(&prefix).await;
+}
