@@ -135,7 +135,7 @@ fn row(s: &Sample) -> String {
         s.acked,
         s.rss_mib
             .iter()
-            .map(|m| format!("{m:.0}"))
+            .map(|m| format!("{m:.1}"))
             .collect::<Vec<_>>()
             .join(" / "),
         s.redis_used_mib,

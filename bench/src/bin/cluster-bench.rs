@@ -1,0 +1,91 @@
+//! What the gateway's queue costs on a Redis Cluster: the same gateway (its own release process)
+//! against one redis-server and against a three-node Redis Cluster, both with AOF
+//! (`appendfsync everysec`) on spare ports, in the same run. On one 2-core machine the cluster
+//! cannot add capacity (its nodes share the cores); this measures the cluster mode's own overhead
+//! (slot routing, a connection per node, the once-only push token).
+//!
+//! `cargo build --release --bins && target/release/cluster-bench`
+
+use std::time::Duration;
+
+use bench::load::{self, LoadResult, Target};
+use bench::print_table;
+use clap::Parser;
+use faults::servers::{OwnCluster, OwnRedis};
+use shared::testing::{Daemon, TestDb};
+
+#[derive(Parser)]
+struct Args {
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 8)]
+    seconds: u64,
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    #[arg(long, default_value_t = 12)]
+    shards: u16,
+}
+
+async fn measure(
+    args: &Args,
+    db: &TestDb,
+    key: &str,
+    redis_url: &str,
+) -> anyhow::Result<(LoadResult, LoadResult)> {
+    let addr = format!("127.0.0.1:{}", shared::testing::free_port());
+    let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let bin = std::env::current_exe()?.with_file_name("ingest-gateway");
+    let mut env = db.env_vars();
+    env.extend(
+        [
+            ("GATEWAY_ADDR", addr.clone()),
+            ("REDIS_URL", redis_url.to_owned()),
+            ("STREAM_PREFIX", prefix),
+            ("STREAM_SHARDS", args.shards.to_string()),
+            ("QUEUE_HIGH_WATER", "100000000".into()),
+            ("LOG_LEVEL", "warn".into()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    let _gw = Daemon::start(bin.to_str().unwrap_or("ingest-gateway"), &env).await;
+    let target = Target::new(&addr, key, args.connections);
+    let phase = Duration::from_secs(args.seconds);
+    let batched =
+        load::closed_loop(&target, &load::bodies(100, 16), 100, args.connections, phase).await;
+    let single = load::closed_loop(&target, &load::bodies(1, 64), 1, args.connections, phase).await;
+    Ok((batched, single))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let db = TestDb::migrated().await;
+    let pools = shared::db::Pools::new(&db.config())?;
+    let app = ingest_gateway::apps::create_app(&pools.write, "cluster-bench").await?;
+    let single_node = OwnRedis::start().await?;
+    let cluster = OwnCluster::start().await?;
+    eprintln!("One redis-server...");
+    let (b1, s1) = measure(&args, &db, &app.ingest_key, &single_node.url()).await?;
+    eprintln!("Three-node Redis Cluster...");
+    let (b3, s3) = measure(&args, &db, &app.ingest_key, &cluster.url()).await?;
+    let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
+    let row = |name: &str, r: &LoadResult| {
+        vec![
+            name.to_owned(),
+            format!("{:.0}", r.events_per_sec()),
+            format!("{:.0}", r.requests_per_sec()),
+            ms(r.p(50.0)),
+            ms(r.p(99.0)),
+            r.failures.to_string(),
+        ]
+    };
+    print_table(
+        &["queue", "events/s", "requests/s", "p50 ms", "p99 ms", "failures"],
+        &[
+            row("one redis-server, batches of 100", &b1),
+            row("3-node cluster, batches of 100", &b3),
+            row("one redis-server, single events", &s1),
+            row("3-node cluster, single events", &s3),
+        ],
+    );
+    Ok(())
+}
