@@ -49,8 +49,14 @@ async fn measure(
     let _gw = Daemon::start(bin.to_str().unwrap_or("ingest-gateway"), &env).await;
     let target = Target::new(&addr, key, args.connections);
     let phase = Duration::from_secs(args.seconds);
-    let batched =
-        load::closed_loop(&target, &load::bodies(100, 16), 100, args.connections, phase).await;
+    let batched = load::closed_loop(
+        &target,
+        &load::bodies(100, 16),
+        100,
+        args.connections,
+        phase,
+    )
+    .await;
     let single = load::closed_loop(&target, &load::bodies(1, 64), 1, args.connections, phase).await;
     Ok((batched, single))
 }
@@ -79,7 +85,14 @@ async fn main() -> anyhow::Result<()> {
         ]
     };
     print_table(
-        &["queue", "events/s", "requests/s", "p50 ms", "p99 ms", "failures"],
+        &[
+            "queue",
+            "events/s",
+            "requests/s",
+            "p50 ms",
+            "p99 ms",
+            "failures",
+        ],
         &[
             row("one redis-server, batches of 100", &b1),
             row("3-node cluster, batches of 100", &b3),
