@@ -6,7 +6,7 @@
 //! written for a transient reason is retried with backoff while its entries stay pending; if the
 //! process must stop first, the entries stay pending and another writer claims them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,25 @@ pub struct Ctx {
     pub ack: redis::Script,
     pub shutdown: CancellationToken,
     stop_seen: OnceLock<Instant>,
+    /// Entries (shard, id) between their reader and their acknowledgement in this process. A
+    /// claim may hand back an entry this process still holds (idle only because PostgreSQL is
+    /// slow): it is not taken twice.
+    inflight: std::sync::Mutex<HashSet<(u16, String)>>,
+}
+
+/// Takes a batch's entries off [`Ctx`]'s in-flight set when its processing ends, however it ends.
+struct InflightGuard<'a> {
+    ctx: &'a Ctx,
+    entries: Vec<(u16, String)>,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        let mut set = self.ctx.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        for e in &self.entries {
+            set.remove(e);
+        }
+    }
 }
 
 impl Ctx {
@@ -56,6 +75,7 @@ impl Ctx {
             ack: redis::Script::new(queue::ACK_SCRIPT),
             shutdown,
             stop_seen: OnceLock::new(),
+            inflight: std::sync::Mutex::new(HashSet::new()),
         }
     }
 
@@ -222,6 +242,10 @@ async fn read_loop(ctx: Arc<Ctx>, shard: u16, tx: mpsc::Sender<Entry>) {
                 }
             }
         }
+        {
+            let mut set = ctx.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            got.retain(|e| set.insert((e.shard, e.id.clone())));
+        }
         for entry in got {
             if tx.send(entry).await.is_err() {
                 return;
@@ -285,6 +309,14 @@ pub async fn batcher(
 
 /// Writes one batch, dead-letters what must be, acknowledges what is done.
 pub async fn process(ctx: &Ctx, batch: Batch) {
+    let _inflight = InflightGuard {
+        ctx,
+        entries: batch
+            .entries
+            .iter()
+            .map(|e| (e.shard, e.id.clone()))
+            .collect(),
+    };
     let started = Instant::now();
     let mut done: Vec<bool> = vec![true; batch.entries.len()];
     let mut events: Vec<(usize, &QueuedEvent)> = Vec::with_capacity(batch.events);

@@ -135,7 +135,10 @@ impl Reader {
         }
         let counts = self.delivery_counts(&entries).await?;
         for e in &mut entries {
-            e.deliveries = counts.get(&e.id).copied().unwrap_or(1);
+            // A claimed entry was delivered before, whatever XPENDING says (or does not say):
+            // it must be treated as a redelivery, or a copy written by its first reader would be
+            // written again.
+            e.deliveries = counts.get(&e.id).copied().unwrap_or(2).max(2);
         }
         Ok(entries)
     }
@@ -151,7 +154,9 @@ impl Reader {
             .arg(GROUP)
             .arg(first)
             .arg(last)
-            .arg(entries.len() * 2 + 10)
+            // This consumer's own in-flight entries lie in the same id range: ask for enough
+            // rows to reach every claimed one.
+            .arg(10_000)
             .arg(&self.consumer)
             .query_async(&mut self.conn)
             .await?;

@@ -113,7 +113,8 @@ impl Store {
         mode: Mode,
     ) -> Result<Written, WriteError> {
         let classify = |e: DbError| {
-            if e.is_transient() {
+            // A unique key still colliding after the retries below is a race, not bad data.
+            if e.is_transient() || e.sql_state() == Some("23505") {
                 WriteError::Transient(e)
             } else {
                 WriteError::Data(e)
@@ -126,7 +127,9 @@ impl Store {
                 .map_err(WriteError::Transient)?;
             match self.write_once(items, entries, mode, fast).await {
                 Ok(w) => return Ok(w),
-                Err(e) if e.sql_state() == Some("23505") && fast => fast = false,
+                // A key written meanwhile by another transaction: again, on the slow path, which
+                // looks every entry and key up first.
+                Err(e) if e.sql_state() == Some("23505") => fast = false,
                 Err(e) if is_missing_partition(&e) => {
                     // A partition vanished (retention) or appeared since the cache was loaded.
                     self.refresh_partitions(true)
@@ -177,6 +180,12 @@ impl Store {
                 .filter(|i| seen.insert(*i))
                 .collect()
         };
+        // Two transactions may hold the same entry: its first reader's, stalled or cut off, and
+        // that of the writer that claimed it meanwhile. They take the entry's lock first, so
+        // the second waits for the first, and its ledger lookup (next statement, new snapshot)
+        // then sees what the first committed. The first reader's copy carries no per-event key,
+        // so without this the second could write the entry again.
+        lock_entries(&tx, used.iter().map(|i| entries[*i].key)).await?;
         // On the slow path (a key already existed), every entry is looked up.
         let suspects: Vec<Uuid> = used
             .iter()
@@ -235,16 +244,17 @@ impl Store {
             copy_events(&tx, "events_quarantine", &orphans).await?;
         }
         if mode == Mode::Whole {
-            let ledger: Vec<Uuid> = used
+            // An entry may sit twice in one batch (claimed while a first copy waited): one row.
+            let mut ledger: Vec<Uuid> = used
                 .iter()
                 .map(|i| entries[*i].key)
                 .filter(|k| !done.contains(k))
                 .collect();
-            if fast {
-                copy_uuids(&tx, "entry_ledger", "entry_key", ledger.iter()).await?;
-            } else {
-                insert_uuids(&tx, "entry_ledger", "entry_key", &ledger).await?;
-            }
+            ledger.sort_unstable();
+            ledger.dedup();
+            // A plain COPY on both paths: a ledger row that exists already must fail the
+            // transaction (and the retry finds the entry done), never be skipped quietly.
+            copy_uuids(&tx, "entry_ledger", "entry_key", ledger.iter()).await?;
         }
         tx.commit().await.map_err(DbError::query("commit batch"))?;
         Ok(Written {
@@ -259,6 +269,33 @@ impl Store {
 /// told apart from a table CHECK constraint (same SQLSTATE) by its message.
 fn is_missing_partition(e: &DbError) -> bool {
     e.sql_state() == Some("23514") && e.to_string().contains("no partition")
+}
+
+/// Takes a transaction-scoped advisory lock per entry, in key order (so two writers never wait
+/// on each other in a cycle). The lock id is the entry key folded to 64 bits; a collision only
+/// makes one writer wait for another.
+async fn lock_entries(
+    tx: &Transaction<'_>,
+    keys: impl Iterator<Item = Uuid>,
+) -> Result<(), DbError> {
+    let mut ids: Vec<i64> = keys
+        .map(|k| {
+            let (hi, lo) = k.as_u64_pair();
+            (hi ^ lo.rotate_left(32)) as i64
+        })
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    tx.execute(
+        "SELECT count(pg_advisory_xact_lock(id)) FROM unnest($1::bigint[]) AS id",
+        &[&ids],
+    )
+    .await
+    .map_err(DbError::query("lock entries"))?;
+    Ok(())
 }
 
 /// The entries among `keys` already committed.
