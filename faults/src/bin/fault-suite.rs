@@ -53,6 +53,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = args.markdown {
         std::fs::write(path, &table)?;
     }
+    // Stop the suite's servers before exiting (process::exit skips destructors).
+    drop(servers);
     if outcomes.iter().all(|o| o.passed()) {
         eprintln!(
             "fault suite: every acknowledged event stored exactly once, every fault recovered."

@@ -46,6 +46,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = args.markdown {
         std::fs::write(path, format!("{table}\n{audit:?}\n"))?;
     }
+    drop(stack);
+    drop(servers);
     let verdict = soak::flat(&samples, 0.2);
     println!("flat: {verdict:?}, drained: {drained}");
     if verdict.is_err() || !drained || audit.lost != 0 || audit.doubled != 0 {
