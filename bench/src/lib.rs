@@ -100,13 +100,7 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
     proc_status_kib(pid, "VmRSS:").map(|k| k as f64 / 1024.0)
 }
 
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-}
+use shared::testing::proc_status_kib;
 
 /// CPU seconds (user + system) a process has used, from /proc/PID/stat.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {

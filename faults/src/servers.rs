@@ -7,30 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use shared::testing::{free_port, wait_for};
+use shared::testing::{free_port, pg_bin, wait_for};
 use tokio_postgres::{Client, NoTls};
 
 fn as_postgres(cmd: &str) -> anyhow::Result<()> {
-    let out = Command::new("runuser")
-        .args(["-u", "postgres", "--", "sh", "-c", cmd])
-        .output()
-        .context("runuser")?;
-    if !out.status.success() {
-        bail!("{cmd}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-fn pg_bin() -> String {
-    let version = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()
-        .and_then(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .max()
-        })
-        .unwrap_or_else(|| "15".into());
-    format!("/usr/lib/postgresql/{version}/bin")
+    shared::testing::as_postgres(cmd).map_err(anyhow::Error::msg)
 }
 
 /// A PostgreSQL cluster of the suite's own.

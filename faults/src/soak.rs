@@ -24,17 +24,7 @@ pub struct Sample {
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<f64>()
-                .ok()
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
+    shared::testing::proc_status_kib(pid, "VmRSS:").map_or(0.0, |kib| kib as f64 / 1024.0)
 }
 
 /// Reads one sample off the running stack.

@@ -372,7 +372,8 @@ pub struct Replica {
     dir: String,
 }
 
-fn as_postgres(cmd: &str) -> Result<(), String> {
+/// Runs a shell command as the `postgres` user (the PostgreSQL tools refuse root).
+pub fn as_postgres(cmd: &str) -> Result<(), String> {
     let out = std::process::Command::new("runuser")
         .args(["-u", "postgres", "--", "sh", "-c", cmd])
         .output()
@@ -384,7 +385,8 @@ fn as_postgres(cmd: &str) -> Result<(), String> {
     }
 }
 
-fn pg_bin() -> String {
+/// The directory of the newest installed PostgreSQL's binaries (Debian layout).
+pub fn pg_bin() -> String {
     let version = std::fs::read_dir("/usr/lib/postgresql")
         .ok()
         .and_then(|d| {
@@ -450,4 +452,13 @@ impl Drop for Replica {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A field of `/proc/PID/status` in KiB (`VmRSS:`, `VmHWM:`), for tests and benchmarks.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }

@@ -167,17 +167,7 @@ async fn ten_thousand_idle_connections_do_not_exhaust_the_gateway() {
         http_get(&d.ops_addr, "/readyz").await,
         Some((200, _))
     ));
-    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", d.child.id()))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0);
+    let rss_kib = shared::testing::proc_status_kib(d.child.id(), "VmRSS:").unwrap_or(0);
     eprintln!(
         "gateway RSS with {IDLE} idle connections: {} MiB",
         rss_kib / 1024
