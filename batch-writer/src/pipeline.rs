@@ -37,6 +37,7 @@ pub struct Ctx {
     pub store: Store,
     pub redis: RedisConn,
     pub ack: redis::Script,
+    reap: redis::Script,
     pub shutdown: CancellationToken,
     stop_seen: OnceLock<Instant>,
     /// Entries (shard, id) between their reader and their acknowledgement in this process. A
@@ -73,6 +74,7 @@ impl Ctx {
             store,
             redis,
             ack: redis::Script::new(queue::ACK_SCRIPT),
+            reap: redis::Script::new(queue::REAP_SCRIPT),
             shutdown,
             stop_seen: OnceLock::new(),
             inflight: std::sync::Mutex::new(HashSet::new()),
@@ -153,10 +155,10 @@ pub async fn run(ctx: Arc<Ctx>) {
 /// Deletes the group's dead consumers (nothing pending, idle past `CONSUMER_IDLE_DELETE_MS`) on
 /// every shard, so the group's consumer list does not grow with every writer ever started.
 async fn reap_consumers(ctx: Arc<Ctx>) {
-    let script = redis::Script::new(queue::REAP_SCRIPT);
     for shard in 0..ctx.keys.shards() {
         let mut conn = ctx.redis.clone();
-        let r: redis::RedisResult<i64> = script
+        let r: redis::RedisResult<i64> = ctx
+            .reap
             .key(ctx.keys.stream(shard))
             .arg(queue::GROUP)
             .arg(ctx.config.consumer_idle_delete.as_millis() as u64)

@@ -97,6 +97,23 @@ impl LoadResult {
     pub fn p(&self, pct: f64) -> Duration {
         crate::percentile(&self.latencies, pct)
     }
+
+    /// The header of [`LoadResult::row`], after the name column.
+    pub const COLUMNS: [&'static str; 5] =
+        ["events/s", "requests/s", "p50 ms", "p99 ms", "failures"];
+
+    /// A table row: `name`, events/s, requests/s, p50 and p99 in ms, failures.
+    pub fn row(&self, name: &str) -> Vec<String> {
+        let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
+        vec![
+            name.to_owned(),
+            format!("{:.0}", self.events_per_sec()),
+            format!("{:.0}", self.requests_per_sec()),
+            ms(self.p(50.0)),
+            ms(self.p(99.0)),
+            self.failures.to_string(),
+        ]
+    }
 }
 
 /// Request bodies of `batch` events each (a few variants, built once so the generator costs

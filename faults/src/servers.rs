@@ -61,19 +61,7 @@ impl OwnPostgres {
     }
 
     pub async fn client(&self, db: &str) -> anyhow::Result<Client> {
-        let (client, conn) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(self.port)
-            .user("postgres")
-            .dbname(db)
-            .connect_timeout(Duration::from_secs(5))
-            .connect(NoTls)
-            .await
-            .with_context(|| format!("connect to {db} on port {}", self.port))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
+        pg_client(self.port, db).await
     }
 }
 
@@ -82,6 +70,23 @@ impl Drop for OwnPostgres {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A connection, as `postgres`, to database `db` of the server on 127.0.0.1:`port`.
+pub async fn pg_client(port: u16, db: &str) -> anyhow::Result<Client> {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .dbname(db)
+        .connect_timeout(Duration::from_secs(5))
+        .connect(NoTls)
+        .await
+        .with_context(|| format!("connect to {db} on port {port}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
 }
 
 fn redis_server(port: u16, dir: &str, extra: &[&str]) -> anyhow::Result<Child> {

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use crate::load::{audit, Audit, Load};
-use crate::stack::{Stack, SHARDS};
+use crate::stack::Stack;
 
 /// One sample.
 #[derive(Debug, Clone, Default)]
@@ -44,13 +44,7 @@ pub async fn sample(stack: &Stack, started: Instant) -> anyhow::Result<Sample> {
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0);
-    let prefix = &stack
-        .env
-        .iter()
-        .find(|(k, _)| k == "STREAM_PREFIX")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    let keys = shared::queue::Keys::new(prefix, SHARDS);
+    let keys = stack.keys();
     let (mut entries, mut pending) = (0i64, 0i64);
     for s in keys.all_streams() {
         entries += redis::cmd("XLEN")

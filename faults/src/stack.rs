@@ -35,6 +35,7 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
 
 pub struct Stack {
     pub db: String,
+    pub prefix: String,
     pub pg_port: u16,
     pub redis_url: String,
     pub env: Vec<(String, String)>,
@@ -101,6 +102,7 @@ impl Stack {
         let key = app["ingest_key"].as_str().context("ingest_key")?.to_owned();
         let mut me = Self {
             db,
+            prefix: prefix.to_owned(),
             pg_port: pg.port,
             redis_url: redis_url.to_owned(),
             sender: Sender::new(&gateway_addr, &key),
@@ -139,18 +141,12 @@ impl Stack {
 
     /// A database connection opened now.
     pub async fn db(&self) -> anyhow::Result<tokio_postgres::Client> {
-        let (client, conn) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(self.pg_port)
-            .user("postgres")
-            .dbname(&self.db)
-            .connect_timeout(Duration::from_secs(3))
-            .connect(tokio_postgres::NoTls)
-            .await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
+        crate::servers::pg_client(self.pg_port, &self.db).await
+    }
+
+    /// The stream keys of this pipeline.
+    pub fn keys(&self) -> shared::queue::Keys {
+        shared::queue::Keys::new(&self.prefix, SHARDS)
     }
 
     fn daemons(&self) -> impl Iterator<Item = &Daemon> {
@@ -177,15 +173,8 @@ impl Stack {
             Duration::from_secs(2),
         )
         .await?;
-        let prefix = &self
-            .env
-            .iter()
-            .find(|(k, _)| k == "STREAM_PREFIX")
-            .context("prefix")?
-            .1;
-        let keys = shared::queue::Keys::new(prefix, SHARDS);
         let v: Vec<Option<i64>> = redis::cmd("MGET")
-            .arg(keys.all_depths())
+            .arg(self.keys().all_depths())
             .query_async(&mut conn)
             .await?;
         Ok(v.into_iter().flatten().sum())

@@ -193,17 +193,12 @@ impl Cache {
         let mut cursor: u64 = 0;
         let mut deleted = 0;
         loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000);
-            let (next, keys): (u64, Vec<String>) =
-                tokio::time::timeout(self.timeout * 5, conn.query_at_key(&scan, &self.prefix))
-                    .await
-                    .ok()?
-                    .ok()?;
+            let (next, keys) = tokio::time::timeout(
+                self.timeout * 5,
+                self.scan_page(&mut conn, cursor, &pattern),
+            )
+            .await
+            .ok()??;
             if !keys.is_empty() {
                 let n: u64 = redis::cmd("UNLINK")
                     .arg(&keys)
@@ -217,6 +212,23 @@ impl Cache {
                 return Some(deleted);
             }
         }
+    }
+
+    /// One SCAN page of the keys matching `pattern`, on the node holding the cache's keys: the
+    /// next cursor and the keys.
+    async fn scan_page(
+        &self,
+        conn: &mut RedisConn,
+        cursor: u64,
+        pattern: &str,
+    ) -> Option<(u64, Vec<String>)> {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000);
+        conn.query_at_key(&scan, &self.prefix).await.ok()
     }
 
     fn stats_key(&self, what: &str) -> String {
@@ -251,14 +263,7 @@ impl Cache {
         let mut cursor: u64 = 0;
         let pattern = format!("{}:v1:*", escape_glob(&self.prefix));
         loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000);
-            let (next, batch): (u64, Vec<String>) =
-                conn.query_at_key(&scan, &self.prefix).await.ok()?;
+            let (next, batch) = self.scan_page(&mut conn, cursor, &pattern).await?;
             keys += batch.len() as u64;
             cursor = next;
             if cursor == 0 {

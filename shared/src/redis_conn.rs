@@ -53,8 +53,9 @@ impl RedisConn {
         matches!(self, Self::Cluster(_))
     }
 
-    /// Runs a keyless command on the node that owns `key`'s slot (on a single server, just runs
-    /// it). For SCAN, INFO and the like on a cluster whose interesting keys share one hash tag.
+    /// Runs a keyless command on the node that owns `key`'s slot (computed here, no round trip;
+    /// on a single server, just runs it). For SCAN, INFO and the like on a cluster whose
+    /// interesting keys share one hash tag.
     pub async fn query_at_key<T: redis::FromRedisValue>(
         &mut self,
         cmd: &Cmd,
@@ -62,12 +63,7 @@ impl RedisConn {
     ) -> RedisResult<T> {
         match self {
             Self::Cluster(c) => {
-                let slot: u16 = redis::cmd("CLUSTER")
-                    .arg("KEYSLOT")
-                    .arg(key)
-                    .query_async(c)
-                    .await?;
-                let route = Route::new(slot, SlotAddr::Master);
+                let route = Route::with_key(key, SlotAddr::Master);
                 let v = c
                     .route_command(
                         cmd.clone(),

@@ -73,31 +73,13 @@ async fn main() -> anyhow::Result<()> {
     let (b1, s1) = measure(&args, &db, &app.ingest_key, &single_node.url()).await?;
     eprintln!("Three-node Redis Cluster...");
     let (b3, s3) = measure(&args, &db, &app.ingest_key, &cluster.url()).await?;
-    let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
-    let row = |name: &str, r: &LoadResult| {
-        vec![
-            name.to_owned(),
-            format!("{:.0}", r.events_per_sec()),
-            format!("{:.0}", r.requests_per_sec()),
-            ms(r.p(50.0)),
-            ms(r.p(99.0)),
-            r.failures.to_string(),
-        ]
-    };
     print_table(
+        &[&["queue"][..], &LoadResult::COLUMNS[..]].concat(),
         &[
-            "queue",
-            "events/s",
-            "requests/s",
-            "p50 ms",
-            "p99 ms",
-            "failures",
-        ],
-        &[
-            row("one redis-server, batches of 100", &b1),
-            row("3-node cluster, batches of 100", &b3),
-            row("one redis-server, single events", &s1),
-            row("3-node cluster, single events", &s3),
+            b1.row("one redis-server, batches of 100"),
+            b3.row("3-node cluster, batches of 100"),
+            s1.row("one redis-server, single events"),
+            s3.row("3-node cluster, single events"),
         ],
     );
     Ok(())

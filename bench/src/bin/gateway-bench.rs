@@ -78,7 +78,6 @@ async fn main() -> anyhow::Result<()> {
     let cpu = cpu_seconds(pid).unwrap_or(0.0);
     let total_events = batched.events_accepted + single.events_accepted + paced.events_accepted;
 
-    let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
     let rows = vec![
         vec![
             "raw pipelined XADD (4 conns, 64 deep)".into(),
@@ -88,23 +87,12 @@ async fn main() -> anyhow::Result<()> {
             "-".into(),
             "-".into(),
         ],
-        row("batches of 100", &batched, ms),
-        row("single events", &single, ms),
-        row(
-            &format!("fixed {:.0} events/s, single", args.rate),
-            &paced,
-            ms,
-        ),
+        batched.row("batches of 100"),
+        single.row("single events"),
+        paced.row(&format!("fixed {:.0} events/s, single", args.rate)),
     ];
     print_table(
-        &[
-            "load",
-            "events/s",
-            "requests/s",
-            "p50 ms",
-            "p99 ms",
-            "failures",
-        ],
+        &[&["load"][..], &load::LoadResult::COLUMNS[..]].concat(),
         &rows,
     );
     println!(
@@ -124,17 +112,6 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
     }
     Ok(())
-}
-
-fn row(name: &str, r: &load::LoadResult, ms: impl Fn(Duration) -> String) -> Vec<String> {
-    vec![
-        name.to_owned(),
-        format!("{:.0}", r.events_per_sec()),
-        format!("{:.0}", r.requests_per_sec()),
-        ms(r.p(50.0)),
-        ms(r.p(99.0)),
-        r.failures.to_string(),
-    ]
 }
 
 fn summary(r: &load::LoadResult) -> serde_json::Value {
