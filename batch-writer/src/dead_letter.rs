@@ -21,7 +21,8 @@ pub struct DeadLetter {
     pub event: Option<serde_json::Value>,
 }
 
-/// Stores one refused event.
+/// Stores one refused event, once: a second delivery of its entry (its writer died before the
+/// acknowledgement) finds it there and adds nothing.
 pub async fn store_event(
     db: &Db,
     event: &QueuedEvent,
@@ -37,7 +38,7 @@ pub async fn store_event(
     db.execute(
         "store dead letter",
         "INSERT INTO dead_letters (event_id, app_id, payload, error, stream, entry_id, deliveries) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
         &[
             &event.event_id,
             &event.app_id,
@@ -52,7 +53,7 @@ pub async fn store_event(
     Ok(())
 }
 
-/// Stores an entry that cannot be decoded, as it was.
+/// Stores an entry that cannot be decoded, as it was, once per stream entry.
 pub async fn store_raw(
     db: &Db,
     payload: &[u8],
@@ -64,7 +65,7 @@ pub async fn store_raw(
     db.execute(
         "store dead letter",
         "INSERT INTO dead_letters (payload, error, stream, entry_id, deliveries) \
-         VALUES ($1, $2, $3, $4, $5)",
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         &[&payload, &error, &stream, &entry_id, &(deliveries as i32)],
     )
     .await?;
@@ -104,17 +105,23 @@ pub async fn list(db: &Db) -> Result<Vec<DeadLetter>, DbError> {
 
 /// Puts dead letters back on the queue (all of them, or the given ids) and removes them from the
 /// table; entries that never decoded stay. Returns how many events were re-queued.
+///
+/// Idempotent per dead letter: each row is taken under a row lock (a concurrent replay skips
+/// it), pushed, and deleted in that transaction. A replay killed between the push and the commit
+/// leaves the row to be replayed again; the replayed events carry a dedupe key (they are marked
+/// as client-chosen ids), so the second copy is dropped by the writer as long as it comes within
+/// `DEDUPE_WINDOW_HOURS` of the first.
 pub async fn replay(
     db: &Db,
     redis: &mut shared::redis_conn::RedisConn,
     keys: &Keys,
     ids: Option<&[i64]>,
 ) -> anyhow::Result<usize> {
-    let rows = match ids {
+    let all: Vec<i64> = match ids {
         None => {
             db.query(
                 "read dead letters",
-                "SELECT id, payload FROM dead_letters WHERE event_id IS NOT NULL ORDER BY id",
+                "SELECT id FROM dead_letters WHERE event_id IS NOT NULL ORDER BY id",
                 &[],
             )
             .await?
@@ -122,35 +129,66 @@ pub async fn replay(
         Some(ids) => {
             db.query(
                 "read dead letters",
-                "SELECT id, payload FROM dead_letters WHERE event_id IS NOT NULL AND id = ANY($1) ORDER BY id",
+                "SELECT id FROM dead_letters WHERE event_id IS NOT NULL AND id = ANY($1) ORDER BY id",
                 &[&ids],
             )
             .await?
         }
-    };
+    }
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
     let script = redis::Script::new(queue::PUSH_SCRIPT);
     let mut replayed = 0;
-    for row in rows {
-        let id: i64 = row.get(0);
-        let payload: Vec<u8> = row.get(1);
-        let events = queue::decode(&payload)?;
-        // The id decides the shard, so the replay is spread like the original traffic.
-        let shard = (id as u64 % keys.shards() as u64) as u16;
-        // The dead letter's id makes the push once-only (a cluster client may resend it).
-        let token = format!("dead-letter-{id}");
-        let token = redis.is_cluster().then_some(token.as_str());
-        let _: Vec<String> =
-            queue::push_invocation(&script, keys, shard, token, [(events.len(), &payload[..])])
-                .invoke_async(redis)
-                .await?;
-        // Queued first, deleted second: a crash in between replays it twice, which dedupe absorbs.
-        db.execute(
-            "delete dead letter",
-            "DELETE FROM dead_letters WHERE id = $1",
-            &[&id],
-        )
-        .await?;
-        replayed += events.len();
+    for id in all {
+        replayed += replay_one(db, redis, keys, &script, id).await?;
     }
     Ok(replayed)
+}
+
+/// Replays dead letter `id` if no other replay holds it; returns the events re-queued.
+async fn replay_one(
+    db: &Db,
+    redis: &mut shared::redis_conn::RedisConn,
+    keys: &Keys,
+    script: &redis::Script,
+    id: i64,
+) -> anyhow::Result<usize> {
+    let mut client = db.get("replay dead letter").await?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(DbError::query("begin replay"))?;
+    let Some(row) = tx
+        .query_opt(
+            "SELECT payload FROM dead_letters WHERE id = $1 FOR UPDATE SKIP LOCKED",
+            &[&id],
+        )
+        .await
+        .map_err(DbError::query("lock dead letter"))?
+    else {
+        return Ok(0);
+    };
+    let payload: Vec<u8> = row.get(0);
+    let mut events = queue::decode(&payload)?;
+    for e in &mut events {
+        e.client_id = true;
+    }
+    let payload = queue::encode(&events)?;
+    // The id decides the shard, so the replay is spread like the original traffic.
+    let shard = (id as u64 % keys.shards() as u64) as u16;
+    // The dead letter's id makes the push once-only (a cluster client may resend it).
+    let token = format!("dead-letter-{id}");
+    let token = redis.is_cluster().then_some(token.as_str());
+    let _: Vec<String> =
+        queue::push_invocation(script, keys, shard, token, [(events.len(), &payload[..])])
+            .invoke_async(redis)
+            .await?;
+    tx.execute("DELETE FROM dead_letters WHERE id = $1", &[&id])
+        .await
+        .map_err(DbError::query("delete dead letter"))?;
+    tx.commit()
+        .await
+        .map_err(DbError::query("commit replay"))?;
+    Ok(events.len())
 }

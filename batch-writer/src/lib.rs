@@ -5,9 +5,11 @@
 //! - [`reader`]: XREADGROUP / XAUTOCLAIM on one shard, raw reply parsing.
 //! - [`pipeline`]: readers → batcher → writers → acknowledgement; retries and splitting.
 //! - [`store`]: one batch into PostgreSQL: dedupe keys, COPY, quarantine, in one transaction.
-//! - [`rows`]: dedupe keys and row encoding (pure).
+//! - [`rows`]: row encoding (pure).
+//! - [`bookkeeping`]: the pipeline's number and the queue's low-water mark.
 //! - [`dead_letter`]: the dead-letter table, `dead-letter list` and `replay`.
 
+pub mod bookkeeping;
 pub mod config;
 pub mod dead_letter;
 pub mod pipeline;
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use shared::daemon::{self, Ops};
 use shared::metrics::Daemon;
+use shared::tasks::Tasks;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +57,27 @@ pub async fn connect_redis(
     }
 }
 
+/// This pipeline's number (see [`bookkeeping::register`]), retrying until PostgreSQL answers or
+/// `shutdown`.
+async fn register(
+    db: &shared::db::Db,
+    prefix: &str,
+    shutdown: &CancellationToken,
+) -> Option<u16> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match bookkeeping::register(db, prefix).await {
+            Ok(id) => return Some(id),
+            Err(e) => tracing::warn!(error = %e, "Cannot register the stream prefix; retrying."),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return None,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// Runs the writer until `shutdown` is cancelled, then finishes the batch in hand.
 pub async fn run(
     config: WriterConfig,
@@ -61,25 +85,36 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let pools = daemon::open_pools(&config.db).await?;
+    let chores = CancellationToken::new();
+    let tasks = Tasks::new(chores.clone());
     let ops = Ops::start(
         Daemon::Writer,
         ops_listener,
         daemon::pools_ready(pools.clone()),
         shutdown.clone(),
+        &tasks,
     );
-    daemon::spawn_pool_upkeep(&pools, ops.stopped.clone());
+    daemon::spawn_pool_upkeep(&pools, &tasks);
     let Some(redis) = connect_redis(&config, &shutdown).await? else {
+        chores.cancel();
         ops.stop().await;
         return Ok(());
     };
-    tracing::info!(consumer = %config.consumer, shards = config.stream_shards, "Batch writer running.");
+    let Some(pipeline) = register(&pools.write, &config.stream_prefix, &shutdown).await else {
+        chores.cancel();
+        ops.stop().await;
+        return Ok(());
+    };
+    tracing::info!(consumer = %config.consumer, shards = config.stream_shards, pipeline, "Batch writer running.");
     let ctx = Arc::new(pipeline::Ctx::new(
         config,
+        pipeline,
         store::Store::new(pools.write.clone()),
         redis,
         shutdown,
     ));
-    pipeline::run(ctx).await;
+    pipeline::run(ctx, &tasks).await;
+    chores.cancel();
     tracing::info!("Batch writer stopped.");
     ops.stop().await;
     Ok(())

@@ -16,10 +16,12 @@ use shared::redis_conn::RedisConn;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
+use shared::tasks::Tasks;
+
+use crate::bookkeeping;
 use crate::config::WriterConfig;
 use crate::dead_letter;
 use crate::reader::{Entry, Reader};
-use crate::rows;
 use crate::store::{EntryInfo, Item, Mode, Store, WriteError, Written};
 
 /// A group of entries written in one transaction (or, after a data error, in parts).
@@ -33,6 +35,8 @@ pub struct Batch {
 /// What the tasks share.
 pub struct Ctx {
     pub config: WriterConfig,
+    /// This pipeline's number in `stream_pipelines`, part of its entries' ledger keys.
+    pub pipeline: u16,
     pub keys: Keys,
     pub store: Store,
     pub redis: RedisConn,
@@ -64,11 +68,13 @@ impl Drop for InflightGuard<'_> {
 impl Ctx {
     pub fn new(
         config: WriterConfig,
+        pipeline: u16,
         store: Store,
         redis: RedisConn,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
+            pipeline,
             keys: Keys::new(&config.stream_prefix, config.stream_shards),
             config,
             store,
@@ -96,8 +102,9 @@ impl Ctx {
     }
 }
 
-/// Runs readers, batcher and writers until shutdown, then drains what is in hand.
-pub async fn run(ctx: Arc<Ctx>) {
+/// Runs readers, batcher and writers until shutdown, then drains what is in hand. The chores
+/// (lag gauge, consumer reaping, low-water mark) run under `tasks`, which stop with the daemon.
+pub async fn run(ctx: Arc<Ctx>, tasks: &Tasks) {
     let (entry_tx, entry_rx) = mpsc::channel::<Entry>(256);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(ctx.config.writers);
     let mut readers = Vec::new();
@@ -131,16 +138,7 @@ pub async fn run(ctx: Arc<Ctx>) {
             })
         })
         .collect();
-    let lag = tokio::spawn(lag_loop(ctx.clone()));
-    let reap = {
-        let ctx = ctx.clone();
-        let every = (ctx.config.consumer_idle_delete / 4).min(Duration::from_secs(60));
-        tokio::spawn(shared::shutdown::every(
-            every,
-            ctx.shutdown.clone(),
-            move || reap_consumers(ctx.clone()),
-        ))
-    };
+    spawn_chores(&ctx, tasks);
     for r in readers {
         let _ = r.await;
     }
@@ -148,8 +146,35 @@ pub async fn run(ctx: Arc<Ctx>) {
     for w in writers {
         let _ = w.await;
     }
-    lag.abort();
-    reap.abort();
+}
+
+/// The lag gauge every second, consumer reaping, and the queue's low-water mark.
+fn spawn_chores(ctx: &Arc<Ctx>, tasks: &Tasks) {
+    let stop = tasks.stop_token();
+    let c = ctx.clone();
+    tasks.spawn(
+        "queue_lag",
+        shared::shutdown::every(Duration::from_secs(1), stop.clone(), move || {
+            publish_lag(c.clone())
+        }),
+    );
+    let c = ctx.clone();
+    let every = (ctx.config.consumer_idle_delete / 4).min(Duration::from_secs(60));
+    tasks.spawn(
+        "reap_consumers",
+        shared::shutdown::every(every, stop.clone(), move || reap_consumers(c.clone())),
+    );
+    let c = ctx.clone();
+    tasks.spawn(
+        "queue_low_water",
+        shared::shutdown::every(bookkeeping::LOW_WATER_EVERY, stop, move || {
+            let c = c.clone();
+            async move {
+                let mut conn = c.redis.clone();
+                bookkeeping::low_water_chore(c.store.db(), &mut conn, &c.keys, c.pipeline).await
+            }
+        }),
+    );
 }
 
 /// Deletes the group's dead consumers (nothing pending, idle past `CONSUMER_IDLE_DELETE_MS`) on
@@ -348,7 +373,7 @@ pub async fn process(ctx: &Ctx, batch: Batch) {
     let mut infos: Vec<EntryInfo> = batch
         .entries
         .iter()
-        .map(|e| match rows::entry_key(e.shard, &e.id) {
+        .map(|e| match queue::entry_ledger_key(ctx.pipeline, e.shard, &e.id) {
             Some(key) => EntryInfo {
                 key,
                 suspect: e.deliveries > 1,
@@ -540,19 +565,15 @@ async fn ack(ctx: &Ctx, entries: &[&Entry]) {
     }
 }
 
-/// Publishes `sluice_queue_lag_events` (events queued and not yet written) every second.
-async fn lag_loop(ctx: Arc<Ctx>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let mut conn = ctx.redis.clone();
-        let r: redis::RedisResult<Vec<Option<i64>>> = redis::cmd("MGET")
-            .arg(ctx.keys.all_depths())
-            .query_async(&mut conn)
-            .await;
-        if let Ok(values) = r {
-            metrics::queue_lag(values.into_iter().flatten().map(|v| v.max(0) as u64).sum());
-        }
+/// Publishes `sluice_queue_lag_events` (events queued and not yet written).
+async fn publish_lag(ctx: Arc<Ctx>) {
+    let mut conn = ctx.redis.clone();
+    let r: redis::RedisResult<Vec<Option<i64>>> = redis::cmd("MGET")
+        .arg(ctx.keys.all_depths())
+        .query_async(&mut conn)
+        .await;
+    if let Ok(values) = r {
+        metrics::queue_lag(values.into_iter().flatten().map(|v| v.max(0) as u64).sum());
     }
 }
 

@@ -1,5 +1,5 @@
-//! Turning queued events into rows: the dedupe key, the timestamps and the jsonb value, written
-//! straight into the binary COPY format. Pure, no I/O.
+//! Turning queued events into rows: the timestamps and the jsonb value, written straight into the
+//! binary COPY format; the former dedupe key. Pure, no I/O.
 
 use std::pin::Pin;
 
@@ -12,10 +12,10 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use uuid::Uuid;
 
-/// The dedupe key of an event: the first 8 bytes of its id (the millisecond timestamp of a UUIDv7,
-/// so keys arrive in index order) followed by 8 bytes of SHA-256 over the app and the full id, so
-/// the same id sent by two apps never collides.
-pub fn dedupe_key(app_id: &str, event_id: &Uuid) -> Uuid {
+/// The key an event had in `event_dedupe` before keys became exact (migration 4), still looked up
+/// in `event_dedupe_legacy` until those rows age out: the first 8 bytes of the event id, then 8
+/// bytes of SHA-256 over the app and the full id.
+pub fn legacy_dedupe_key(app_id: &str, event_id: &Uuid) -> Uuid {
     let mut h = Sha256::new();
     h.update(app_id.as_bytes());
     h.update([0u8]);
@@ -25,19 +25,6 @@ pub fn dedupe_key(app_id: &str, event_id: &Uuid) -> Uuid {
     key[..8].copy_from_slice(&event_id.as_bytes()[..8]);
     key[8..].copy_from_slice(&digest[..8]);
     Uuid::from_bytes(key)
-}
-
-/// The ledger key of a stream entry: its id's milliseconds (8 bytes) and sequence (6 bytes), then
-/// the shard (2 bytes), so keys arrive in index order. `None` for an id not of the form `ms-seq`.
-pub fn entry_key(shard: u16, id: &str) -> Option<Uuid> {
-    let (ms, seq) = id.split_once('-')?;
-    let ms: u64 = ms.parse().ok()?;
-    let seq: u64 = seq.parse().ok()?;
-    let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&ms.to_be_bytes());
-    key[8..14].copy_from_slice(&seq.to_be_bytes()[2..]);
-    key[14..].copy_from_slice(&shard.to_be_bytes());
-    Some(Uuid::from_bytes(key))
 }
 
 pub fn time(us: i64) -> DateTime<Utc> {
@@ -116,24 +103,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dedupe_keys_keep_the_time_prefix_and_separate_apps() {
+    fn legacy_dedupe_keys_keep_the_time_prefix_and_separate_apps() {
         let id = Uuid::now_v7();
-        let a = dedupe_key("app_a", &id);
-        assert_eq!(a, dedupe_key("app_a", &id), "stable");
-        assert_ne!(a, dedupe_key("app_b", &id), "per app");
+        let a = legacy_dedupe_key("app_a", &id);
+        assert_eq!(a, legacy_dedupe_key("app_a", &id), "stable");
+        assert_ne!(a, legacy_dedupe_key("app_b", &id), "per app");
         assert_eq!(&a.as_bytes()[..8], &id.as_bytes()[..8]);
-        assert_ne!(a, dedupe_key("app_a", &Uuid::now_v7()));
-    }
-
-    #[test]
-    fn entry_keys_are_ordered_and_distinct_per_shard() {
-        let a = entry_key(0, "1700000000000-0").expect("key");
-        let b = entry_key(0, "1700000000000-1").expect("key");
-        let c = entry_key(0, "1700000000001-0").expect("key");
-        assert!(a < b && b < c);
-        assert_ne!(a, entry_key(1, "1700000000000-0").expect("key"));
-        assert_eq!(entry_key(0, "nope"), None);
-        assert_eq!(entry_key(0, "1-x"), None);
     }
 
     #[test]

@@ -10,7 +10,6 @@ use std::time::Duration;
 use http::HeaderMap;
 use shared::db::{Db, DbError};
 use subtle::ConstantTimeEq;
-use tokio_util::sync::CancellationToken;
 
 use crate::apps::{hash_key, KeyKind};
 
@@ -76,9 +75,10 @@ impl KeyCache {
     }
 
     /// Reloads every `every` until `stop`.
-    pub fn spawn_refresh(&self, db: Db, every: Duration, stop: CancellationToken) {
+    pub fn spawn_refresh(&self, db: Db, every: Duration, tasks: &shared::tasks::Tasks) {
         let cache = self.clone();
-        tokio::spawn(shared::shutdown::every(every, stop, move || {
+        let stop = tasks.stop_token();
+        tasks.spawn("key_refresh", shared::shutdown::every(every, stop, move || {
             let (cache, db) = (cache.clone(), db.clone());
             async move {
                 if let Err(e) = cache.reload(&db).await {

@@ -75,7 +75,8 @@ impl Cache {
     }
 
     /// Keeps trying to connect with exponential backoff until connected or `stop`; after that
-    /// the connection manager reconnects by itself.
+    /// the connection manager reconnects by itself. A one-shot task, so not watched: it ends
+    /// once connected.
     pub fn spawn_connect(self: &Arc<Self>, stop: CancellationToken) {
         let me = self.clone();
         tokio::spawn(async move {
@@ -107,9 +108,10 @@ impl Cache {
     }
 
     /// Publishes the cache's keys, memory and hit ratio on `/metrics` every `every` until `stop`.
-    pub fn spawn_gauges(self: &Arc<Self>, every: Duration, stop: CancellationToken) {
+    pub fn spawn_gauges(self: &Arc<Self>, every: Duration, tasks: &shared::tasks::Tasks) {
         let me = self.clone();
-        tokio::spawn(shared::shutdown::every(every, stop, move || {
+        let stop = tasks.stop_token();
+        tasks.spawn("cache_gauges", shared::shutdown::every(every, stop, move || {
             let me = me.clone();
             async move {
                 if let Some(s) = me.stats().await {

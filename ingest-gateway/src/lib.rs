@@ -38,6 +38,7 @@ use shared::daemon::{self, Ops};
 use shared::metrics::Daemon;
 use shared::ops::Readiness;
 use shared::queue::Keys;
+use shared::tasks::Tasks;
 
 pub use config::GatewayConfig;
 
@@ -61,15 +62,16 @@ pub async fn run(
         tracing::warn!("The queue's Redis is unreachable; answering 503 until it is back.");
     }
     let background = CancellationToken::new();
-    queue.spawn_watch(background.clone());
-    keys.spawn_refresh(pools.read.clone(), config.key_refresh, background.clone());
+    let tasks = Tasks::new(background.clone());
+    queue.spawn_watch(&tasks);
+    keys.spawn_refresh(pools.read.clone(), config.key_refresh, &tasks);
     let cache = cache::Cache::new(
         config.redis.cache_url.clone(),
         &config.stream_prefix,
         config.cache_timeout,
     );
     cache.spawn_connect(background.clone());
-    cache.spawn_gauges(config.cache_stats_interval, background.clone());
+    cache.spawn_gauges(config.cache_stats_interval, &tasks);
     let state = Arc::new(routes::AppState {
         config,
         pools: pools.clone(),
@@ -90,8 +92,9 @@ pub async fn run(
             })
         }),
         shutdown.clone(),
+        &tasks,
     );
-    daemon::spawn_pool_upkeep(&pools, background.clone());
+    daemon::spawn_pool_upkeep(&pools, &tasks);
     tracing::info!(addr = %listener.local_addr()?, "Gateway listening.");
     server::serve(listener, state, shutdown).await;
     background.cancel();

@@ -13,7 +13,6 @@ use shared::queue::{self, Keys, QueuedEvent, EVENTS_PER_ENTRY};
 use shared::redis_conn::RedisConn;
 use shared::secret::Secret;
 use tokio::sync::OnceCell;
-use tokio_util::sync::CancellationToken;
 
 /// Why events were not queued; every variant is a 503 or 429 for the client, never a 500.
 #[derive(Debug, thiserror::Error)]
@@ -90,9 +89,10 @@ impl Queue {
 
     /// Keeps trying to connect (with exponential backoff) until connected, then polls the queue
     /// depth every 100 ms until `stop`.
-    pub fn spawn_watch(self: &Arc<Self>, stop: CancellationToken) {
+    pub fn spawn_watch(self: &Arc<Self>, tasks: &shared::tasks::Tasks) {
         let q = self.clone();
-        tokio::spawn(async move {
+        let stop = tasks.stop_token();
+        tasks.spawn("queue_watch", async move {
             let mut backoff = Duration::from_millis(100);
             loop {
                 if let Ok(true) = q.connect().await {

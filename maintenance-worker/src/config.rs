@@ -22,7 +22,7 @@ impl Schedule {
     }
 }
 
-/// The five job schedules.
+/// The job schedules.
 #[derive(Debug, Clone)]
 pub struct Schedules {
     pub partitions: Schedule,
@@ -30,6 +30,7 @@ pub struct Schedules {
     pub analyze: Schedule,
     pub vacuum: Schedule,
     pub retention: Schedule,
+    pub dedupe_prune: Schedule,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +65,7 @@ impl MaintenanceConfig {
                 analyze: Schedule::from_env(env, "SCHEDULE_ANALYZE", "0 2 * * *")?,
                 vacuum: Schedule::from_env(env, "SCHEDULE_VACUUM", "0 3 * * 0")?,
                 retention: Schedule::from_env(env, "SCHEDULE_RETENTION", "0 4 1 * *")?,
+                dedupe_prune: Schedule::from_env(env, "SCHEDULE_DEDUPE_PRUNE", "30 * * * *")?,
             },
         })
     }
@@ -89,6 +91,7 @@ mod tests {
             "SCHEDULE_ANALYZE",
             "SCHEDULE_VACUUM",
             "SCHEDULE_RETENTION",
+            "SCHEDULE_DEDUPE_PRUNE",
         ] {
             let err = MaintenanceConfig::from_env(&Env::from_pairs([(var, "61 * * * *")]))
                 .expect_err(var);

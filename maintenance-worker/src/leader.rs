@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use shared::config::DbConfig;
 use tokio_postgres::Client;
-use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
 
@@ -42,9 +41,10 @@ impl Leadership {
     }
 
     /// Tries to become (or stay) leader every `every` until `stop`, then releases the lock.
-    pub fn spawn(&self, db: DbConfig, every: Duration, stop: CancellationToken) {
+    pub fn spawn(&self, db: DbConfig, every: Duration, tasks: &shared::tasks::Tasks) {
         let me = self.clone();
-        tokio::spawn(async move {
+        let stop = tasks.stop_token();
+        tasks.spawn("leadership", async move {
             let mut held: Option<Client> = None;
             loop {
                 held = me.attempt(&db, held).await;

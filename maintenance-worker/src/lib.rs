@@ -4,7 +4,7 @@
 //!
 //! - [`config`]: environment to [`MaintenanceConfig`], schedules parsed at start.
 //! - [`migrate`]: the `migrate` command.
-//! - [`jobs`]: the five jobs, one file each, run under a per-job lock.
+//! - [`jobs`]: the jobs, one file each, run under a per-job lock.
 //! - [`scheduler`]: cron-driven job loops.
 //! - [`leader`]: leadership by advisory lock.
 //! - [`clock`]: the injectable "now" of the jobs.
@@ -29,6 +29,7 @@ use shared::daemon::{self, Ops};
 use shared::db::Db;
 use shared::metrics::Daemon;
 use shared::ops::Readiness;
+use shared::tasks::Tasks;
 
 pub use config::MaintenanceConfig;
 
@@ -65,6 +66,7 @@ impl RunOnce {
         }
         if self.drop_old_partitions {
             jobs.push(Job::Retention);
+            jobs.push(Job::Dedupe);
         }
         if self.refresh_views {
             jobs.push(Job::Views);
@@ -124,16 +126,18 @@ pub async fn run(
             }) as futures::future::BoxFuture<'static, Readiness>
         })
     };
-    let ops = Ops::start(Daemon::Maintenance, ops_listener, ready, shutdown.clone());
-    metrics::register();
-    daemon::spawn_pool_upkeep(&pools, ops.stopped.clone());
-    let tasks = scheduler::spawn(
-        config.schedules.clone(),
-        ctx,
-        leader.clone(),
+    let watched = Tasks::new(shutdown.clone());
+    let ops = Ops::start(
+        Daemon::Maintenance,
+        ops_listener,
+        ready,
         shutdown.clone(),
+        &watched,
     );
-    leader.spawn(config.db.clone(), config.leader_retry, shutdown.clone());
+    metrics::register();
+    daemon::spawn_pool_upkeep(&pools, &watched);
+    let tasks = scheduler::spawn(config.schedules.clone(), ctx, leader.clone(), &watched);
+    leader.spawn(config.db.clone(), config.leader_retry, &watched);
     tracing::info!("Maintenance worker running.");
     shutdown.cancelled().await;
     for t in tasks {

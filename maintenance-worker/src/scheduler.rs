@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use croner::Cron;
+use shared::tasks::Tasks;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Schedules;
@@ -20,6 +21,7 @@ pub fn schedule_of(s: &Schedules, job: Job) -> &Cron {
         Job::Views => &s.refresh_views.cron,
         Job::Analyze => &s.analyze.cron,
         Job::Vacuum => &s.vacuum.cron,
+        Job::Dedupe => &s.dedupe_prune.cron,
     }
 }
 
@@ -29,14 +31,15 @@ pub fn spawn(
     schedules: Schedules,
     ctx: JobCtx,
     leader: Leadership,
-    stop: CancellationToken,
+    watched: &Tasks,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let ctx = Arc::new(ctx);
+    let stop = watched.stop_token();
     let mut tasks: Vec<_> = Job::ALL
         .iter()
         .map(|job| {
             let cron = schedule_of(&schedules, *job).clone();
-            tokio::spawn(job_loop(
+            watched.spawn(job.name(), job_loop(
                 *job,
                 cron,
                 ctx.clone(),
@@ -46,7 +49,7 @@ pub fn spawn(
         })
         .collect();
     let (ctx2, leader2, stop2) = (ctx.clone(), leader.clone(), stop.clone());
-    tasks.push(tokio::spawn(async move {
+    tasks.push(watched.spawn("partitions_on_leadership", async move {
         loop {
             tokio::select! {
                 _ = leader2.gained() => {}

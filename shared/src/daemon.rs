@@ -14,6 +14,7 @@ use crate::db::{Db, Pools};
 use crate::metrics::{self, Daemon};
 use crate::ops::{self, Readiness, ReadyCheck};
 use crate::schema;
+use crate::tasks::Tasks;
 
 /// Errors that stop a daemon from starting.
 #[derive(Debug, thiserror::Error)]
@@ -49,12 +50,14 @@ pub struct Ops {
 }
 
 impl Ops {
-    /// Registers the daemon's metrics and starts serving `/metrics`, `/healthz`, `/readyz`.
+    /// Registers the daemon's metrics and starts serving `/metrics`, `/healthz`, `/readyz`
+    /// (unhealthy once one of `tasks` has died).
     pub fn start(
         daemon: Daemon,
         listener: TcpListener,
         ready: ReadyCheck,
         shutdown: CancellationToken,
+        tasks: &Tasks,
     ) -> Self {
         let handle = metrics::install();
         metrics::register(daemon);
@@ -65,6 +68,7 @@ impl Ops {
             ready,
             shutdown,
             stopped.clone(),
+            tasks.clone(),
         ));
         Self {
             metrics: handle,
@@ -96,9 +100,7 @@ pub fn pools_ready(pools: Pools) -> ReadyCheck {
 }
 
 /// Keeps both pools at their minimum, retires old connections and exports the gauges.
-pub fn spawn_pool_upkeep(pools: &Pools, stop: CancellationToken) {
-    pools
-        .write
-        .spawn_upkeep(Duration::from_secs(15), stop.clone());
-    pools.read.spawn_upkeep(Duration::from_secs(15), stop);
+pub fn spawn_pool_upkeep(pools: &Pools, tasks: &Tasks) {
+    pools.write.spawn_upkeep(Duration::from_secs(15), tasks);
+    pools.read.spawn_upkeep(Duration::from_secs(15), tasks);
 }

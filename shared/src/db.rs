@@ -17,7 +17,6 @@ use postgres_native_tls::MakeTlsConnector;
 use serde::Serialize;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{DbConfig, PgEndpoint, SslMode};
 use crate::metrics::{self, PoolName};
@@ -445,9 +444,10 @@ impl Db {
     }
 
     /// Every `every`: retire old connections, re-open the minimum, export the gauges.
-    pub fn spawn_upkeep(&self, every: Duration, stop: CancellationToken) {
+    pub fn spawn_upkeep(&self, every: Duration, tasks: &crate::tasks::Tasks) {
         let db = self.clone();
-        tokio::spawn(crate::shutdown::every(every, stop, move || {
+        let stop = tasks.stop_token();
+        tasks.spawn("pool_upkeep", crate::shutdown::every(every, stop, move || {
             let db = db.clone();
             async move {
                 let retired = db.retire_old();

@@ -8,6 +8,7 @@
 //! - [`redis_conn`]: Redis connections with bounded waits, and the eviction-policy check.
 //! - [`ops`]: the `/metrics`, `/healthz`, `/readyz` endpoint each daemon serves.
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
+//! - [`tasks`]: background tasks watched, so one that dies is seen.
 //! - [`daemon`]: start-up and shutdown steps every daemon shares.
 //! - [`db`]: the write and read PostgreSQL pools, bounded, timed and health-checked.
 //! - [`schema`]: embedded migrations, the migration runner, partitions and the version check.
@@ -23,6 +24,7 @@ pub mod redis_conn;
 pub mod schema;
 pub mod secret;
 pub mod shutdown;
+pub mod tasks;
 pub mod telemetry;
 
 pub mod testing;

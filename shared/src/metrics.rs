@@ -33,6 +33,7 @@ pub const CACHE_MEMORY: &str = "sluice_cache_memory_bytes";
 pub const CACHE_HIT_RATIO: &str = "sluice_cache_hit_ratio";
 pub const QUEUE_DEPTH: &str = "sluice_queue_depth_events";
 pub const HTTP_DURATION: &str = "sluice_http_request_duration_seconds";
+pub const TASK_DEATHS: &str = "sluice_background_task_deaths_total";
 
 /// The pools a daemon may hold, as label values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +110,10 @@ pub fn register(daemon: Daemon) {
     );
     describe_counter!(SLOW_QUERIES, "Queries slower than SLOW_QUERY_MS.");
     counter!(SLOW_QUERIES).absolute(0);
+    describe_counter!(
+        TASK_DEATHS,
+        "Background tasks that ended or panicked before shutdown, by task; any makes the daemon unhealthy."
+    );
     gauge!(BUILD_INFO, "daemon" => daemon.as_str(), "version" => env!("CARGO_PKG_VERSION"))
         .set(1.0);
     match daemon {
@@ -205,6 +210,10 @@ fn register_maintenance() {
 
 pub fn pool_connections(pool: PoolName, state: &'static str, value: usize) {
     gauge!(DB_POOL_CONNECTIONS, "pool" => pool.as_str(), "state" => state).set(value as f64);
+}
+
+pub fn task_died(task: &'static str) {
+    counter!(TASK_DEATHS, "task" => task).increment(1);
 }
 
 pub fn slow_query() {

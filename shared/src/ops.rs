@@ -16,6 +16,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::tasks::Tasks;
+
 /// What `/readyz` reports: ready or not, with a JSON detail for the operator.
 #[derive(Debug, Clone)]
 pub struct Readiness {
@@ -42,16 +44,19 @@ struct OpsState {
     metrics: PrometheusHandle,
     ready: ReadyCheck,
     shutdown: CancellationToken,
+    tasks: Tasks,
 }
 
 /// Serves the operations endpoint until `shutdown` is cancelled. From the moment it is
-/// cancelled `/readyz` answers 503, so load balancers stop sending work first.
+/// cancelled `/readyz` answers 503, so load balancers stop sending work first. Once one of
+/// `tasks` has died, `/healthz` and `/readyz` answer 503 naming it.
 pub async fn serve(
     listener: TcpListener,
     metrics: PrometheusHandle,
     ready: ReadyCheck,
     shutdown: CancellationToken,
     stopped: CancellationToken,
+    tasks: Tasks,
 ) {
     let upkeep = metrics.clone();
     tokio::spawn(crate::shutdown::every(
@@ -66,6 +71,7 @@ pub async fn serve(
         metrics,
         ready,
         shutdown,
+        tasks,
     });
     loop {
         let (stream, _) = tokio::select! {
@@ -107,9 +113,25 @@ async fn handle(
                 .body(Full::new(Bytes::from(body)))
                 .unwrap_or_default()
         }
-        "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+        "/healthz" => {
+            let dead = state.tasks.dead();
+            if dead.is_empty() {
+                json(StatusCode::OK, serde_json::json!({"status": "ok"}))
+            } else {
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"status": "unhealthy", "dead_tasks": dead}),
+                )
+            }
+        }
         "/readyz" => {
-            let r = if state.shutdown.is_cancelled() {
+            let dead = state.tasks.dead();
+            let r = if !dead.is_empty() {
+                Readiness {
+                    ready: false,
+                    detail: serde_json::json!({"dead_tasks": dead}),
+                }
+            } else if state.shutdown.is_cancelled() {
                 Readiness {
                     ready: false,
                     detail: serde_json::json!({"shutting_down": true}),

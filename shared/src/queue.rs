@@ -91,6 +91,35 @@ impl Keys {
     }
 }
 
+/// The ledger key of a stream entry `ms-seq` of `shard` in pipeline `pipeline` (its number in
+/// `stream_pipelines`): pipeline (2 bytes), milliseconds (6), sequence (6), shard (2), so one
+/// pipeline's keys form one range, ordered by entry time. Pipeline 0's keys are those written
+/// before pipelines had numbers. `None` when a part does not fit (a millisecond count past the
+/// year 10889, a sequence past 2^48): such an entry is treated as possibly seen before.
+pub fn ledger_key(pipeline: u16, shard: u16, ms: u64, seq: u64) -> Option<Uuid> {
+    const LIMIT: u64 = 1 << 48;
+    if ms >= LIMIT || seq >= LIMIT {
+        return None;
+    }
+    let mut key = [0u8; 16];
+    key[..2].copy_from_slice(&pipeline.to_be_bytes());
+    key[2..8].copy_from_slice(&ms.to_be_bytes()[2..]);
+    key[8..14].copy_from_slice(&seq.to_be_bytes()[2..]);
+    key[14..].copy_from_slice(&shard.to_be_bytes());
+    Some(Uuid::from_bytes(key))
+}
+
+/// [`ledger_key`] of a stream entry id `ms-seq`; `None` for an id not of that form.
+pub fn entry_ledger_key(pipeline: u16, shard: u16, id: &str) -> Option<Uuid> {
+    let (ms, seq) = id.split_once('-')?;
+    ledger_key(pipeline, shard, ms.parse().ok()?, seq.parse().ok()?)
+}
+
+/// The milliseconds part of a stream entry id.
+pub fn entry_millis(id: &str) -> Option<u64> {
+    id.split_once('-')?.0.parse().ok()
+}
+
 /// Encodes a group of events as one entry payload.
 pub fn encode(events: &[QueuedEvent]) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     rmp_serde::to_vec(events)
@@ -227,5 +256,33 @@ mod tests {
         let bytes = encode(&[e.clone(), e.clone()]).expect("encode");
         assert_eq!(decode(&bytes).expect("decode"), vec![e.clone(), e]);
         assert!(decode(b"\x01garbage").is_err());
+    }
+
+    #[test]
+    fn ledger_keys_are_ordered_per_pipeline_and_distinct_across_pipelines_and_shards() {
+        let a = entry_ledger_key(0, 0, "1700000000000-0").expect("key");
+        let b = entry_ledger_key(0, 0, "1700000000000-1").expect("key");
+        let c = entry_ledger_key(0, 0, "1700000000001-0").expect("key");
+        assert!(a < b && b < c);
+        assert_ne!(a, entry_ledger_key(0, 1, "1700000000000-0").expect("key"));
+        let other = entry_ledger_key(1, 0, "1700000000000-0").expect("key");
+        assert_ne!(a, other);
+        assert!(other > entry_ledger_key(0, 9, "99999999999999-9").expect("key"));
+        assert_eq!(entry_ledger_key(0, 0, "nope"), None);
+        assert_eq!(entry_ledger_key(0, 0, "1-x"), None);
+        assert_eq!(ledger_key(0, 0, 1 << 48, 0), None);
+        assert_eq!(ledger_key(0, 0, 0, 1 << 48), None);
+        assert_eq!(entry_millis("1700000000000-3"), Some(1_700_000_000_000));
+    }
+
+    #[test]
+    fn pipeline_zero_keeps_the_keys_written_before_pipelines_had_numbers() {
+        // The former layout: milliseconds as 8 bytes, sequence 6, shard 2.
+        let (ms, seq, shard) = (1_700_000_000_123u64, 7u64, 3u16);
+        let mut old = [0u8; 16];
+        old[..8].copy_from_slice(&ms.to_be_bytes());
+        old[8..14].copy_from_slice(&seq.to_be_bytes()[2..]);
+        old[14..].copy_from_slice(&shard.to_be_bytes());
+        assert_eq!(ledger_key(0, shard, ms, seq), Some(Uuid::from_bytes(old)));
     }
 }

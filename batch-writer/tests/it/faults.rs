@@ -242,7 +242,7 @@ async fn a_claimed_entry_is_a_redelivery_however_many_entries_the_claimer_holds(
     for (i, id) in ids.iter().enumerate() {
         if i % 4 == 0 {
             let e = &all[i];
-            let key = batch_writer::rows::entry_key(0, id).expect("key");
+            let key = shared::queue::entry_ledger_key(0, 0, id).expect("key");
             client
                 .execute(
                     "INSERT INTO analytics_events (event_id, app_id, event_name, occurred_at, received_at) \
@@ -340,7 +340,14 @@ async fn a_claimed_entry_held_by_an_open_transaction_is_not_written_twice() {
         .await
         .expect("A's copy");
     }
-    let e_key = batch_writer::rows::entry_key(0, &e_id).expect("key");
+    let e_key = shared::queue::entry_ledger_key(0, 0, &e_id).expect("key");
+    // A takes E's lock first, as every writer transaction does.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&batch_writer::store::entry_lock_id(e_key)],
+    )
+    .await
+    .expect("A's entry lock");
     tx.execute(
         "INSERT INTO entry_ledger (entry_key) VALUES ($1)",
         &[&e_key],
@@ -360,11 +367,10 @@ async fn a_claimed_entry_held_by_an_open_transaction_is_not_written_twice() {
         )
         .await
         .expect("X stored");
-    let x_key = batch_writer::rows::dedupe_key(&x.app_id, &x.event_id);
     setup
         .execute(
-            "INSERT INTO event_dedupe (dedupe_key) VALUES ($1)",
-            &[&x_key],
+            "INSERT INTO event_dedupe (event_id, app_id) VALUES ($1, $2)",
+            &[&x.event_id, &x.app_id],
         )
         .await
         .expect("X's key");
@@ -385,8 +391,22 @@ async fn a_claimed_entry_held_by_an_open_transaction_is_not_written_twice() {
     let mut vars = vars;
     vars.push(("WRITER_CONSUMER_NAME".into(), "b".into()));
     let b = Daemon::start(BIN, &vars).await;
-    // B is now waiting on A's ledger row; A commits.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // B must really wait on E's lock, held by A: seen in pg_locks, not assumed after a sleep.
+    let blocked = shared::testing::wait_for(Duration::from_secs(20), || async {
+        let n = count(
+            &db,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .await;
+        (n > 0).then_some(())
+    })
+    .await;
+    assert!(blocked.is_some(), "B never waited on E's lock\n{}", b.logs());
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM analytics_events").await,
+        1,
+        "nothing of E written while A holds it"
+    );
     tx.commit().await.expect("A commits");
     let drained = shared::testing::wait_for(Duration::from_secs(20), || async {
         (queue_state(&keys).await.0 == 0).then_some(())

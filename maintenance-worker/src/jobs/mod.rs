@@ -3,6 +3,7 @@
 //! times it and records its outcome.
 
 pub mod analyze;
+pub mod dedupe;
 pub mod partitions;
 pub mod retention;
 pub mod vacuum;
@@ -25,12 +26,14 @@ pub enum Job {
     Views,
     Analyze,
     Vacuum,
+    Dedupe,
 }
 
 impl Job {
-    pub const ALL: [Job; 5] = [
+    pub const ALL: [Job; 6] = [
         Job::Partitions,
         Job::Retention,
+        Job::Dedupe,
         Job::Views,
         Job::Analyze,
         Job::Vacuum,
@@ -44,6 +47,7 @@ impl Job {
             Job::Views => "views",
             Job::Analyze => "analyze",
             Job::Vacuum => "vacuum",
+            Job::Dedupe => "dedupe",
         }
     }
 
@@ -98,6 +102,7 @@ pub async fn run(job: Job, ctx: &JobCtx) -> Result<Report, JobError> {
         Job::Views => views::run(ctx).await,
         Job::Analyze => analyze::run(ctx).await,
         Job::Vacuum => vacuum::run(ctx).await,
+        Job::Dedupe => dedupe::run(ctx).await,
     };
     let _ = client
         .query_one("SELECT pg_advisory_unlock($1)", &[&job.lock_key()])

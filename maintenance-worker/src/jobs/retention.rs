@@ -1,10 +1,7 @@
 //! The retention job: partitions that end before the retention floor are detached
-//! (CONCURRENTLY, so writers are not blocked) and dropped; an interrupted detach is finalized;
-//! the writer's exactly-once bookkeeping older than its window is pruned.
+//! (CONCURRENTLY, so writers are not blocked) and dropped; an interrupted detach is finalized.
+//! (The writer's exactly-once bookkeeping has its own job, [`super::dedupe`].)
 
-use std::time::Duration;
-
-use chrono::{DateTime, Utc};
 use shared::db::{Db, DbError};
 use shared::schema::partitions::{self, retention_floor};
 
@@ -38,14 +35,7 @@ pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
         tracing::info!(partition = %name, "Dropped a partition past retention.");
         dropped.push(name);
     }
-    let cutoff = now - chrono::Duration::from_std(ctx.dedupe_window).unwrap_or_default();
-    let keys = prune(&ctx.db, "event_dedupe", cutoff).await?;
-    let entries = prune(&ctx.db, "entry_ledger", cutoff).await?;
-    Ok(serde_json::json!({
-        "dropped": dropped,
-        "dedupe_keys_pruned": keys,
-        "ledger_entries_pruned": entries,
-    }))
+    Ok(serde_json::json!({ "dropped": dropped }))
 }
 
 /// A `DETACH ... CONCURRENTLY` interrupted (by a crash or a cancel) leaves the partition
@@ -75,21 +65,4 @@ async fn finalize_pending_detaches(db: &Db) -> Result<(), DbError> {
         .await?;
     }
     Ok(())
-}
-
-/// Deletes rows older than `cutoff` from a bookkeeping table, 10,000 at a time so no statement
-/// runs long. `table` is one of this file's constants.
-async fn prune(db: &Db, table: &'static str, cutoff: DateTime<Utc>) -> Result<u64, DbError> {
-    let sql = format!(
-        "DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE first_seen < $1 LIMIT 10000))"
-    );
-    let mut total = 0;
-    loop {
-        let n = db.execute("prune bookkeeping", &sql, &[&cutoff]).await?;
-        total += n;
-        if n == 0 {
-            return Ok(total);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }

@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_entry_ledger.sql",
         sql: include_str!("../../../migrations/0003_entry_ledger.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_exact_bookkeeping.sql",
+        sql: include_str!("../../../migrations/0004_exact_bookkeeping.sql"),
+    },
 ];
 
 /// The schema version this build expects.

@@ -1,0 +1,98 @@
+//! The pipeline's place in the database's exactly-once bookkeeping: its number in
+//! `stream_pipelines` (part of every ledger key, so pipelines sharing a database never take each
+//! other's entries for done), and the queue's low-water mark that the maintenance worker prunes
+//! against.
+//!
+//! The low-water mark is the stream-entry time of the oldest entry still in any shard (acknowledged
+//! entries are deleted, so this is the oldest not yet written), or the Redis server's time when
+//! the streams are empty. A mark read at any moment stays a lower bound for everything queued
+//! later (entry ids only grow), so an old mark is merely cautious, never wrong.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use shared::db::{Db, DbError};
+use shared::queue::{self, Keys};
+use shared::redis_conn::RedisConn;
+
+/// This pipeline's number, registering the prefix on first use. Concurrent registrations of
+/// different prefixes may pick the same number: the loser retries.
+pub async fn register(db: &Db, prefix: &str) -> Result<u16, DbError> {
+    for _ in 0..10 {
+        let row = db
+            .query(
+                "register pipeline",
+                "WITH mine AS (SELECT pipeline_id FROM stream_pipelines WHERE stream_prefix = $1), \
+                 ins AS (INSERT INTO stream_pipelines (pipeline_id, stream_prefix) \
+                         SELECT coalesce(max(pipeline_id) + 1, 0), $1 FROM stream_pipelines \
+                         WHERE NOT EXISTS (SELECT 1 FROM mine) \
+                         ON CONFLICT DO NOTHING RETURNING pipeline_id) \
+                 SELECT pipeline_id FROM mine UNION ALL SELECT pipeline_id FROM ins",
+                &[&prefix],
+            )
+            .await?;
+        if let Some(r) = row.first() {
+            let id: i16 = r.get(0);
+            return Ok(id as u16);
+        }
+    }
+    Err(DbError::Other {
+        op: "register pipeline",
+        message: format!("could not register stream prefix {prefix:?} after 10 attempts"),
+    })
+}
+
+/// The queue's low-water mark, in milliseconds since the epoch (Redis server time).
+pub async fn queue_low_water(redis: &mut RedisConn, keys: &Keys) -> redis::RedisResult<u64> {
+    let mut low = u64::MAX;
+    for shard in 0..keys.shards() {
+        let stream = keys.stream(shard);
+        let first: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(redis)
+            .await?;
+        let ms = match first.ids.first().and_then(|e| queue::entry_millis(&e.id)) {
+            Some(ms) => ms,
+            None => {
+                let (secs, micros): (u64, u64) =
+                    redis.query_at_key(&redis::cmd("TIME"), &stream).await?;
+                secs * 1000 + micros / 1000
+            }
+        };
+        low = low.min(ms);
+    }
+    Ok(low)
+}
+
+/// Records a low-water mark read now. Never moves the recorded mark back past one recorded
+/// later (two writers may report out of order); moving it back would only be cautious.
+pub async fn report_low_water(db: &Db, pipeline: u16, ms: u64) -> Result<(), DbError> {
+    let at = DateTime::<Utc>::from_timestamp_millis(ms as i64).unwrap_or(DateTime::<Utc>::MIN_UTC);
+    db.execute(
+        "report queue low water",
+        "UPDATE stream_pipelines SET queue_low_water = greatest(queue_low_water, $2), \
+         low_water_at = now() WHERE pipeline_id = $1",
+        &[&(pipeline as i16), &at],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Reads and records the low-water mark; errors are logged (the mark just stays older).
+pub async fn low_water_chore(db: &Db, redis: &mut RedisConn, keys: &Keys, pipeline: u16) {
+    match queue_low_water(redis, keys).await {
+        Ok(ms) => {
+            if let Err(e) = report_low_water(db, pipeline, ms).await {
+                tracing::warn!(error = %e, "Cannot record the queue's low-water mark.");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "Cannot read the queue's low-water mark."),
+    }
+}
+
+/// How often writers report the low-water mark.
+pub const LOW_WATER_EVERY: Duration = Duration::from_secs(30);
