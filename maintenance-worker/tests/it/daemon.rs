@@ -22,7 +22,7 @@ async fn migrate_applies_once_then_is_a_no_op() {
         String::from_utf8_lossy(&first.stderr)
     );
     let out = String::from_utf8_lossy(&first.stdout);
-    assert!(out.contains("migrations applied: [1, 2, 3]"), "{out}");
+    assert!(out.contains("migrations applied: [1, 2, 3, 4]"), "{out}");
     let second = run();
     assert!(second.status.success());
     let out = String::from_utf8_lossy(&second.stdout);
@@ -300,7 +300,7 @@ async fn each_run_once_flag_does_what_it_says() {
     assert!(ok, "{err}");
     assert_eq!(
         jobs_run(&out),
-        vec!["partitions", "retention", "views", "analyze"]
+        vec!["partitions", "retention", "dedupe", "views", "analyze"]
     );
     assert!(
         !exists(oldest.partition_name()).await,
