@@ -422,3 +422,147 @@ async fn a_claimed_entry_held_by_an_open_transaction_is_not_written_twice() {
     drop(b);
     cleanup(&prefix).await;
 }
+
+/// Adds one entry with an explicit id to shard 0 of `keys`, counting its events as the push
+/// script does.
+async fn push_with_id(keys: &Keys, id: &str, events: &[shared::queue::QueuedEvent]) {
+    let mut c = redis().await;
+    let payload = shared::queue::encode(events).expect("encode");
+    let _: String = redis::cmd("XADD")
+        .arg(keys.stream(0))
+        .arg(id)
+        .arg("v")
+        .arg(shared::queue::FORMAT_VERSION)
+        .arg("n")
+        .arg(events.len())
+        .arg("d")
+        .arg(payload)
+        .query_async(&mut c)
+        .await
+        .expect("xadd");
+    let _: i64 = redis::cmd("INCRBY")
+        .arg(keys.depth(0))
+        .arg(events.len())
+        .query_async(&mut c)
+        .await
+        .expect("depth");
+}
+
+/// Hole: two pipelines (two STREAM_PREFIX values) share a database, and their streams hold
+/// entries with the same id on the same shard. Each pipeline's entries are its own: nothing of
+/// the second is taken for done because the first wrote an entry of that id.
+#[tokio::test]
+async fn two_pipelines_sharing_a_database_never_skip_each_others_entries() {
+    let db = TestDb::migrated().await;
+    let (pa, pb) = (prefix(), prefix());
+    let (ka, kb) = (Keys::new(&pa, 2), Keys::new(&pb, 2));
+    let (ea, eb) = (events(5), events(7));
+    push_with_id(&ka, "1700000000000-0", &ea).await;
+    push_with_id(&kb, "1700000000000-0", &eb).await;
+    let a = start(env(&db, &pa, &[]), "a").await;
+    assert_eq!(wait_rows(&db, 5, Duration::from_secs(20)).await, 5);
+    let b = start(env(&db, &pb, &[]), "b").await;
+    let drained = shared::testing::wait_for(Duration::from_secs(20), || async {
+        (queue_state(&kb).await == (0, 0)).then_some(())
+    })
+    .await;
+    assert!(drained.is_some(), "{:?}", queue_state(&kb).await);
+    assert_exactly_once(&db, 12).await;
+    let pipelines = count(&db, "SELECT count(DISTINCT pipeline_id) FROM stream_pipelines").await;
+    assert_eq!(pipelines, 2);
+    // Each writer reports its queue's low-water mark for the dedupe prune.
+    let marked = shared::testing::wait_for(Duration::from_secs(10), || async {
+        let n = count(
+            &db,
+            "SELECT count(*) FROM stream_pipelines WHERE queue_low_water IS NOT NULL",
+        )
+        .await;
+        (n == 2).then_some(())
+    })
+    .await;
+    assert!(marked.is_some(), "both pipelines recorded a low-water mark");
+    a.stop().await;
+    b.stop().await;
+    cleanup(&pa).await;
+    cleanup(&pb).await;
+}
+
+/// Hole: an event is dead-lettered twice (its writer died between storing the dead letter and
+/// acknowledging the entry), and replays run twice at once, or are killed between the push and
+/// the delete: the event sits once in `dead_letters`, and is stored once.
+#[tokio::test]
+async fn dead_letters_are_kept_once_and_replays_store_each_event_once() {
+    use batch_writer::dead_letter;
+    let db = TestDb::migrated().await;
+    let prefix = prefix();
+    let keys = Keys::new(&prefix, 2);
+    let pool = shared::db::Pools::new(&db.config()).expect("pools").write;
+    let poison = events(3);
+    for e in &poison {
+        for _ in 0..2 {
+            dead_letter::store_event(&pool, e, "refused", &keys.stream(0), "1-0", 5)
+                .await
+                .expect("store");
+        }
+    }
+    for _ in 0..2 {
+        dead_letter::store_raw(&pool, b"\x01junk", "undecodable", &keys.stream(1), "2-0", 1)
+            .await
+            .expect("store raw");
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM dead_letters").await, 4);
+
+    // A replay "killed" after its push: the rows are put back as they were.
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT event_id, app_id, payload, error, stream, entry_id, deliveries \
+             FROM dead_letters WHERE event_id IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("rows");
+    let mut conn = shared::redis_conn::connect(
+        &shared::secret::Secret::new(REDIS.to_owned()),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("redis");
+    let n = dead_letter::replay(&pool, &mut conn, &keys, None)
+        .await
+        .expect("replay");
+    assert_eq!(n, 3);
+    let client = db.client().await;
+    for r in &rows {
+        client
+            .execute(
+                "INSERT INTO dead_letters (event_id, app_id, payload, error, stream, entry_id, deliveries) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[&r.get::<_, uuid::Uuid>(0), &r.get::<_, String>(1), &r.get::<_, Vec<u8>>(2), &r.get::<_, String>(3), &r.get::<_, String>(4), &r.get::<_, String>(5), &r.get::<_, i32>(6)],
+            )
+            .await
+            .expect("put back");
+    }
+    // Replayed again, twice at once.
+    let mut conn2 = conn.clone();
+    let (x, y) = tokio::join!(
+        dead_letter::replay(&pool, &mut conn, &keys, None),
+        dead_letter::replay(&pool, &mut conn2, &keys, None)
+    );
+    assert_eq!(x.expect("x") + y.expect("y"), 3, "each row replayed by one of them");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM dead_letters").await,
+        1,
+        "only the undecodable entry is left"
+    );
+    let w = start(env(&db, &prefix, &[]), "w").await;
+    let drained = shared::testing::wait_for(Duration::from_secs(20), || async {
+        (queue_state(&keys).await == (0, 0)).then_some(())
+    })
+    .await;
+    assert!(drained.is_some(), "{:?}", queue_state(&keys).await);
+    assert_exactly_once(&db, 3).await;
+    w.stop().await;
+    cleanup(&prefix).await;
+}
