@@ -2,7 +2,7 @@
 //! session advisory lock on a connection of its own; when it dies, the server closes the session,
 //! the lock is free, and another replica takes it at its next attempt (every `LEADER_RETRY_MS`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,8 @@ const LEADER_LOCK: i64 = 0x736c_7569_6365_2000;
 #[derive(Clone, Default)]
 pub struct Leadership {
     is_leader: Arc<AtomicBool>,
+    /// Attempts made so far (shown on `/readyz`: "not leader" means something once one was made).
+    attempts: Arc<AtomicU64>,
     /// Signalled each time this replica becomes leader.
     gained: Arc<tokio::sync::Notify>,
 }
@@ -23,6 +25,10 @@ pub struct Leadership {
 impl Leadership {
     pub fn is_leader(&self) -> bool {
         self.is_leader.load(Ordering::SeqCst)
+    }
+
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::SeqCst)
     }
 
     pub async fn gained(&self) {
@@ -49,6 +55,7 @@ impl Leadership {
             loop {
                 held = me.attempt(&db, held).await;
                 me.set(held.is_some());
+                me.attempts.fetch_add(1, Ordering::SeqCst);
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
                     _ = stop.cancelled() => break,

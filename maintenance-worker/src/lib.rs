@@ -121,6 +121,7 @@ pub async fn run(
                         "partitions_ahead_months": ahead,
                         "quarantine_rows": quarantine,
                         "leader": leader.is_leader(),
+                        "leader_attempts": leader.attempts(),
                     }),
                 }
             }) as futures::future::BoxFuture<'static, Readiness>

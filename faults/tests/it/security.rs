@@ -94,7 +94,12 @@ async fn the_pipeline_runs_over_redis_with_auth_and_tls_and_a_wrong_password_sta
         format!("rediss://:Wrong-pw-123@localhost:{port}/"),
     ));
     let gw = Daemon::start(&bin("ingest-gateway"), &bad).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The gateway has tried Redis and says so; only then is its 503 an answer.
+    let tried = shared::testing::wait_for(Duration::from_secs(15), || async {
+        gw.logs().contains("unreachable").then_some(())
+    })
+    .await;
+    assert!(tried.is_some(), "{}", gw.logs());
     assert!(matches!(
         http_get(&gw.ops_addr, "/readyz").await,
         Some((503, _))
@@ -113,7 +118,12 @@ async fn the_pipeline_runs_over_redis_with_auth_and_tls_and_a_wrong_password_sta
         format!("rediss://:s3cret-Redis-pw@localhost:{port}/"),
     ));
     let gw = Daemon::start(&bin("ingest-gateway"), &untrusted).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The gateway has tried Redis and says so; only then is its 503 an answer.
+    let tried = shared::testing::wait_for(Duration::from_secs(15), || async {
+        gw.logs().contains("unreachable").then_some(())
+    })
+    .await;
+    assert!(tried.is_some(), "{}", gw.logs());
     assert!(matches!(
         http_get(&gw.ops_addr, "/readyz").await,
         Some((503, _))

@@ -120,7 +120,14 @@ async fn leadership_moves_to_another_replica_when_the_leader_stops() {
     .await;
     assert_eq!(led, Some(true), "the first replica leads");
     let (b, stop_b, task_b) = start_in_process(&db, &[]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // B has tried for the lock at least once: its "not leader" is an answer, not a default.
+    let tried = wait_for(Duration::from_secs(5), || async {
+        let (_, body) = http_get(&b, "/readyz").await?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (v["detail"]["leader_attempts"].as_u64()? >= 1).then_some(())
+    })
+    .await;
+    assert!(tried.is_some(), "B tried for leadership");
     assert_eq!(is_leader(&b).await, Some(false), "only one acts");
     stop_a.cancel();
     let _ = task_a.await;
@@ -193,7 +200,17 @@ async fn readyz_is_503_when_fewer_than_two_months_of_partitions_lie_ahead() {
         is_leader(&addr).await.filter(|l| *l)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ran = wait_for(Duration::from_secs(10), || async {
+        let (_, m) = http_get(&addr, "/metrics").await?;
+        m.lines()
+            .any(|l| {
+                l.starts_with("sluice_maintenance_runs_total{job=\"partitions\",outcome=\"success\"}")
+                    && !l.ends_with(" 0")
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(ran.is_some(), "the leader's first partitions run finished");
     let (status, body) = http_get(&addr, "/readyz").await.expect("readyz");
     assert_eq!(status, 200, "{body}");
     let client = db.client().await;
