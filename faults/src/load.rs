@@ -1,7 +1,12 @@
 //! The load of a fault run, and the books it keeps: every event carries a sequence number of its
 //! own (in `session_id`), so what the gateway acknowledged can be compared with what PostgreSQL
-//! holds, event by event. One event in three also carries a client-chosen `event_id`, so both the
-//! gateway-assigned and the client-retry paths of exactly-once are exercised.
+//! holds, event by event. The load walks every exactly-once path:
+//! - one event in three carries a client-chosen `event_id`;
+//! - client retries: acknowledged events with a client id are sent again with the same id and
+//!   another `timestamp` (one in four in the previous month, another partition), and the
+//!   client-id events of a request that got no 202 are sent again as a client would;
+//! - poison events (`event_name` [`POISON`]), which PostgreSQL refuses while the run's poison
+//!   switch is on (see `Stack::poison`), so batches split, events are dead-lettered and replayed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,23 +14,48 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use chrono::Datelike;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
+
+/// The event name PostgreSQL refuses while a run's poison switch is on.
+pub const POISON: &str = "fault_poison";
+
+/// One request in this many carries a poison event: every batch holding one is split, so more
+/// would measure splitting rather than the faults.
+pub const POISON_EVERY: u64 = 300;
+
+/// One event as the load sends it: its sequence number and, when the client chose one, its id.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    seq: u64,
+    id: Option<uuid::Uuid>,
+    poison: bool,
+}
 
 /// Acknowledged sequence numbers and request outcomes.
 #[derive(Default)]
 pub struct Books {
     next: AtomicU64,
     acked: Mutex<Vec<u64>>,
+    /// Events with a client id: acknowledged ones (to retry later) and unacknowledged ones (to
+    /// send again, as a client whose request failed would).
+    retry_acked: Mutex<Vec<Sent>>,
+    retry_failed: Mutex<Vec<Sent>>,
     pub requests_ok: AtomicU64,
     pub requests_failed: AtomicU64,
+    pub retries_sent: AtomicU64,
+    pub poison_sent: AtomicU64,
 }
 
 impl Books {
     pub fn acked(&self) -> Vec<u64> {
-        self.acked.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut v = self.acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 }
 
@@ -51,24 +81,47 @@ impl Sender {
         }
     }
 
-    /// Sends `n` new events in one request; when the gateway answered 202 for all of them, their
-    /// sequence numbers are booked as acknowledged and the first is returned.
+    /// Sends `n` new events in one request (one in [`POISON_EVERY`] requests carries a poison
+    /// event when `poison` is set); when the gateway answered 202 for all of them, their sequence numbers
+    /// are booked as acknowledged and the first is returned.
     pub async fn send(&self, n: usize) -> Option<u64> {
+        self.send_new(n, false).await
+    }
+
+    async fn send_new(&self, n: usize, poison: bool) -> Option<u64> {
         let first = self.books.next.fetch_add(n as u64, Ordering::Relaxed);
-        let seqs: Vec<u64> = (first..first + n as u64).collect();
-        let events: Vec<serde_json::Value> = seqs
+        let with_poison = poison && first % (POISON_EVERY * n as u64) < n as u64 && n > 1;
+        let batch: Vec<Sent> = (first..first + n as u64)
+            .map(|seq| Sent {
+                seq,
+                id: (seq % 3 == 0).then(uuid::Uuid::new_v4),
+                poison: with_poison && seq == first,
+            })
+            .collect();
+        if with_poison {
+            self.books.poison_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        self.post(&batch, None).await.then_some(first)
+    }
+
+    /// Sends `batch` with `timestamp` (none: the gateway's receive time); books the outcome.
+    async fn post(&self, batch: &[Sent], timestamp: Option<&str>) -> bool {
+        let events: Vec<serde_json::Value> = batch
             .iter()
-            .map(|s| {
-                let mut e = serde_json::json!({
-                    "event_name": "fault_probe",
-                    "session_id": format!("s{s}"),
-                    "user_id": format!("u{}", s % 97),
-                    "metadata": {"seq": s},
+            .map(|e| {
+                let mut v = serde_json::json!({
+                    "event_name": if e.poison { POISON } else { "fault_probe" },
+                    "session_id": format!("s{}", e.seq),
+                    "user_id": format!("u{}", e.seq % 97),
+                    "metadata": {"seq": e.seq},
                 });
-                if s % 3 == 0 {
-                    e["event_id"] = serde_json::json!(uuid::Uuid::new_v4());
+                if let Some(id) = e.id {
+                    v["event_id"] = serde_json::json!(id);
                 }
-                e
+                if let Some(t) = timestamp {
+                    v["timestamp"] = serde_json::json!(t);
+                }
+                v
             })
             .collect();
         let body = serde_json::to_vec(&events).unwrap_or_default();
@@ -77,7 +130,7 @@ impl Sender {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))
         else {
-            return None;
+            return false;
         };
         let reply = tokio::time::timeout(Duration::from_secs(10), async {
             let resp = self.client.request(req).await.ok()?;
@@ -90,39 +143,87 @@ impl Sender {
             Ok(Some((202, body))) => serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v["accepted"].as_u64())
-                .is_some_and(|a| a == n as u64),
+                .is_some_and(|a| a == batch.len() as u64),
             _ => false,
         };
+        let with_id = batch.iter().filter(|e| e.id.is_some()).copied();
         if accepted {
             self.books
                 .acked
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .extend(seqs);
+                .extend(batch.iter().map(|e| e.seq));
+            let mut r = self.books.retry_acked.lock().unwrap_or_else(|e| e.into_inner());
+            if r.len() < 10_000 {
+                r.extend(with_id);
+            }
             self.books.requests_ok.fetch_add(1, Ordering::Relaxed);
-            Some(first)
         } else {
+            let mut r = self.books.retry_failed.lock().unwrap_or_else(|e| e.into_inner());
+            r.extend(with_id);
             self.books.requests_failed.fetch_add(1, Ordering::Relaxed);
-            None
         }
+        accepted
+    }
+
+    /// A client retry: events with a client id sent again, the same ids and sequence numbers,
+    /// with another timestamp: first those whose request failed, else acknowledged ones. One
+    /// retry in four is dated in the previous month (another partition).
+    pub async fn retry(&self, n: usize, round: u64) -> bool {
+        let failed: Vec<Sent> = {
+            let mut f = self.books.retry_failed.lock().unwrap_or_else(|e| e.into_inner());
+            let k = f.len().min(n);
+            f.drain(..k).collect()
+        };
+        let batch = if failed.is_empty() {
+            let mut a = self.books.retry_acked.lock().unwrap_or_else(|e| e.into_inner());
+            let k = a.len().min(n);
+            a.drain(..k).collect()
+        } else {
+            failed
+        };
+        if batch.is_empty() {
+            return false;
+        }
+        let now = chrono::Utc::now();
+        let at = if round % 4 == 0 {
+            // The last hour of the previous month.
+            let first = now.date_naive().with_day(1).unwrap_or(now.date_naive());
+            first.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).unwrap_or(now) - chrono::Duration::minutes(30)
+        } else {
+            now - chrono::Duration::seconds(90)
+        };
+        self.books.retries_sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.post(&batch, Some(&at.to_rfc3339())).await
     }
 }
 
-/// A steady load: `connections` senders, each sending `batch` events then pausing `pause`.
+/// A steady load: `connections` senders, each sending `batch` events then pausing `pause`, with
+/// poison events mixed in when `poison`, and one client-retry request every tenth request.
 pub struct Load {
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Load {
-    pub fn start(sender: &Sender, connections: usize, batch: usize, pause: Duration) -> Self {
+    pub fn start(
+        sender: &Sender,
+        connections: usize,
+        batch: usize,
+        pause: Duration,
+        poison: bool,
+    ) -> Self {
         let stop = CancellationToken::new();
         let tasks = (0..connections)
             .map(|_| {
                 let (s, stop) = (sender.clone(), stop.clone());
                 tokio::spawn(async move {
+                    let mut round = 0u64;
                     while !stop.is_cancelled() {
-                        if s.send(batch).await.is_none() {
+                        round += 1;
+                        if round % 10 == 0 {
+                            s.retry(batch / 2, round / 10).await;
+                        } else if s.send_new(batch, poison).await.is_none() {
                             // A refused request: back off a little, as a real client would.
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
@@ -158,7 +259,7 @@ pub async fn audit(db: &tokio_postgres::Client, acked: &[u64]) -> anyhow::Result
     let rows = db
         .query(
             "SELECT session_id, count(*) FROM analytics_events \
-             WHERE event_name = 'fault_probe' GROUP BY session_id",
+             WHERE event_name IN ('fault_probe', 'fault_poison') GROUP BY session_id",
             &[],
         )
         .await?;

@@ -1,7 +1,11 @@
-//! The faults, and one run of each: load, inject, clear, measure recovery, more load, drain,
-//! audit.
+//! The faults, and one run of each: load (with poison events, client retries and dead-letter
+//! replays running throughout), inject, clear, measure recovery, more load; then the poison is
+//! lifted, the dead letters replayed (one replay killed midway, two at once), the queue drained,
+//! every daemon stopped, and only then the audit, event by event.
 
 use std::time::{Duration, Instant};
+
+use std::sync::atomic::Ordering::Relaxed;
 
 use anyhow::Context;
 
@@ -13,6 +17,9 @@ use crate::stack::{Stack, SHARDS};
 pub enum Fault {
     /// SIGKILL of one batch writer (restarted a second later, as a supervisor would).
     WriterKill,
+    /// One batch writer stalled (SIGSTOP) past `CLAIM_IDLE_MS`, so the other claims its entries
+    /// (and splits batches with poison in them), then resumed (SIGCONT) with its batches in hand.
+    WriterStall,
     /// SIGKILL of the gateway (restarted).
     GatewayKill,
     /// SIGKILL of the maintenance worker (restarted).
@@ -34,8 +41,9 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 10] = [
         Fault::WriterKill,
+        Fault::WriterStall,
         Fault::GatewayKill,
         Fault::MaintenanceKill,
         Fault::PostgresRestart,
@@ -49,6 +57,7 @@ impl Fault {
     pub fn name(self) -> &'static str {
         match self {
             Fault::WriterKill => "batch-writer SIGKILL",
+            Fault::WriterStall => "batch-writer stalled past CLAIM_IDLE_MS (SIGSTOP)",
             Fault::GatewayKill => "gateway SIGKILL",
             Fault::MaintenanceKill => "maintenance-worker SIGKILL",
             Fault::PostgresRestart => "PostgreSQL restart (immediate)",
@@ -97,15 +106,50 @@ pub struct Outcome {
     pub audit: Audit,
     /// From the fault cleared to a new event stored; `None` when it never came.
     pub recovery: Option<Duration>,
-    /// Every daemon answered `/readyz` 200 at the end, with no restart by hand.
+    /// Every daemon answered `/readyz` 200 at the end, with no restart by hand, and stopped
+    /// cleanly on SIGTERM.
     pub healthy: bool,
     pub requests_failed: u64,
+    /// Client retries sent (events), poison requests sent, dead-letter replays run.
+    pub retries: u64,
+    pub poison: u64,
+    pub replays: u64,
+    /// Dead letters left after the final replays (must be none).
+    pub dead_letters_left: i64,
 }
 
 impl Outcome {
     pub fn passed(&self) -> bool {
-        self.audit.lost == 0 && self.audit.doubled == 0 && self.recovery.is_some() && self.healthy
+        self.audit.lost == 0
+            && self.audit.doubled == 0
+            && self.dead_letters_left == 0
+            && self.recovery.is_some()
+            && self.healthy
     }
+}
+
+/// Dead-letter replays while the load runs: every `every`, one replay killed after a few
+/// milliseconds and two at once. Returns the number run.
+fn spawn_replays(
+    stack: &Stack,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<u64> {
+    let stack = stack.replayer();
+    tokio::spawn(async move {
+        let mut runs = 0u64;
+        let mut i = 0u64;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return runs,
+            }
+            i += 1;
+            stack.replay(Some(Duration::from_millis(5 + (i * 7) % 40))).await;
+            tokio::join!(stack.replay(None), stack.replay(None));
+            runs += 3;
+        }
+    })
 }
 
 /// The servers the faults act on.
@@ -146,7 +190,10 @@ pub async fn run(servers: &mut Servers, fault: Fault, timing: Timing) -> anyhow:
         _ => format!("faults-{name}-{}", uuid::Uuid::new_v4().simple()),
     };
     let mut stack = Stack::start(&servers.pg, &redis_url, &name, &prefix).await?;
-    let load = Load::start(&stack.sender, CONNECTIONS, BATCH, PAUSE);
+    stack.poison(true).await?;
+    let load = Load::start(&stack.sender, CONNECTIONS, BATCH, PAUSE, true);
+    let stop_replays = tokio_util::sync::CancellationToken::new();
+    let replays = spawn_replays(&stack, Duration::from_millis(1500), stop_replays.clone());
     tokio::time::sleep(timing.before).await;
 
     inject(servers, &mut stack, fault, timing).await?;
@@ -155,32 +202,52 @@ pub async fn run(servers: &mut Servers, fault: Fault, timing: Timing) -> anyhow:
     let recovery_time = recovered.map(|_| cleared.elapsed());
     tokio::time::sleep(timing.after).await;
     load.stop().await;
+    stop_replays.cancel();
+    let mut replays_run = replays.await.unwrap_or(0);
 
-    let drained = stack.drain(Duration::from_secs(90)).await;
-    let healthy = drained
+    // The operator fixes the cause and replays, the hard way: one replay killed midway, then
+    // two at once; then until nothing is left (entries may reach MAX_DELIVERIES meanwhile).
+    stack.poison(false).await?;
+    stack.replay(Some(Duration::from_millis(15))).await;
+    tokio::join!(stack.replay(None), stack.replay(None));
+    replays_run += 3;
+    let mut drained = stack.drain(Duration::from_secs(90)).await;
+    for _ in 0..5 {
+        if stack.dead_letters().await.unwrap_or(1) == 0 {
+            break;
+        }
+        stack.replay(None).await;
+        replays_run += 1;
+        drained = stack.drain(Duration::from_secs(60)).await;
+    }
+    let dead_letters_left = stack.dead_letters().await.unwrap_or(-1);
+    let ready = drained
         && shared::testing::wait_for(Duration::from_secs(30), || async {
             stack.all_ready().await.then_some(())
         })
         .await
         .is_some();
+    let logs = stack.logs();
+    // Nothing may write after this point: the audit reads a finished database.
+    let stopped = stack.stop_all(Duration::from_secs(30));
     let acked = stack.sender.books.acked();
     let audit = audit(&stack.db().await?, &acked).await?;
+    let books = &stack.sender.books;
     let outcome = Outcome {
         fault,
         audit,
         recovery: recovery_time,
-        healthy,
-        requests_failed: stack
-            .sender
-            .books
-            .requests_failed
-            .load(std::sync::atomic::Ordering::Relaxed),
+        healthy: ready && stopped,
+        requests_failed: books.requests_failed.load(Relaxed),
+        retries: books.retries_sent.load(Relaxed),
+        poison: books.poison_sent.load(Relaxed),
+        replays: replays_run,
+        dead_letters_left,
     };
     if !outcome.passed() {
         eprintln!(
-            "--- {} failed: {outcome:?}; daemon logs:\n{}",
+            "--- {} failed: {outcome:?}; daemon logs:\n{logs}",
             fault.name(),
-            stack.logs()
         );
     }
     Ok(outcome)
@@ -203,6 +270,14 @@ async fn inject(
             kill(&mut stack.writers[0]);
             tokio::time::sleep(Duration::from_secs(1)).await;
             stack.start_writer(0).await;
+        }
+        Fault::WriterStall => {
+            if let Some(w) = &stack.writers[0] {
+                signal(w, "-STOP");
+                // Past CLAIM_IDLE_MS (2 s): the other writer claims what this one holds.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                signal(w, "-CONT");
+            }
         }
         Fault::GatewayKill => {
             kill(&mut stack.gateway);
@@ -265,20 +340,29 @@ async fn inject(
     Ok(())
 }
 
+fn signal(d: &shared::testing::Daemon, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([sig, &d.child.id().to_string()])
+        .status();
+}
+
 /// The results as a Markdown table.
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut s = String::from(
-        "| fault | acknowledged | stored | lost | doubled | refused requests | recovery | healthy |\n|---|---:|---:|---:|---:|---:|---:|---|\n",
+        "| fault | acknowledged | stored | lost | doubled | refused requests | client retries | poison requests | replays | recovery | healthy |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for o in outcomes {
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             o.fault.name(),
             o.audit.acknowledged,
             o.audit.stored,
             o.audit.lost,
             o.audit.doubled,
             o.requests_failed,
+            o.retries,
+            o.poison,
+            o.replays,
             o.recovery
                 .map_or("never".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
             if o.healthy { "yes" } else { "NO" },

@@ -95,7 +95,7 @@ pub async fn run(
     pause: Duration,
 ) -> anyhow::Result<(Vec<Sample>, Audit, bool)> {
     let started = Instant::now();
-    let load = Load::start(&stack.sender, connections, 20, pause);
+    let load = Load::start(&stack.sender, connections, 20, pause, false);
     let mut samples = Vec::new();
     while started.elapsed() < duration {
         tokio::time::sleep(every.min(duration.saturating_sub(started.elapsed()))).await;

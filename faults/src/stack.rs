@@ -47,6 +47,55 @@ pub struct Stack {
     bins: PathBuf,
 }
 
+/// Runs dead-letter replays of one stack.
+#[derive(Clone)]
+pub struct Replayer {
+    bin: String,
+    env: Vec<(String, String)>,
+}
+
+impl Replayer {
+    /// Runs `batch-writer dead-letter replay --all`; with `kill_after`, SIGKILLs it after that
+    /// long (it may have pushed some dead letters and not deleted them). True when it ran to the
+    /// end successfully.
+    pub async fn replay(&self, kill_after: Option<Duration>) -> bool {
+        let Ok(mut child) = tokio::process::Command::new(&self.bin)
+            .args(["dead-letter", "replay", "--all"])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        else {
+            return false;
+        };
+        match kill_after {
+            Some(d) => match tokio::time::timeout(d, child.wait()).await {
+                Ok(status) => status.is_ok_and(|s| s.success()),
+                Err(_) => {
+                    let _ = child.kill().await;
+                    false
+                }
+            },
+            None => child.wait().await.is_ok_and(|s| s.success()),
+        }
+    }
+}
+
+/// The poison switch: a row trigger that refuses events named `fault_poison` while
+/// `fault_poison_on` holds a row. Its WHEN clause keeps it free for every other row.
+const POISON_SQL: &str = "
+CREATE TABLE fault_poison_on (on_ boolean PRIMARY KEY);
+CREATE FUNCTION fault_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM fault_poison_on) THEN
+    RAISE EXCEPTION 'poison event refused' USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER fault_poison BEFORE INSERT ON analytics_events
+  FOR EACH ROW WHEN (NEW.event_name = 'fault_poison') EXECUTE FUNCTION fault_poison();
+";
+
 impl Stack {
     /// A new database (migrated by `maintenance-worker migrate`), an app, and the daemons.
     pub async fn start(
@@ -80,6 +129,7 @@ impl Stack {
             ("GATEWAY_ADDR", gateway_addr.clone()),
             ("QUEUE_HIGH_WATER", "10000000".into()),
             ("CLAIM_IDLE_MS", "2000".into()),
+            ("MAX_DELIVERIES", "3".into()),
             ("BATCH_LINGER_MS", "100".into()),
             ("LOG_LEVEL", "warn".into()),
         ]
@@ -97,6 +147,7 @@ impl Stack {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         };
         run("maintenance-worker", &["migrate"])?;
+        pg.client(&db).await?.batch_execute(POISON_SQL).await?;
         let app: serde_json::Value =
             serde_json::from_str(&run("ingest-gateway", &["apps", "create", "--name", name])?)?;
         let key = app["ingest_key"].as_str().context("ingest_key")?.to_owned();
@@ -178,6 +229,57 @@ impl Stack {
             .query_async(&mut conn)
             .await?;
         Ok(v.into_iter().flatten().sum())
+    }
+
+    /// What [`Stack::replay`] needs, detached from the daemons (for a task of its own).
+    pub fn replayer(&self) -> Replayer {
+        Replayer {
+            bin: self.bin("batch-writer"),
+            env: self.env.clone(),
+        }
+    }
+
+    /// Turns the poison switch on or off: while on, PostgreSQL refuses events named
+    /// [`crate::load::POISON`] (a check violation, as a bad row would).
+    pub async fn poison(&self, on: bool) -> anyhow::Result<()> {
+        let sql = if on {
+            "INSERT INTO fault_poison_on VALUES (true) ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM fault_poison_on"
+        };
+        self.db().await?.batch_execute(sql).await?;
+        Ok(())
+    }
+
+    /// See [`Replayer::replay`].
+    pub async fn replay(&self, kill_after: Option<Duration>) -> bool {
+        self.replayer().replay(kill_after).await
+    }
+
+    /// Rows in `dead_letters`.
+    pub async fn dead_letters(&self) -> anyhow::Result<i64> {
+        Ok(self
+            .db()
+            .await?
+            .query_one("SELECT count(*) FROM dead_letters", &[])
+            .await?
+            .get(0))
+    }
+
+    /// Stops every daemon with SIGTERM and waits for each to exit (SIGKILL past `limit`), so
+    /// nothing can write after the audit starts. False when one had to be killed.
+    pub fn stop_all(&mut self, limit: Duration) -> bool {
+        let mut clean = true;
+        let all = self
+            .gateway
+            .take()
+            .into_iter()
+            .chain(self.writers.iter_mut().filter_map(Option::take))
+            .chain(self.maintenance.take());
+        for mut d in all {
+            clean &= d.terminate(limit).is_some();
+        }
+        clean
     }
 
     /// Waits until the queue is empty and the stored count has stopped moving.
