@@ -187,8 +187,6 @@ async fn replay_one(
     tx.execute("DELETE FROM dead_letters WHERE id = $1", &[&id])
         .await
         .map_err(DbError::query("delete dead letter"))?;
-    tx.commit()
-        .await
-        .map_err(DbError::query("commit replay"))?;
+    tx.commit().await.map_err(DbError::query("commit replay"))?;
     Ok(events.len())
 }

@@ -59,11 +59,7 @@ pub async fn connect_redis(
 
 /// This pipeline's number (see [`bookkeeping::register`]), retrying until PostgreSQL answers or
 /// `shutdown`.
-async fn register(
-    db: &shared::db::Db,
-    prefix: &str,
-    shutdown: &CancellationToken,
-) -> Option<u16> {
+async fn register(db: &shared::db::Db, prefix: &str, shutdown: &CancellationToken) -> Option<u16> {
     let mut delay = Duration::from_millis(100);
     loop {
         match bookkeeping::register(db, prefix).await {

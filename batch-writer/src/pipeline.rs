@@ -373,16 +373,18 @@ pub async fn process(ctx: &Ctx, batch: Batch) {
     let mut infos: Vec<EntryInfo> = batch
         .entries
         .iter()
-        .map(|e| match queue::entry_ledger_key(ctx.pipeline, e.shard, &e.id) {
-            Some(key) => EntryInfo {
-                key,
-                suspect: e.deliveries > 1,
+        .map(
+            |e| match queue::entry_ledger_key(ctx.pipeline, e.shard, &e.id) {
+                Some(key) => EntryInfo {
+                    key,
+                    suspect: e.deliveries > 1,
+                },
+                None => EntryInfo {
+                    key: uuid::Uuid::now_v7(),
+                    suspect: true,
+                },
             },
-            None => EntryInfo {
-                key: uuid::Uuid::now_v7(),
-                suspect: true,
-            },
-        })
+        )
         .collect();
     let Some((written, failures)) = write_all(ctx, &events, &mut infos).await else {
         metrics::batch("abandoned");

@@ -174,10 +174,7 @@ impl Store {
         let client = self.db.get("list partitions").await?;
         let months = partitions::existing(&client).await?;
         let legacy_keys: bool = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM event_dedupe_legacy)",
-                &[],
-            )
+            .query_one("SELECT EXISTS (SELECT 1 FROM event_dedupe_legacy)", &[])
             .await
             .map_err(DbError::query("look for legacy dedupe keys"))?
             .get(0);

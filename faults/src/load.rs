@@ -153,13 +153,21 @@ impl Sender {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .extend(batch.iter().map(|e| e.seq));
-            let mut r = self.books.retry_acked.lock().unwrap_or_else(|e| e.into_inner());
+            let mut r = self
+                .books
+                .retry_acked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if r.len() < 10_000 {
                 r.extend(with_id);
             }
             self.books.requests_ok.fetch_add(1, Ordering::Relaxed);
         } else {
-            let mut r = self.books.retry_failed.lock().unwrap_or_else(|e| e.into_inner());
+            let mut r = self
+                .books
+                .retry_failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             r.extend(with_id);
             self.books.requests_failed.fetch_add(1, Ordering::Relaxed);
         }
@@ -171,12 +179,20 @@ impl Sender {
     /// retry in four is dated in the previous month (another partition).
     pub async fn retry(&self, n: usize, round: u64) -> bool {
         let failed: Vec<Sent> = {
-            let mut f = self.books.retry_failed.lock().unwrap_or_else(|e| e.into_inner());
+            let mut f = self
+                .books
+                .retry_failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let k = f.len().min(n);
             f.drain(..k).collect()
         };
         let batch = if failed.is_empty() {
-            let mut a = self.books.retry_acked.lock().unwrap_or_else(|e| e.into_inner());
+            let mut a = self
+                .books
+                .retry_acked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let k = a.len().min(n);
             a.drain(..k).collect()
         } else {
@@ -189,11 +205,17 @@ impl Sender {
         let at = if round % 4 == 0 {
             // The last hour of the previous month.
             let first = now.date_naive().with_day(1).unwrap_or(now.date_naive());
-            first.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).unwrap_or(now) - chrono::Duration::minutes(30)
+            first
+                .and_hms_opt(0, 0, 0)
+                .map(|t| t.and_utc())
+                .unwrap_or(now)
+                - chrono::Duration::minutes(30)
         } else {
             now - chrono::Duration::seconds(90)
         };
-        self.books.retries_sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.books
+            .retries_sent
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         self.post(&batch, Some(&at.to_rfc3339())).await
     }
 }

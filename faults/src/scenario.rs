@@ -128,9 +128,57 @@ impl Outcome {
     }
 }
 
+/// How a run ended.
+pub struct End {
+    pub audit: Audit,
+    pub replays: u64,
+    pub dead_letters_left: i64,
+    /// Drained, every daemon ready, then every daemon stopped cleanly on SIGTERM.
+    pub healthy: bool,
+    /// The daemons' logs, taken before they stopped.
+    pub logs: String,
+}
+
+/// The end of a run, after the load has stopped: the operator lifts the poison and replays the
+/// dead letters the hard way (one replay killed midway, then two at once, then until nothing is
+/// left, as entries may reach `MAX_DELIVERIES` meanwhile); the queue drains; every daemon must be
+/// ready, then is stopped; only then the audit reads the finished database.
+pub async fn finish(stack: &mut Stack) -> anyhow::Result<End> {
+    stack.poison(false).await?;
+    stack.replay(Some(Duration::from_millis(15))).await;
+    tokio::join!(stack.replay(None), stack.replay(None));
+    let mut replays = 3;
+    let mut drained = stack.drain(Duration::from_secs(90)).await;
+    for _ in 0..5 {
+        if stack.dead_letters().await.unwrap_or(1) == 0 {
+            break;
+        }
+        stack.replay(None).await;
+        replays += 1;
+        drained = stack.drain(Duration::from_secs(60)).await;
+    }
+    let dead_letters_left = stack.dead_letters().await.unwrap_or(-1);
+    let ready = drained
+        && shared::testing::wait_for(Duration::from_secs(30), || async {
+            stack.all_ready().await.then_some(())
+        })
+        .await
+        .is_some();
+    let logs = stack.logs();
+    let stopped = stack.stop_all(Duration::from_secs(30));
+    let audit = audit(&stack.db().await?, &stack.sender.books.acked()).await?;
+    Ok(End {
+        audit,
+        replays,
+        dead_letters_left,
+        healthy: ready && stopped,
+        logs,
+    })
+}
+
 /// Dead-letter replays while the load runs: every `every`, one replay killed after a few
 /// milliseconds and two at once. Returns the number run.
-fn spawn_replays(
+pub fn spawn_replays(
     stack: &Stack,
     every: Duration,
     stop: tokio_util::sync::CancellationToken,
@@ -145,7 +193,9 @@ fn spawn_replays(
                 _ = stop.cancelled() => return runs,
             }
             i += 1;
-            stack.replay(Some(Duration::from_millis(5 + (i * 7) % 40))).await;
+            stack
+                .replay(Some(Duration::from_millis(5 + (i * 7) % 40)))
+                .await;
             tokio::join!(stack.replay(None), stack.replay(None));
             runs += 3;
         }
@@ -205,49 +255,25 @@ pub async fn run(servers: &mut Servers, fault: Fault, timing: Timing) -> anyhow:
     stop_replays.cancel();
     let mut replays_run = replays.await.unwrap_or(0);
 
-    // The operator fixes the cause and replays, the hard way: one replay killed midway, then
-    // two at once; then until nothing is left (entries may reach MAX_DELIVERIES meanwhile).
-    stack.poison(false).await?;
-    stack.replay(Some(Duration::from_millis(15))).await;
-    tokio::join!(stack.replay(None), stack.replay(None));
-    replays_run += 3;
-    let mut drained = stack.drain(Duration::from_secs(90)).await;
-    for _ in 0..5 {
-        if stack.dead_letters().await.unwrap_or(1) == 0 {
-            break;
-        }
-        stack.replay(None).await;
-        replays_run += 1;
-        drained = stack.drain(Duration::from_secs(60)).await;
-    }
-    let dead_letters_left = stack.dead_letters().await.unwrap_or(-1);
-    let ready = drained
-        && shared::testing::wait_for(Duration::from_secs(30), || async {
-            stack.all_ready().await.then_some(())
-        })
-        .await
-        .is_some();
-    let logs = stack.logs();
-    // Nothing may write after this point: the audit reads a finished database.
-    let stopped = stack.stop_all(Duration::from_secs(30));
-    let acked = stack.sender.books.acked();
-    let audit = audit(&stack.db().await?, &acked).await?;
+    let end = finish(&mut stack).await?;
+    replays_run += end.replays;
     let books = &stack.sender.books;
     let outcome = Outcome {
         fault,
-        audit,
         recovery: recovery_time,
-        healthy: ready && stopped,
+        healthy: end.healthy,
         requests_failed: books.requests_failed.load(Relaxed),
         retries: books.retries_sent.load(Relaxed),
         poison: books.poison_sent.load(Relaxed),
         replays: replays_run,
-        dead_letters_left,
+        dead_letters_left: end.dead_letters_left,
+        audit: end.audit,
     };
     if !outcome.passed() {
         eprintln!(
-            "--- {} failed: {outcome:?}; daemon logs:\n{logs}",
+            "--- {} failed: {outcome:?}; daemon logs:\n{}",
             fault.name(),
+            end.logs
         );
     }
     Ok(outcome)

@@ -6,7 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::load::{audit, Audit, Load};
+use crate::load::Load;
+use crate::scenario::{finish, spawn_replays, End};
 use crate::stack::Stack;
 
 /// One sample.
@@ -86,16 +87,21 @@ pub async fn sample(stack: &Stack, started: Instant) -> anyhow::Result<Sample> {
     })
 }
 
-/// Runs the load for `duration`, sampling every `every`; then drains and audits.
+/// Runs the fault suite's load (poison events, client retries, dead-letter replays) for
+/// `duration`, sampling every `every`; then the suite's end: poison lifted, dead letters replayed,
+/// drain, every daemon stopped, audit.
 pub async fn run(
-    stack: &Stack,
+    stack: &mut Stack,
     duration: Duration,
     every: Duration,
     connections: usize,
     pause: Duration,
-) -> anyhow::Result<(Vec<Sample>, Audit, bool)> {
+) -> anyhow::Result<(Vec<Sample>, End)> {
     let started = Instant::now();
-    let load = Load::start(&stack.sender, connections, 20, pause, false);
+    stack.poison(true).await?;
+    let load = Load::start(&stack.sender, connections, 20, pause, true);
+    let stop_replays = tokio_util::sync::CancellationToken::new();
+    let replays = spawn_replays(stack, Duration::from_secs(5), stop_replays.clone());
     let mut samples = Vec::new();
     while started.elapsed() < duration {
         tokio::time::sleep(every.min(duration.saturating_sub(started.elapsed()))).await;
@@ -104,12 +110,14 @@ pub async fn run(
         samples.push(s);
     }
     load.stop().await;
-    let drained = stack.drain(Duration::from_secs(120)).await;
+    stop_replays.cancel();
+    let during = replays.await.unwrap_or(0);
+    let mut end = finish(stack).await?;
+    end.replays += during;
     let after = sample(stack, started).await?;
     eprintln!("after the drain: {}", row(&after));
     samples.push(after);
-    let audit = audit(&stack.db().await?, &stack.sender.books.acked()).await?;
-    Ok((samples, audit, drained))
+    Ok((samples, end))
 }
 
 fn row(s: &Sample) -> String {

@@ -111,14 +111,17 @@ impl Cache {
     pub fn spawn_gauges(self: &Arc<Self>, every: Duration, tasks: &shared::tasks::Tasks) {
         let me = self.clone();
         let stop = tasks.stop_token();
-        tasks.spawn("cache_gauges", shared::shutdown::every(every, stop, move || {
-            let me = me.clone();
-            async move {
-                if let Some(s) = me.stats().await {
-                    shared::metrics::cache_state(s.keys, s.memory_bytes, s.hit_ratio);
+        tasks.spawn(
+            "cache_gauges",
+            shared::shutdown::every(every, stop, move || {
+                let me = me.clone();
+                async move {
+                    if let Some(s) = me.stats().await {
+                        shared::metrics::cache_state(s.keys, s.memory_bytes, s.hit_ratio);
+                    }
                 }
-            }
-        }));
+            }),
+        );
     }
 
     /// `MGET`: one value (or none) per key, in order; all `None` when the cache is down.

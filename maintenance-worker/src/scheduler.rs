@@ -39,13 +39,10 @@ pub fn spawn(
         .iter()
         .map(|job| {
             let cron = schedule_of(&schedules, *job).clone();
-            watched.spawn(job.name(), job_loop(
-                *job,
-                cron,
-                ctx.clone(),
-                leader.clone(),
-                stop.clone(),
-            ))
+            watched.spawn(
+                job.name(),
+                job_loop(*job, cron, ctx.clone(), leader.clone(), stop.clone()),
+            )
         })
         .collect();
     let (ctx2, leader2, stop2) = (ctx.clone(), leader.clone(), stop.clone());

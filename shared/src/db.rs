@@ -447,22 +447,25 @@ impl Db {
     pub fn spawn_upkeep(&self, every: Duration, tasks: &crate::tasks::Tasks) {
         let db = self.clone();
         let stop = tasks.stop_token();
-        tasks.spawn("pool_upkeep", crate::shutdown::every(every, stop, move || {
-            let db = db.clone();
-            async move {
-                let retired = db.retire_old();
-                if retired > 0 {
-                    tracing::debug!(
-                        retired,
-                        pool = db.inner.name.as_str(),
-                        "Retired old connections."
-                    );
+        tasks.spawn(
+            "pool_upkeep",
+            crate::shutdown::every(every, stop, move || {
+                let db = db.clone();
+                async move {
+                    let retired = db.retire_old();
+                    if retired > 0 {
+                        tracing::debug!(
+                            retired,
+                            pool = db.inner.name.as_str(),
+                            "Retired old connections."
+                        );
+                    }
+                    if let Err(e) = db.warm().await {
+                        tracing::warn!(error = %e, "Cannot keep the pool's minimum open.");
+                    }
+                    db.export_gauges();
                 }
-                if let Err(e) = db.warm().await {
-                    tracing::warn!(error = %e, "Cannot keep the pool's minimum open.");
-                }
-                db.export_gauges();
-            }
-        }));
+            }),
+        );
     }
 }

@@ -92,6 +92,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         stop.cancel();
         w.await.expect("watcher");
-        assert_eq!(tasks.dead(), vec!["panics", "returns"], "a stop is no death");
+        assert_eq!(
+            tasks.dead(),
+            vec!["panics", "returns"],
+            "a stop is no death"
+        );
     }
 }

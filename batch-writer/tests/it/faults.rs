@@ -401,7 +401,11 @@ async fn a_claimed_entry_held_by_an_open_transaction_is_not_written_twice() {
         (n > 0).then_some(())
     })
     .await;
-    assert!(blocked.is_some(), "B never waited on E's lock\n{}", b.logs());
+    assert!(
+        blocked.is_some(),
+        "B never waited on E's lock\n{}",
+        b.logs()
+    );
     assert_eq!(
         count(&db, "SELECT count(*) FROM analytics_events").await,
         1,
@@ -468,7 +472,11 @@ async fn two_pipelines_sharing_a_database_never_skip_each_others_entries() {
     .await;
     assert!(drained.is_some(), "{:?}", queue_state(&kb).await);
     assert_exactly_once(&db, 12).await;
-    let pipelines = count(&db, "SELECT count(DISTINCT pipeline_id) FROM stream_pipelines").await;
+    let pipelines = count(
+        &db,
+        "SELECT count(DISTINCT pipeline_id) FROM stream_pipelines",
+    )
+    .await;
     assert_eq!(pipelines, 2);
     // Each writer reports its queue's low-water mark for the dedupe prune.
     let marked = shared::testing::wait_for(Duration::from_secs(10), || async {
@@ -550,7 +558,11 @@ async fn dead_letters_are_kept_once_and_replays_store_each_event_once() {
         dead_letter::replay(&pool, &mut conn, &keys, None),
         dead_letter::replay(&pool, &mut conn2, &keys, None)
     );
-    assert_eq!(x.expect("x") + y.expect("y"), 3, "each row replayed by one of them");
+    assert_eq!(
+        x.expect("x") + y.expect("y"),
+        3,
+        "each row replayed by one of them"
+    );
     assert_eq!(
         count(&db, "SELECT count(*) FROM dead_letters").await,
         1,

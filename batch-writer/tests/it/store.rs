@@ -144,8 +144,15 @@ async fn a_stale_first_reader_after_a_split_writes_only_what_the_split_did_not()
         "the entry is now recorded whole"
     );
     // Later deliveries of the entry, fresh or not, whole or split, write nothing.
-    for (mode, suspect) in [(Mode::Whole, false), (Mode::Split, false), (Mode::Split, true)] {
-        let infos = vec![EntryInfo { suspect, ..fresh[0] }];
+    for (mode, suspect) in [
+        (Mode::Whole, false),
+        (Mode::Split, false),
+        (Mode::Split, true),
+    ] {
+        let infos = vec![EntryInfo {
+            suspect,
+            ..fresh[0]
+        }];
         let w = store.write(&items, &infos, mode).await.expect("again");
         assert_eq!(w.stored, 0, "{mode:?} suspect={suspect}");
     }
@@ -253,7 +260,10 @@ async fn legacy_dedupe_keys_still_stop_a_retry() {
         .await
         .execute(
             "INSERT INTO event_dedupe_legacy (dedupe_key) VALUES ($1)",
-            &[&batch_writer::rows::legacy_dedupe_key(&e.app_id, &e.event_id)],
+            &[&batch_writer::rows::legacy_dedupe_key(
+                &e.app_id,
+                &e.event_id,
+            )],
         )
         .await
         .expect("legacy key");

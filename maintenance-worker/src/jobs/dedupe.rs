@@ -34,8 +34,12 @@ pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
     let window = chrono::Duration::from_std(ctx.dedupe_window + CLOCK_MARGIN).unwrap_or_default();
     let pipelines = pipelines(&ctx.db).await?;
     if pipelines.iter().any(|p| p.low_water.is_none()) || pipelines.is_empty() {
-        tracing::info!("Keeping dedupe keys: not every pipeline has recorded its queue's low-water mark yet.");
-        return Ok(serde_json::json!({"dedupe_keys_pruned": 0, "ledger_entries_pruned": 0, "waiting_for_low_water": true}));
+        tracing::info!(
+            "Keeping dedupe keys: not every pipeline has recorded its queue's low-water mark yet."
+        );
+        return Ok(
+            serde_json::json!({"dedupe_keys_pruned": 0, "ledger_entries_pruned": 0, "waiting_for_low_water": true}),
+        );
     }
     let oldest = pipelines
         .iter()

@@ -204,8 +204,9 @@ async fn readyz_is_503_when_fewer_than_two_months_of_partitions_lie_ahead() {
         let (_, m) = http_get(&addr, "/metrics").await?;
         m.lines()
             .any(|l| {
-                l.starts_with("sluice_maintenance_runs_total{job=\"partitions\",outcome=\"success\"}")
-                    && !l.ends_with(" 0")
+                l.starts_with(
+                    "sluice_maintenance_runs_total{job=\"partitions\",outcome=\"success\"}",
+                ) && !l.ends_with(" 0")
             })
             .then_some(())
     })
