@@ -202,7 +202,7 @@ impl Sender {
             return false;
         }
         let now = chrono::Utc::now();
-        let at = if round % 4 == 0 {
+        let at = if round.is_multiple_of(4) {
             // The last hour of the previous month.
             let first = now.date_naive().with_day(1).unwrap_or(now.date_naive());
             first
@@ -243,7 +243,7 @@ impl Load {
                     let mut round = 0u64;
                     while !stop.is_cancelled() {
                         round += 1;
-                        if round % 10 == 0 {
+                        if round.is_multiple_of(10) {
                             s.retry(batch / 2, round / 10).await;
                         } else if s.send_new(batch, poison).await.is_none() {
                             // A refused request: back off a little, as a real client would.
