@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shared::daemon::{self, Ops};
-use shared::metrics::Daemon;
+use shared::metrics::{Daemon, PoolName};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -60,14 +60,20 @@ pub async fn run(
     ops_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pools = daemon::open_pools(&config.db).await?;
+    let startup = daemon::Startup::default();
     let ops = Ops::start(
         Daemon::Writer,
         ops_listener,
-        daemon::pools_ready(pools.clone()),
+        startup.ready_check(),
         shutdown.clone(),
     );
-    daemon::spawn_pool_upkeep(&pools, ops.stopped.clone());
+    let db = daemon::pool(&config.db, PoolName::Write)?;
+    if !daemon::connect(&db, &startup, &shutdown).await? {
+        ops.stop().await;
+        return Ok(());
+    }
+    startup.started(daemon::pool_ready(db.clone()));
+    daemon::spawn_upkeep(&db, ops.stopped.clone());
     let Some(redis) = connect_redis(&config, &shutdown).await? else {
         ops.stop().await;
         return Ok(());
@@ -75,7 +81,7 @@ pub async fn run(
     tracing::info!(consumer = %config.consumer, shards = config.stream_shards, "Batch writer running.");
     let ctx = Arc::new(pipeline::Ctx::new(
         config,
-        store::Store::new(pools.write.clone()),
+        store::Store::new(db),
         redis,
         shutdown,
     ));

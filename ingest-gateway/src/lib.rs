@@ -35,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use shared::daemon::{self, Ops};
+use shared::db::Pools;
 use shared::metrics::Daemon;
 use shared::ops::Readiness;
 use shared::queue::Keys;
@@ -49,7 +50,19 @@ pub async fn run(
     ops_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pools = daemon::open_pools(&config.db).await?;
+    let startup = daemon::Startup::default();
+    let ops = Ops::start(
+        Daemon::Gateway,
+        ops_listener,
+        startup.ready_check(),
+        shutdown.clone(),
+    );
+    // The write pool is opened on first use: nothing in the daemon writes at rest.
+    let pools = Pools::new(&config.db)?;
+    if !daemon::connect(&pools.read, &startup, &shutdown).await? {
+        ops.stop().await;
+        return Ok(());
+    }
     let keys = auth::KeyCache::load(&pools.read).await?;
     let queue = queue::Queue::new(
         Keys::new(&config.stream_prefix, config.stream_shards),
@@ -79,19 +92,15 @@ pub async fn run(
         shutdown: shutdown.clone(),
     });
     let ready_state = state.clone();
-    let ops = Ops::start(
-        Daemon::Gateway,
-        ops_listener,
-        Arc::new(move || {
-            let s = ready_state.clone();
-            Box::pin(async move {
-                let (ready, detail) = routes::readiness(&s).await;
-                Readiness { ready, detail }
-            })
-        }),
-        shutdown.clone(),
-    );
-    daemon::spawn_pool_upkeep(&pools, background.clone());
+    startup.started(Arc::new(move || {
+        let s = ready_state.clone();
+        Box::pin(async move {
+            let (ready, detail) = routes::readiness(&s).await;
+            Readiness { ready, detail }
+        })
+    }));
+    daemon::spawn_upkeep(&pools.write, background.clone());
+    daemon::spawn_upkeep(&pools.read, background.clone());
     tracing::info!(addr = %listener.local_addr()?, "Gateway listening.");
     server::serve(listener, state, shutdown).await;
     background.cancel();

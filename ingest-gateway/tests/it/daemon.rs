@@ -16,6 +16,7 @@ async fn the_daemon_serves_health_on_both_ports_and_stops_on_sigterm() {
         format!("test-{}", std::process::id()),
     ));
     let mut d = Daemon::start(BIN, &env).await;
+    assert!(d.wait_ready(Duration::from_secs(20)).await, "{}", d.logs());
     for target in [&d.ops_addr, &addr] {
         let (status, body) = http_get(target, "/readyz").await.expect("readyz");
         assert_eq!(status, 200, "{target}: {body}");

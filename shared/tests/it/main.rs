@@ -4,3 +4,4 @@
 mod compose;
 mod migrations;
 mod pools;
+mod startup;
