@@ -102,12 +102,17 @@ pub struct PoolVars {
 
 impl PoolVars {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let opt = |var| env.parse_opt::<usize>(var);
+        // A maximum of at least one, a minimum of zero or more, as `DbConfig::from_env` checks.
+        let opt = |var, least| {
+            env.get(var)
+                .map(|_| env.bounded(var, 0, least, 10_000).map(|v| v as usize))
+                .transpose()
+        };
         Ok(Self {
-            write_max: opt("DB_POOL_MAX")?,
-            write_min: opt("DB_POOL_MIN")?,
-            read_max: opt("DB_READ_POOL_MAX")?,
-            read_min: opt("DB_READ_POOL_MIN")?,
+            write_max: opt("DB_POOL_MAX", 1)?,
+            write_min: opt("DB_POOL_MIN", 0)?,
+            read_max: opt("DB_READ_POOL_MAX", 1)?,
+            read_min: opt("DB_READ_POOL_MIN", 0)?,
         })
     }
 }
@@ -264,6 +269,8 @@ mod tests {
         assert_eq!(writer_use(&small).map(|u| u.at_most), Ok(1));
         let replica = env(&[("DB_READ_HOST", "replica")]);
         assert_eq!(gateway_use(&replica).map(|u| u.at_most), Ok(2));
+        let zero = writer_use(&env(&[("DB_POOL_MAX", "0")])).expect_err("zero");
+        assert_eq!(zero.var, "DB_POOL_MAX");
     }
 
     #[test]

@@ -57,7 +57,8 @@ pub async fn connect(
                 startup.note(None);
                 return Ok(true);
             }
-            Err(StartError::Db(e)) => {
+            // A refusal, or a failure of the schema check's query (not a schema mismatch).
+            Err(StartError::Db(e) | StartError::Schema(schema::SchemaError::Db(e))) => {
                 tracing::warn!(
                     pool = db.name().as_str(),
                     sqlstate = e.sql_state().unwrap_or("none"),
