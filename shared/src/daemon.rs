@@ -69,7 +69,7 @@ pub async fn connect(
             }
             Err(e) => return Err(e),
         }
-        // Full jitter, so replicas refused together do not come back together.
+        // Jitter (half to all of the delay), so replicas refused together do not retry together.
         let wait = delay.mul_f64(rand::random_range(0.5..=1.0));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}

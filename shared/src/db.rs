@@ -185,8 +185,9 @@ impl std::fmt::Debug for Db {
     }
 }
 
-/// The two pools of a daemon. `read` is a clone of `write`'s endpoint when no replica is set,
-/// but always a pool of its own so reads never starve writes.
+/// A write and a read pool (the gateway's; the writer and the maintenance worker open only a
+/// write pool, see `daemon::pool`). `read` is a clone of `write`'s endpoint when no replica is
+/// set, but always a pool of its own so reads never starve writes.
 #[derive(Clone, Debug)]
 pub struct Pools {
     pub write: Db,
