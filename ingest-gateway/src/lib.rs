@@ -59,11 +59,12 @@ pub async fn run(
     );
     // The write pool is opened on first use: nothing in the daemon writes at rest.
     let pools = Pools::new(&config.db)?;
-    if !daemon::connect(&pools.read, &startup, &shutdown).await? {
+    let load_keys = || auth::KeyCache::load(&pools.read);
+    let Some(keys) = daemon::connect_then(&pools.read, &startup, &shutdown, load_keys).await?
+    else {
         ops.stop().await;
         return Ok(());
-    }
-    let keys = auth::KeyCache::load(&pools.read).await?;
+    };
     let queue = queue::Queue::new(
         Keys::new(&config.stream_prefix, config.stream_shards),
         config.redis.url.clone(),

@@ -45,19 +45,36 @@ pub async fn connect(
     startup: &Startup,
     shutdown: &CancellationToken,
 ) -> Result<bool, StartError> {
+    let first = || async { Ok(()) };
+    Ok(connect_then(db, startup, shutdown, first).await?.is_some())
+}
+
+/// As [`connect`], then runs `first` (the daemon's first load, such as the gateway's keys) under
+/// the same retries; its result, or `None` when `shutdown` came first.
+pub async fn connect_then<T, F, Fut>(
+    db: &Db,
+    startup: &Startup,
+    shutdown: &CancellationToken,
+    mut first: F,
+) -> Result<Option<T>, StartError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DbError>>,
+{
     metrics::db_connect_errors_zero(db.name());
     let mut delay = Duration::from_millis(100);
     loop {
         let attempt = async {
             db.warm().await?;
-            check_schema(db).await
+            check_schema(db).await?;
+            Ok(first().await?)
         };
         match attempt.await {
-            Ok(()) => {
+            Ok(v) => {
                 startup.note(None);
-                return Ok(true);
+                return Ok(Some(v));
             }
-            // A refusal, or a failure of the schema check's query (not a schema mismatch).
+            // A refusal, or a failed query (not a schema mismatch).
             Err(StartError::Db(e) | StartError::Schema(schema::SchemaError::Db(e))) => {
                 tracing::warn!(
                     pool = db.name().as_str(),
@@ -73,7 +90,7 @@ pub async fn connect(
         let wait = delay.mul_f64(rand::random_range(0.5..=1.0));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.cancelled() => return Ok(false),
+            _ = shutdown.cancelled() => return Ok(None),
         }
         delay = (delay * 2).min(Duration::from_secs(10));
     }
