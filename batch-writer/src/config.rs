@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use shared::budget;
 use shared::config::{self, ConfigError, DbConfig, Env, LogConfig, RedisConfig};
 
 #[derive(Debug, Clone)]
@@ -35,8 +36,10 @@ impl WriterConfig {
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "host".to_owned());
         let default_consumer = format!("{host}-{}", std::process::id());
+        let writers = budget::writer_concurrency(env)?;
         Ok(Self {
-            db: DbConfig::from_env(env)?,
+            // One connection per COPY stream plus chores; no read pool.
+            db: DbConfig::from_env(env)?.sized_for(Some(budget::writer(writers)), None),
             redis: RedisConfig::from_env(env)?,
             log: LogConfig::from_env(env)?,
             metrics_addr: env.addr("METRICS_ADDR", "0.0.0.0:9101")?,
@@ -50,7 +53,7 @@ impl WriterConfig {
             stream_shards: config::stream_shards(env)?,
             stream_prefix: env.string("STREAM_PREFIX", "sluice"),
             consumer: env.string("WRITER_CONSUMER_NAME", &default_consumer),
-            writers: env.bounded("WRITER_CONCURRENCY", 2, 1, 64)? as usize,
+            writers,
             shutdown_grace: env.millis("SHUTDOWN_GRACE_MS", 30_000, 0, 600_000)?,
             consumer_idle_delete: env.millis(
                 "CONSUMER_IDLE_DELETE_MS",
@@ -75,6 +78,22 @@ mod tests {
         assert_eq!(c.claim_idle, Duration::from_millis(30_000));
         assert_eq!(c.max_deliveries, 5);
         assert!(c.consumer.ends_with(&std::process::id().to_string()));
+        // One connection per COPY stream, warm, plus chores; no read pool.
+        assert_eq!((c.db.primary.pool_max, c.db.primary.pool_min), (4, 2));
+        assert_eq!(c.db.read_pool_max, 0);
+    }
+
+    #[test]
+    fn pool_variables_only_lower_the_writers_pool() {
+        let c = WriterConfig::from_env(&Env::from_pairs([
+            ("DB_POOL_MAX", "50"),
+            ("DB_POOL_MIN", "10"),
+            ("WRITER_CONCURRENCY", "3"),
+        ]))
+        .expect("parse");
+        assert_eq!((c.db.primary.pool_max, c.db.primary.pool_min), (5, 3));
+        let c = WriterConfig::from_env(&Env::from_pairs([("DB_POOL_MAX", "1")])).expect("parse");
+        assert_eq!((c.db.primary.pool_max, c.db.primary.pool_min), (1, 1));
     }
 
     #[test]

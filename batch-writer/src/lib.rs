@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shared::daemon::{self, Ops};
-use shared::metrics::Daemon;
+use shared::metrics::{Daemon, PoolName};
 use shared::tasks::Tasks;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -80,23 +80,29 @@ pub async fn run(
     ops_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pools = daemon::open_pools(&config.db).await?;
+    let startup = daemon::Startup::default();
     let chores = CancellationToken::new();
     let tasks = Tasks::new(chores.clone());
     let ops = Ops::start(
         Daemon::Writer,
         ops_listener,
-        daemon::pools_ready(pools.clone()),
+        startup.ready_check(),
         shutdown.clone(),
         &tasks,
     );
-    daemon::spawn_pool_upkeep(&pools, &tasks);
+    let db = daemon::pool(&config.db, PoolName::Write)?;
+    if !daemon::connect(&db, &startup, &shutdown).await? {
+        ops.stop().await;
+        return Ok(());
+    }
+    startup.started(daemon::pool_ready(db.clone()));
+    daemon::spawn_upkeep(&db, &tasks);
     let Some(redis) = connect_redis(&config, &shutdown).await? else {
         chores.cancel();
         ops.stop().await;
         return Ok(());
     };
-    let Some(pipeline) = register(&pools.write, &config.stream_prefix, &shutdown).await else {
+    let Some(pipeline) = register(&db, &config.stream_prefix, &shutdown).await else {
         chores.cancel();
         ops.stop().await;
         return Ok(());
@@ -105,7 +111,7 @@ pub async fn run(
     let ctx = Arc::new(pipeline::Ctx::new(
         config,
         pipeline,
-        store::Store::new(pools.write.clone()),
+        store::Store::new(db),
         redis,
         shutdown,
     ));

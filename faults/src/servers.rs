@@ -21,7 +21,14 @@ pub struct OwnPostgres {
 }
 
 impl OwnPostgres {
+    /// A server with room to spare (`max_connections` 200) for the fault runs.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(200).await
+    }
+
+    /// A server with `max_connections` slots (a stock PostgreSQL has 100, 3 of them kept for
+    /// superusers).
+    pub async fn start_with(max_connections: usize) -> anyhow::Result<Self> {
         let port = free_port();
         let dir = format!("/var/lib/postgresql/sluice-faults-{port}");
         let bin = pg_bin();
@@ -30,7 +37,7 @@ impl OwnPostgres {
             "{bin}/initdb -D {dir} -A trust -U postgres --no-sync >/dev/null"
         ))?;
         as_postgres(&format!(
-            "printf \"port = {port}\\nlisten_addresses = '127.0.0.1'\\nunix_socket_directories = '/tmp'\\nmax_connections = 200\\nshared_buffers = 128MB\\n\" >> {dir}/postgresql.conf"
+            "printf \"port = {port}\\nlisten_addresses = '127.0.0.1'\\nunix_socket_directories = '/tmp'\\nmax_connections = {max_connections}\\nshared_buffers = 128MB\\n\" >> {dir}/postgresql.conf"
         ))?;
         let me = Self { port, dir };
         me.start_server()?;

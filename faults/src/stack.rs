@@ -1,5 +1,5 @@
-//! One pipeline under test: the gateway, two batch writers and the maintenance worker, as their
-//! own processes (the binaries beside the running executable), on a database of their own in the
+//! One pipeline under test: the gateway, two batch writers and the maintenance worker (or another
+//! [`Shape`]), as their own processes (the binaries beside the running executable), on a database of their own in the
 //! suite's PostgreSQL and a stream prefix of their own in the suite's Redis (or Redis Cluster).
 
 use std::path::PathBuf;
@@ -33,6 +33,25 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// How many of each daemon a stack runs, and whether it gives them the suite's small pools or
+/// lets each size its own (the daemons' defaults, as a new user runs them).
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub writers: usize,
+    pub maintenance: usize,
+    pub small_pools: bool,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Self {
+            writers: WRITERS,
+            maintenance: 1,
+            small_pools: true,
+        }
+    }
+}
+
 pub struct Stack {
     pub db: String,
     pub prefix: String,
@@ -43,6 +62,8 @@ pub struct Stack {
     pub gateway: Option<Daemon>,
     pub writers: Vec<Option<Daemon>>,
     pub maintenance: Option<Daemon>,
+    /// Maintenance replicas beyond the first.
+    pub more_maintenance: Vec<Daemon>,
     pub sender: Sender,
     bins: PathBuf,
 }
@@ -104,6 +125,17 @@ impl Stack {
         name: &str,
         prefix: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_with(pg, redis_url, name, prefix, Shape::default()).await
+    }
+
+    /// As [`Stack::start`], with `shape`'s daemons.
+    pub async fn start_with(
+        pg: &OwnPostgres,
+        redis_url: &str,
+        name: &str,
+        prefix: &str,
+        shape: Shape,
+    ) -> anyhow::Result<Self> {
         let bins = bin_dir()?;
         let db = format!("faults_{name}_{}", std::process::id()).replace('-', "_");
         let admin = pg.client("postgres").await?;
@@ -114,15 +146,21 @@ impl Stack {
             .batch_execute(&format!("CREATE DATABASE {db}"))
             .await?;
         let gateway_addr = format!("127.0.0.1:{}", free_port());
+        let pools = [
+            ("DB_POOL_MAX", "6"),
+            ("DB_POOL_MIN", "1"),
+            ("DB_READ_POOL_MAX", "2"),
+            ("DB_READ_POOL_MIN", "1"),
+        ];
+        let pools = pools
+            .into_iter()
+            .filter(|_| shape.small_pools)
+            .map(|(k, v)| (k, v.to_owned()));
         let env: Vec<(String, String)> = [
             ("DB_HOST", "127.0.0.1".to_owned()),
             ("DB_PORT", pg.port.to_string()),
             ("DB_NAME", db.clone()),
             ("DB_USER", "postgres".into()),
-            ("DB_POOL_MAX", "6".into()),
-            ("DB_POOL_MIN", "1".into()),
-            ("DB_READ_POOL_MAX", "2".into()),
-            ("DB_READ_POOL_MIN", "1".into()),
             ("REDIS_URL", redis_url.to_owned()),
             ("STREAM_PREFIX", prefix.to_owned()),
             ("STREAM_SHARDS", SHARDS.to_string()),
@@ -134,6 +172,7 @@ impl Stack {
             ("LOG_LEVEL", "warn".into()),
         ]
         .into_iter()
+        .chain(pools)
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         let run = |bin: &str, args: &[&str]| -> anyhow::Result<String> {
@@ -160,16 +199,31 @@ impl Stack {
             env,
             gateway_addr,
             gateway: None,
-            writers: (0..WRITERS).map(|_| None).collect(),
+            writers: (0..shape.writers).map(|_| None).collect(),
             maintenance: None,
+            more_maintenance: Vec::new(),
             bins,
         };
         me.start_gateway().await;
-        for i in 0..WRITERS {
+        for i in 0..shape.writers {
             me.start_writer(i).await;
         }
-        me.start_maintenance().await;
+        if shape.maintenance > 0 {
+            me.start_maintenance().await;
+        }
+        for _ in 1..shape.maintenance {
+            let d = Daemon::start(&me.bin("maintenance-worker"), &me.env).await;
+            me.more_maintenance.push(d);
+        }
         Ok(me)
+    }
+
+    /// Starts one more writer (not waiting for it to be ready); its index.
+    pub async fn add_writer(&mut self) -> usize {
+        self.writers.push(None);
+        let i = self.writers.len() - 1;
+        self.start_writer(i).await;
+        i
     }
 
     fn bin(&self, name: &str) -> String {
@@ -205,6 +259,7 @@ impl Stack {
             .iter()
             .chain(self.writers.iter().flatten())
             .chain(self.maintenance.iter())
+            .chain(self.more_maintenance.iter())
     }
 
     /// Every daemon answers `/readyz` with 200.

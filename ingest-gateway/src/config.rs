@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use shared::budget;
 use shared::config::{self, ConfigError, DbConfig, Env, LogConfig, RedisConfig};
 
 /// Which browser origins get CORS answers.
@@ -77,7 +78,9 @@ impl GatewayConfig {
             ),
         };
         Ok(Self {
-            db: DbConfig::from_env(env)?,
+            // The read pool serves keys and the read API; the write pool is small and lazy.
+            db: DbConfig::from_env(env)?
+                .sized_for(Some(budget::GATEWAY_WRITE), Some(budget::GATEWAY_READ)),
             redis: RedisConfig::from_env(env)?,
             log: LogConfig::from_env(env)?,
             addr: env.addr("GATEWAY_ADDR", "0.0.0.0:8080")?,
@@ -139,6 +142,8 @@ mod tests {
         assert_eq!(c.rate_limit_events_per_sec, 0);
         assert_eq!(c.queue_high_water, 2_000_000);
         assert_eq!(c.dedupe_window, Duration::from_secs(24 * 3600));
+        assert_eq!((c.db.primary.pool_max, c.db.primary.pool_min), (2, 0));
+        assert_eq!((c.db.read_pool_max, c.db.read_pool_min), (10, 2));
     }
 
     #[test]

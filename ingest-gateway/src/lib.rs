@@ -35,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use shared::daemon::{self, Ops};
+use shared::db::Pools;
 use shared::metrics::Daemon;
 use shared::ops::Readiness;
 use shared::queue::Keys;
@@ -50,8 +51,24 @@ pub async fn run(
     ops_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pools = daemon::open_pools(&config.db).await?;
-    let keys = auth::KeyCache::load(&pools.read).await?;
+    let startup = daemon::Startup::default();
+    let background = CancellationToken::new();
+    let tasks = Tasks::new(background.clone());
+    let ops = Ops::start(
+        Daemon::Gateway,
+        ops_listener,
+        startup.ready_check(),
+        shutdown.clone(),
+        &tasks,
+    );
+    // The write pool is opened on first use: nothing in the daemon writes at rest.
+    let pools = Pools::new(&config.db)?;
+    let load_keys = || auth::KeyCache::load(&pools.read);
+    let Some(keys) = daemon::connect_then(&pools.read, &startup, &shutdown, load_keys).await?
+    else {
+        ops.stop().await;
+        return Ok(());
+    };
     let queue = queue::Queue::new(
         Keys::new(&config.stream_prefix, config.stream_shards),
         config.redis.url.clone(),
@@ -61,8 +78,6 @@ pub async fn run(
     if !queue.connect().await? {
         tracing::warn!("The queue's Redis is unreachable; answering 503 until it is back.");
     }
-    let background = CancellationToken::new();
-    let tasks = Tasks::new(background.clone());
     queue.spawn_watch(&tasks);
     keys.spawn_refresh(pools.read.clone(), config.key_refresh, &tasks);
     let cache = cache::Cache::new(
@@ -81,20 +96,15 @@ pub async fn run(
         shutdown: shutdown.clone(),
     });
     let ready_state = state.clone();
-    let ops = Ops::start(
-        Daemon::Gateway,
-        ops_listener,
-        Arc::new(move || {
-            let s = ready_state.clone();
-            Box::pin(async move {
-                let (ready, detail) = routes::readiness(&s).await;
-                Readiness { ready, detail }
-            })
-        }),
-        shutdown.clone(),
-        &tasks,
-    );
-    daemon::spawn_pool_upkeep(&pools, &tasks);
+    startup.started(Arc::new(move || {
+        let s = ready_state.clone();
+        Box::pin(async move {
+            let (ready, detail) = routes::readiness(&s).await;
+            Readiness { ready, detail }
+        })
+    }));
+    daemon::spawn_upkeep(&pools.write, &tasks);
+    daemon::spawn_upkeep(&pools.read, &tasks);
     tracing::info!(addr = %listener.local_addr()?, "Gateway listening.");
     server::serve(listener, state, shutdown).await;
     background.cancel();

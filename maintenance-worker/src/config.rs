@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use croner::Cron;
+use shared::budget;
 use shared::config::{self, ConfigError, DbConfig, Env, LogConfig};
 
 /// A job's schedule: a cron expression (UTC) and the variable it came from.
@@ -50,7 +51,8 @@ pub struct MaintenanceConfig {
 impl MaintenanceConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
-            db: DbConfig::from_env(env)?,
+            // A few connections for jobs and readiness; no read pool.
+            db: DbConfig::from_env(env)?.sized_for(Some(budget::MAINTENANCE), None),
             log: LogConfig::from_env(env)?,
             metrics_addr: env.addr("METRICS_ADDR", "0.0.0.0:9102")?,
             retention_months: config::retention_months(env)?,
@@ -81,6 +83,8 @@ mod tests {
         assert_eq!(c.metrics_addr.port(), 9102);
         assert_eq!((c.retention_months, c.premake_months), (12, 6));
         assert_eq!(c.schedules.vacuum.var, "SCHEDULE_VACUUM");
+        assert_eq!((c.db.primary.pool_max, c.db.primary.pool_min), (5, 1));
+        assert_eq!(c.db.read_pool_max, 0);
     }
 
     #[test]

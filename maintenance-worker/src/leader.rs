@@ -79,7 +79,15 @@ impl Leadership {
         }
         let mut pg = shared::db::pg_config(&db.primary, db);
         pg.application_name("sluice-maintenance-leader");
-        let (client, _conn) = shared::db::connect_one(&pg, db).await.ok()?;
+        let (client, _conn) = match shared::db::connect_one(&pg, db).await {
+            Ok(c) => c,
+            Err(e) => {
+                let sqlstate = e.sql_state().unwrap_or("unreachable");
+                shared::metrics::db_connect_error("leader", sqlstate.to_owned());
+                tracing::warn!(sqlstate, error = %e, "Cannot open the leader lock's connection; retrying.");
+                return None;
+            }
+        };
         let got: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
             .await

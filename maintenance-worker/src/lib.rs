@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use shared::daemon::{self, Ops};
 use shared::db::Db;
-use shared::metrics::Daemon;
+use shared::metrics::{Daemon, PoolName};
 use shared::ops::Readiness;
 use shared::tasks::Tasks;
 
@@ -97,27 +97,35 @@ pub async fn run(
     shutdown: CancellationToken,
     clock: Clock,
 ) -> anyhow::Result<()> {
-    let pools = daemon::open_pools(&config.db).await?;
+    let startup = daemon::Startup::default();
+    let watched = Tasks::new(shutdown.clone());
+    let ops = Ops::start(
+        Daemon::Maintenance,
+        ops_listener,
+        startup.ready_check(),
+        shutdown.clone(),
+        &watched,
+    );
+    metrics::register();
+    let db = daemon::pool(&config.db, PoolName::Write)?;
+    if !daemon::connect(&db, &startup, &shutdown).await? {
+        ops.stop().await;
+        return Ok(());
+    }
     let leader = leader::Leadership::default();
-    let ctx = job_ctx(&config, pools.write.clone(), clock.clone());
+    let ctx = job_ctx(&config, db.clone(), clock.clone());
     let ready = {
-        let (pools, leader, db, clock) = (
-            pools.clone(),
-            leader.clone(),
-            pools.write.clone(),
-            clock.clone(),
-        );
+        let (leader, db, clock) = (leader.clone(), db.clone(), clock.clone());
         Arc::new(move || {
-            let (pools, leader, db, clock) =
-                (pools.clone(), leader.clone(), db.clone(), clock.clone());
+            let (leader, db, clock) = (leader.clone(), db.clone(), clock.clone());
             Box::pin(async move {
-                let health = pools.health().await;
+                let health = db.health().await;
                 let ahead = jobs::partitions::months_ahead(&db, clock.now()).await.ok();
                 let quarantine = jobs::partitions::quarantine_rows(&db).await.ok();
                 Readiness {
-                    ready: health.iter().all(|h| h.reachable) && ahead.is_some_and(|a| a >= 2),
+                    ready: health.reachable && ahead.is_some_and(|a| a >= 2),
                     detail: serde_json::json!({
-                        "pools": health,
+                        "pools": [health],
                         "partitions_ahead_months": ahead,
                         "quarantine_rows": quarantine,
                         "leader": leader.is_leader(),
@@ -127,16 +135,8 @@ pub async fn run(
             }) as futures::future::BoxFuture<'static, Readiness>
         })
     };
-    let watched = Tasks::new(shutdown.clone());
-    let ops = Ops::start(
-        Daemon::Maintenance,
-        ops_listener,
-        ready,
-        shutdown.clone(),
-        &watched,
-    );
-    metrics::register();
-    daemon::spawn_pool_upkeep(&pools, &watched);
+    startup.started(ready);
+    daemon::spawn_upkeep(&db, &watched);
     let tasks = scheduler::spawn(config.schedules.clone(), ctx, leader.clone(), &watched);
     leader.spawn(config.db.clone(), config.leader_retry, &watched);
     tracing::info!("Maintenance worker running.");

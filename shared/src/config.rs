@@ -172,6 +172,9 @@ pub struct DbConfig {
     pub connect_timeout: Duration,
     /// TLS to PostgreSQL (`DB_SSLMODE`, `DB_SSLROOTCERT`), for the primary and the replica.
     pub tls: PgTls,
+    /// The pool variables as set; a daemon sizes its pools from them and its needs with
+    /// [`DbConfig::sized_for`] (the sizes above are the contract's figures, for tools and tests).
+    pub pool_vars: crate::budget::PoolVars,
 }
 
 /// `DB_SSLMODE`, with libpq's meanings: `disable` (plain), `prefer` (TLS when the server offers
@@ -228,7 +231,10 @@ impl DbConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let pool_max = env.bounded("DB_POOL_MAX", 50, 1, 10_000)? as usize;
         let pool_min = env.bounded("DB_POOL_MIN", 10, 0, 10_000)? as usize;
-        if pool_min > pool_max {
+        // Either alone is a bound a daemon's need may sit under (see `budget`); both set must
+        // agree.
+        let both = |a, b| env.get(a).is_some() && env.get(b).is_some();
+        if pool_min > pool_max && both("DB_POOL_MIN", "DB_POOL_MAX") {
             return Err(ConfigError::new(
                 "DB_POOL_MIN",
                 format!("{pool_min} is above DB_POOL_MAX ({pool_max})"),
@@ -247,7 +253,7 @@ impl DbConfig {
         };
         let read_pool_max = env.bounded("DB_READ_POOL_MAX", 100, 1, 10_000)? as usize;
         let read_pool_min = env.bounded("DB_READ_POOL_MIN", 20, 0, 10_000)? as usize;
-        if read_pool_min > read_pool_max {
+        if read_pool_min > read_pool_max && both("DB_READ_POOL_MIN", "DB_READ_POOL_MAX") {
             return Err(ConfigError::new(
                 "DB_READ_POOL_MIN",
                 format!("{read_pool_min} is above DB_READ_POOL_MAX ({read_pool_max})"),
@@ -274,6 +280,7 @@ impl DbConfig {
             acquire_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             tls: PgTls::from_env(env)?,
+            pool_vars: crate::budget::PoolVars::from_env(env)?,
         })
     }
 
@@ -472,9 +479,14 @@ mod tests {
             assert_eq!(err.var, *var, "{var}={value}: {err}");
             assert!(err.to_string().contains(var), "{err}");
         }
-        let err = DbConfig::from_env(&env(&[("DB_POOL_MIN", "60")])).expect_err("min>max");
+        let err = DbConfig::from_env(&env(&[("DB_POOL_MIN", "60"), ("DB_POOL_MAX", "50")]))
+            .expect_err("min>max");
         assert_eq!(err.var, "DB_POOL_MIN");
-        let err = DbConfig::from_env(&env(&[("DB_READ_POOL_MIN", "101")])).expect_err("min>max");
+        let err = DbConfig::from_env(&env(&[
+            ("DB_READ_POOL_MIN", "101"),
+            ("DB_READ_POOL_MAX", "100"),
+        ]))
+        .expect_err("min>max");
         assert_eq!(err.var, "DB_READ_POOL_MIN");
         for (var, value) in [
             ("REDIS_PORT", "port"),

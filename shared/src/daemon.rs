@@ -1,7 +1,8 @@
-//! What every daemon does at start and stop: open and warm the pools, refuse an out-of-date
-//! schema, serve the ops endpoint, and keep the pool gauges fresh until shutdown.
+//! What every daemon does at start and stop: serve the ops endpoint, open and warm the pools it
+//! uses (waiting, not ready, while PostgreSQL refuses), refuse an out-of-date schema, and keep
+//! the pool gauges fresh until shutdown.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -10,13 +11,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DbConfig;
-use crate::db::{Db, Pools};
-use crate::metrics::{self, Daemon};
+use crate::db::{Db, DbError};
+use crate::metrics::{self, Daemon, PoolName};
 use crate::ops::{self, Readiness, ReadyCheck};
 use crate::schema;
 use crate::tasks::Tasks;
 
-/// Errors that stop a daemon from starting.
+/// Errors that stop a daemon from starting. A server that refuses or cannot be reached is not
+/// one of them: the daemon waits for it, not ready (see [`connect`]).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -25,13 +27,74 @@ pub enum StartError {
     Schema(#[from] schema::SchemaError),
 }
 
-/// Opens the pools, warms their minimum and checks the schema version.
-pub async fn open_pools(config: &DbConfig) -> Result<Pools, StartError> {
-    let pools = Pools::new(config)?;
-    pools.write.warm().await?;
-    pools.read.warm().await?;
-    check_schema(&pools.write).await?;
-    Ok(pools)
+/// Builds one pool of a daemon from its sized configuration (see [`crate::budget`]), without
+/// connecting.
+pub fn pool(config: &DbConfig, name: PoolName) -> Result<Db, DbError> {
+    match name {
+        PoolName::Write => Db::new(&config.primary, config, name),
+        PoolName::Read => Db::new(&config.read_endpoint(), config, name),
+    }
+}
+
+/// Warms `db`'s minimum and checks the schema version, retrying with backoff while the server
+/// refuses connections (too many clients, authentication) or cannot be reached; each refusal is
+/// logged with the server's message and SQLSTATE, counted in `sluice_db_connect_errors_total`,
+/// and shown by `/readyz` through `startup`. `Ok(false)` when `shutdown` came first; a schema
+/// this binary does not expect is an error.
+pub async fn connect(
+    db: &Db,
+    startup: &Startup,
+    shutdown: &CancellationToken,
+) -> Result<bool, StartError> {
+    let first = || async { Ok(()) };
+    Ok(connect_then(db, startup, shutdown, first).await?.is_some())
+}
+
+/// As [`connect`], then runs `first` (the daemon's first load, such as the gateway's keys) under
+/// the same retries; its result, or `None` when `shutdown` came first.
+pub async fn connect_then<T, F, Fut>(
+    db: &Db,
+    startup: &Startup,
+    shutdown: &CancellationToken,
+    mut first: F,
+) -> Result<Option<T>, StartError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DbError>>,
+{
+    metrics::db_connect_errors_zero(db.name());
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            db.warm().await?;
+            check_schema(db).await?;
+            Ok(first().await?)
+        };
+        match attempt.await {
+            Ok(v) => {
+                startup.note(None);
+                return Ok(Some(v));
+            }
+            // A refusal, or a failed query (not a schema mismatch).
+            Err(StartError::Db(e) | StartError::Schema(schema::SchemaError::Db(e))) => {
+                tracing::warn!(
+                    pool = db.name().as_str(),
+                    sqlstate = e.sql_state().unwrap_or("none"),
+                    error = %e,
+                    "Cannot open the database pool; not ready, retrying."
+                );
+                startup.note(Some(e.to_string()));
+            }
+            Err(e) => return Err(e),
+        }
+        // Jitter (half to all of the delay), so replicas refused together do not retry together.
+        let wait = delay.mul_f64(rand::random_range(0.5..=1.0));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return Ok(None),
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
 }
 
 /// Refuses to start against a schema this binary does not expect.
@@ -39,6 +102,52 @@ pub async fn check_schema(db: &Db) -> Result<(), StartError> {
     let client = db.get("check schema version").await?;
     schema::check_version(&client).await?;
     Ok(())
+}
+
+/// A daemon's readiness while it starts: not ready, showing the database's last refusal, until
+/// [`Startup::started`] hands over the daemon's own check.
+#[derive(Clone, Default)]
+pub struct Startup {
+    check: Arc<OnceLock<ReadyCheck>>,
+    last_error: Arc<Mutex<Option<String>>>,
+}
+
+impl Startup {
+    /// The check to serve on `/readyz` from the daemon's first moment.
+    pub fn ready_check(&self) -> ReadyCheck {
+        let me = self.clone();
+        Arc::new(move || {
+            let me = me.clone();
+            Box::pin(async move {
+                match me.check.get() {
+                    Some(check) => check().await,
+                    None => Readiness {
+                        ready: false,
+                        detail: serde_json::json!({
+                            "starting": true,
+                            "database_error": me.last_error(),
+                        }),
+                    },
+                }
+            })
+        })
+    }
+
+    /// The daemon is up: from now on `/readyz` answers `check`.
+    pub fn started(&self, check: ReadyCheck) {
+        let _ = self.check.set(check);
+    }
+
+    fn note(&self, error: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// The ops endpoint of a running daemon.
@@ -84,23 +193,21 @@ impl Ops {
     }
 }
 
-/// Readiness from the pools' health: ready when every pool reaches its server.
-pub fn pools_ready(pools: Pools) -> ReadyCheck {
-    let pools = Arc::new(pools);
+/// Readiness from a pool's health: ready when it reaches its server.
+pub fn pool_ready(db: Db) -> ReadyCheck {
     Arc::new(move || {
-        let pools = pools.clone();
+        let db = db.clone();
         Box::pin(async move {
-            let health = pools.health().await;
+            let health = db.health().await;
             Readiness {
-                ready: health.iter().all(|h| h.reachable),
-                detail: serde_json::json!({ "pools": health }),
+                ready: health.reachable,
+                detail: serde_json::json!({ "pools": [health] }),
             }
         })
     })
 }
 
-/// Keeps both pools at their minimum, retires old connections and exports the gauges.
-pub fn spawn_pool_upkeep(pools: &Pools, tasks: &Tasks) {
-    pools.write.spawn_upkeep(Duration::from_secs(15), tasks);
-    pools.read.spawn_upkeep(Duration::from_secs(15), tasks);
+/// Keeps `db` at its minimum, retires old and idle connections and exports the gauges.
+pub fn spawn_upkeep(db: &Db, tasks: &Tasks) {
+    db.spawn_upkeep(Duration::from_secs(15), tasks);
 }

@@ -2,7 +2,8 @@
 //!
 //! deadpool-postgres has no minimum size, no maximum lifetime and waits forever by default; [`Db`]
 //! adds all three: it opens `pool_min` connections at start and keeps them open, retires
-//! connections older than `max_lifetime`, and bounds every wait and every query. Every query goes
+//! connections older than `max_lifetime` (and those above the minimum left idle for
+//! [`IDLE_TIMEOUT`]), and bounds every wait and every query. Every query goes
 //! through a helper that names its operation, caches the prepared statement and logs it when it is
 //! slower than `SLOW_QUERY_MS`.
 
@@ -10,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Transaction,
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType,
+    Transaction,
 };
 use futures::future::BoxFuture;
 use postgres_native_tls::MakeTlsConnector;
@@ -21,10 +23,11 @@ use tokio_postgres::Row;
 use crate::config::{DbConfig, PgEndpoint, SslMode};
 use crate::metrics::{self, PoolName};
 
-/// A database operation failed; every variant names the operation.
+/// A database operation failed; every variant names the operation, and a server's refusal shows
+/// its own message and SQLSTATE (tokio-postgres and deadpool print just "db error").
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("{op}: no connection from the {pool} pool: {source}")]
+    #[error("{op}: no connection from the {pool} pool: {}", describe_pool(source))]
     Pool {
         op: &'static str,
         pool: &'static str,
@@ -43,17 +46,56 @@ pub enum DbError {
     Other { op: &'static str, message: String },
 }
 
-/// tokio-postgres prints a server error as just "db error"; say what the server said.
-fn describe(e: &tokio_postgres::Error) -> String {
+/// What the server said (message, SQLSTATE, severity, detail), or the client-side error with
+/// every cause in its chain ("error connecting to server: Connection refused (os error 111)").
+pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
-            let mut s = format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
+            let mut s = format!(
+                "{} (SQLSTATE {}, {})",
+                db.message(),
+                db.code().code(),
+                db.severity()
+            );
             if let Some(d) = db.detail() {
-                s.push_str(&format!(" ({d})"));
+                s.push_str(&format!(": {d}"));
             }
             s
         }
-        None => e.to_string(),
+        None => {
+            let mut s = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                s.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            s
+        }
+    }
+}
+
+/// A pool's failure to hand out a connection, with the server's own words when it refused one.
+fn describe_pool(e: &PoolError) -> String {
+    match e {
+        PoolError::Backend(e) => format!("cannot connect: {}", describe(e)),
+        PoolError::Timeout(TimeoutType::Wait) => "every connection is busy".to_owned(),
+        PoolError::Timeout(TimeoutType::Create) => "cannot connect: no answer in time".to_owned(),
+        PoolError::Timeout(TimeoutType::Recycle) => "a connection stopped answering".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// The `sqlstate` label of `sluice_db_connect_errors_total` for a failed connection attempt:
+/// PostgreSQL's SQLSTATE when the server refused it, `timeout` or `unreachable` otherwise.
+/// `None` when no connection was attempted (the pool was merely busy).
+pub fn connect_error_label(e: &PoolError) -> Option<String> {
+    match e {
+        PoolError::Backend(e) => Some(
+            e.code()
+                .map_or_else(|| "unreachable".to_owned(), |c| c.code().to_owned()),
+        ),
+        PoolError::Timeout(TimeoutType::Create) => Some("timeout".to_owned()),
+        _ => None,
     }
 }
 
@@ -62,10 +104,14 @@ impl DbError {
         move |source| DbError::Query { op, source }
     }
 
-    /// The SQLSTATE code when PostgreSQL itself refused the statement.
+    /// The SQLSTATE code when PostgreSQL itself refused the statement or the connection.
     pub fn sql_state(&self) -> Option<&str> {
         match self {
             DbError::Query { source, .. } => source.code().map(|c| c.code()),
+            DbError::Pool {
+                source: PoolError::Backend(e),
+                ..
+            } => e.code().map(|c| c.code()),
             _ => None,
         }
     }
@@ -111,6 +157,9 @@ pub struct PoolHealth {
     pub error: Option<String>,
 }
 
+/// Connections above a pool's minimum that stay unused this long are closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// One pool with its limits.
 #[derive(Clone)]
 pub struct Db {
@@ -135,8 +184,9 @@ impl std::fmt::Debug for Db {
     }
 }
 
-/// The two pools of a daemon. `read` is a clone of `write`'s endpoint when no replica is set,
-/// but always a pool of its own so reads never starve writes.
+/// A write and a read pool (the gateway's; the writer and the maintenance worker open only a
+/// write pool, see `daemon::pool`). `read` is a clone of `write`'s endpoint when no replica is
+/// set, but always a pool of its own so reads never starve writes.
 #[derive(Clone, Debug)]
 pub struct Pools {
     pub write: Db,
@@ -287,12 +337,18 @@ impl Db {
         Ok(())
     }
 
-    /// A connection from the pool, waiting at most the acquire timeout.
+    /// A connection from the pool, waiting at most the acquire timeout. A connection the server
+    /// refused is counted in `sluice_db_connect_errors_total{pool,sqlstate}`.
     pub async fn get(&self, op: &'static str) -> Result<Object, DbError> {
-        self.inner.pool.get().await.map_err(|source| DbError::Pool {
-            op,
-            pool: self.inner.name.as_str(),
-            source,
+        self.inner.pool.get().await.map_err(|source| {
+            if let Some(sqlstate) = connect_error_label(&source) {
+                metrics::db_connect_error(self.inner.name.as_str(), sqlstate);
+            }
+            DbError::Pool {
+                op,
+                pool: self.inner.name.as_str(),
+                source,
+            }
         })
     }
 
@@ -436,11 +492,33 @@ impl Db {
         metrics::pool_connections(name, "max", s.max_size);
     }
 
-    /// Closes idle connections older than the maximum lifetime; busy ones are retired on a
-    /// later pass, after they come back.
+    /// Closes idle connections older than the maximum lifetime, and those above the minimum
+    /// left unused for `IDLE_TIMEOUT`, so a pool shrinks back to its minimum after a burst; busy
+    /// ones are retired on a later pass, after they come back.
     pub fn retire_old(&self) -> usize {
         let max = self.inner.max_lifetime;
-        self.inner.pool.retain(|_, m| m.age() < max).removed.len()
+        let s = self.status();
+        let busy = s.size.saturating_sub(s.available);
+        let mut keep_idle = self.inner.min.saturating_sub(busy);
+        self.inner
+            .pool
+            .retain(|_, m| {
+                if m.age() >= max {
+                    return false;
+                }
+                if keep_idle > 0 {
+                    keep_idle -= 1;
+                    return true;
+                }
+                m.last_used() < IDLE_TIMEOUT
+            })
+            .removed
+            .len()
+    }
+
+    /// The number of connections kept open at rest.
+    pub fn min(&self) -> usize {
+        self.inner.min
     }
 
     /// Every `every`: retire old connections, re-open the minimum, export the gauges.

@@ -10,10 +10,12 @@
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 //! - [`tasks`]: background tasks watched, so one that dies is seen.
 //! - [`daemon`]: start-up and shutdown steps every daemon shares.
+//! - [`budget`]: each daemon's connection needs and the `max_connections` a deployment needs.
 //! - [`db`]: the write and read PostgreSQL pools, bounded, timed and health-checked.
 //! - [`schema`]: embedded migrations, the migration runner, partitions and the version check.
 //! - [`testing`]: for tests only: per-test databases cloned from a migrated template.
 
+pub mod budget;
 pub mod config;
 pub mod daemon;
 pub mod db;

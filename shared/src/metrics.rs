@@ -22,6 +22,7 @@ pub const DB_POOL_CONNECTIONS: &str = "sluice_db_pool_connections";
 pub const CACHE_HITS: &str = "sluice_cache_hits_total";
 pub const CACHE_MISSES: &str = "sluice_cache_misses_total";
 pub const SLOW_QUERIES: &str = "sluice_db_slow_queries_total";
+pub const DB_CONNECT_ERRORS: &str = "sluice_db_connect_errors_total";
 pub const BUILD_INFO: &str = "sluice_build_info";
 pub const CLAIMED: &str = "sluice_entries_claimed_total";
 pub const E2E_LATENCY: &str = "sluice_end_to_end_latency_seconds";
@@ -109,6 +110,10 @@ pub fn register(daemon: Daemon) {
         "PostgreSQL pool connections by pool and state (total, idle, waiting, max)."
     );
     describe_counter!(SLOW_QUERIES, "Queries slower than SLOW_QUERY_MS.");
+    describe_counter!(
+        DB_CONNECT_ERRORS,
+        "PostgreSQL connections refused or unreachable, by pool and SQLSTATE (53300: too many clients)."
+    );
     counter!(SLOW_QUERIES).absolute(0);
     describe_counter!(
         TASK_DEATHS,
@@ -197,7 +202,14 @@ fn register_writer() {
 }
 
 /// The maintenance jobs, as values of the `job` label.
-pub const MAINTENANCE_JOBS: &[&str] = &["partitions", "retention", "views", "analyze", "vacuum"];
+pub const MAINTENANCE_JOBS: &[&str] = &[
+    "partitions",
+    "retention",
+    "dedupe",
+    "views",
+    "analyze",
+    "vacuum",
+];
 
 fn register_maintenance() {
     describe_counter!(MAINTENANCE_RUNS, "Maintenance job runs by job and outcome.");
@@ -210,6 +222,18 @@ fn register_maintenance() {
 
 pub fn pool_connections(pool: PoolName, state: &'static str, value: usize) {
     gauge!(DB_POOL_CONNECTIONS, "pool" => pool.as_str(), "state" => state).set(value as f64);
+}
+
+/// `pool` is a [`PoolName`]'s or `leader` (the maintenance worker's lock session); `sqlstate` is
+/// a SQLSTATE code (a fixed set of PostgreSQL's), `timeout` or `unreachable`.
+pub fn db_connect_error(pool: &'static str, sqlstate: String) {
+    counter!(DB_CONNECT_ERRORS, "pool" => pool, "sqlstate" => sqlstate).increment(1);
+}
+
+/// Exports the connection-refused counter of `pool` at zero for "too many clients" (53300), the
+/// refusal a connection budget alert watches.
+pub fn db_connect_errors_zero(pool: PoolName) {
+    counter!(DB_CONNECT_ERRORS, "pool" => pool.as_str(), "sqlstate" => "53300").increment(0);
 }
 
 pub fn task_died(task: &'static str) {

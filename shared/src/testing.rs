@@ -313,6 +313,18 @@ impl Daemon {
         d
     }
 
+    /// Waits until `/readyz` answers 200 (a daemon serves its ops endpoint before its database
+    /// accepts it), at most `timeout`.
+    pub async fn wait_ready(&self, timeout: std::time::Duration) -> bool {
+        wait_for(timeout, || async {
+            http_get(&self.ops_addr, "/readyz")
+                .await
+                .filter(|(s, _)| *s == 200)
+        })
+        .await
+        .is_some()
+    }
+
     /// Everything the daemon has logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

@@ -8,6 +8,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_batch-writer");
 async fn the_daemon_serves_health_and_metrics_and_stops_on_sigterm() {
     let db = TestDb::migrated().await;
     let mut d = Daemon::start(BIN, &db.env_vars()).await;
+    assert!(d.wait_ready(Duration::from_secs(20)).await, "{}", d.logs());
     let (status, body) = http_get(&d.ops_addr, "/readyz").await.expect("readyz");
     assert_eq!(status, 200, "{body}");
     let (_, metrics) = http_get(&d.ops_addr, "/metrics").await.expect("metrics");

@@ -1,2 +1,3 @@
+mod budget;
 mod cluster;
 mod security;

@@ -16,6 +16,7 @@ async fn the_daemon_serves_health_on_both_ports_and_stops_on_sigterm() {
         format!("test-{}", std::process::id()),
     ));
     let mut d = Daemon::start(BIN, &env).await;
+    assert!(d.wait_ready(Duration::from_secs(20)).await, "{}", d.logs());
     for target in [&d.ops_addr, &addr] {
         let (status, body) = http_get(target, "/readyz").await.expect("readyz");
         assert_eq!(status, 200, "{target}: {body}");
@@ -174,4 +175,53 @@ async fn ten_thousand_idle_connections_do_not_exhaust_the_gateway() {
     );
     drop(idle);
     shared::testing::redis_cleanup("redis://127.0.0.1:6379/", &prefix).await;
+}
+
+#[tokio::test]
+async fn a_database_that_refuses_delays_readiness_and_never_stops_the_gateway() {
+    let db = TestDb::migrated().await;
+    // A database that does not exist yet: PostgreSQL refuses every connection (3D000).
+    let later = format!("{}_later", db.name);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut env: Vec<(String, String)> = db
+        .env_vars()
+        .into_iter()
+        .filter(|(k, _)| k != "DB_NAME")
+        .collect();
+    env.push(("DB_NAME".into(), later.clone()));
+    env.push(("GATEWAY_ADDR".into(), addr));
+    env.push(("REDIS_URL".into(), "redis://127.0.0.1:6379/".into()));
+    env.push((
+        "STREAM_PREFIX".into(),
+        format!("test-refused-{}", std::process::id()),
+    ));
+    let mut d = Daemon::start(BIN, &env).await;
+    let refused = shared::testing::wait_for(Duration::from_secs(20), || async {
+        let (status, body) = http_get(&d.ops_addr, "/readyz").await?;
+        (status == 503 && body.contains("SQLSTATE 3D000")).then_some(body)
+    })
+    .await;
+    assert!(refused.is_some(), "{}", d.logs());
+    assert!(
+        d.logs().contains("does not exist (SQLSTATE 3D000"),
+        "{}",
+        d.logs()
+    );
+    assert!(
+        d.child.try_wait().expect("status").is_none(),
+        "still running"
+    );
+
+    shared::testing::connect("postgres")
+        .await
+        .batch_execute(&format!("CREATE DATABASE {later} TEMPLATE {}", db.name))
+        .await
+        .expect("create the database");
+    assert!(d.wait_ready(Duration::from_secs(30)).await, "{}", d.logs());
+    let status = d.terminate(Duration::from_secs(10)).expect("exits");
+    assert!(status.success(), "{status:?}");
+    let _ = shared::testing::connect("postgres")
+        .await
+        .batch_execute(&format!("DROP DATABASE {later} WITH (FORCE)"))
+        .await;
 }

@@ -11,6 +11,7 @@ fn compose_sets_only_variables_the_binaries_read() {
     let compose = read("compose/compose.yml");
     let sources: String = [
         "shared/src/config.rs",
+        "shared/src/budget.rs",
         "shared/src/telemetry.rs",
         "ingest-gateway/src/config.rs",
         "batch-writer/src/config.rs",
