@@ -29,6 +29,15 @@ impl KeyKind {
         }
     }
 
+    /// The kind of a key shaped as this build makes them (its prefix, then 64 hex digits);
+    /// `None` for anything else, which is never looked up.
+    pub fn of_key(key: &str) -> Option<Self> {
+        [KeyKind::Ingest, KeyKind::Read].into_iter().find(|k| {
+            key.strip_prefix(k.prefix())
+                .is_some_and(|rest| rest.len() == 64 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+    }
+
     fn prefix(self) -> &'static str {
         match self {
             KeyKind::Ingest => "sk_ingest_",
@@ -64,6 +73,8 @@ pub enum AppsError {
     BadName,
     #[error("no such key, or it was already revoked")]
     UnknownKey,
+    #[error("no app {0}")]
+    UnknownApp(String),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -115,7 +126,115 @@ pub async fn create_app(db: &Db, name: &str) -> Result<CreatedApp, AppsError> {
     Ok(app)
 }
 
-/// Revokes one key; it stops working within the gateway's key refresh interval.
+/// One app as `apps list` shows it.
+#[derive(Debug, Serialize)]
+pub struct AppInfo {
+    pub app_id: String,
+    pub name: String,
+    /// `null`: the global `RATE_LIMIT_EVENTS_PER_SEC`; 0: unlimited.
+    pub rate_limit_events_per_sec: Option<i32>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub live_keys: i64,
+}
+
+/// Every app, oldest first.
+pub async fn list_apps(db: &Db) -> Result<Vec<AppInfo>, AppsError> {
+    let rows = db
+        .query(
+            "list apps",
+            "SELECT a.app_id, a.name, a.rate_limit_events_per_sec, a.created_at, \
+             count(k.key_hash) FILTER (WHERE k.revoked_at IS NULL) \
+             FROM apps a LEFT JOIN api_keys k USING (app_id) \
+             GROUP BY a.app_id ORDER BY a.created_at, a.app_id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| AppInfo {
+            app_id: r.get(0),
+            name: r.get(1),
+            rate_limit_events_per_sec: r.get(2),
+            created_at: r.get(3),
+            live_keys: r.get(4),
+        })
+        .collect())
+}
+
+/// The answer of `keys create`: the only time the clear key is shown.
+#[derive(Debug, Serialize)]
+pub struct CreatedKey {
+    pub app_id: String,
+    pub kind: KeyKind,
+    pub key: String,
+    pub key_prefix: String,
+}
+
+/// Adds a key of `kind` to `app_id` (for rotation: create, deploy, revoke the old). It works on
+/// every gateway as soon as this returns.
+pub async fn create_key(db: &Db, app_id: &str, kind: KeyKind) -> Result<CreatedKey, AppsError> {
+    let key = new_key(kind);
+    let prefix = key_prefix(&key);
+    let n = db
+        .execute(
+            "insert key",
+            "INSERT INTO api_keys (key_hash, app_id, kind, key_prefix) \
+             SELECT $1, app_id, $3, $4 FROM apps WHERE app_id = $2",
+            &[&hash_key(&key).to_vec(), &app_id, &kind.as_str(), &prefix],
+        )
+        .await?;
+    if n == 0 {
+        return Err(AppsError::UnknownApp(app_id.to_owned()));
+    }
+    Ok(CreatedKey {
+        app_id: app_id.to_owned(),
+        kind,
+        key,
+        key_prefix: prefix,
+    })
+}
+
+/// One key as `keys list` shows it: never the key itself.
+#[derive(Debug, Serialize)]
+pub struct KeyInfo {
+    pub key_prefix: String,
+    pub kind: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The keys of `app_id`, oldest first.
+pub async fn list_keys(db: &Db, app_id: &str) -> Result<Vec<KeyInfo>, AppsError> {
+    let exists = db
+        .query(
+            "find app",
+            "SELECT 1 FROM apps WHERE app_id = $1",
+            &[&app_id],
+        )
+        .await?;
+    if exists.is_empty() {
+        return Err(AppsError::UnknownApp(app_id.to_owned()));
+    }
+    let rows = db
+        .query(
+            "list keys",
+            "SELECT key_prefix, kind, created_at, revoked_at FROM api_keys \
+             WHERE app_id = $1 ORDER BY created_at, key_prefix",
+            &[&app_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| KeyInfo {
+            key_prefix: r.get(0),
+            kind: r.get(1),
+            created_at: r.get(2),
+            revoked_at: r.get(3),
+        })
+        .collect())
+}
+
+/// Revokes one key; it stops working on every gateway within a second (pushed by NOTIFY).
 pub async fn revoke_key(db: &Db, key: &str) -> Result<(), AppsError> {
     let n = db
         .execute(
@@ -147,5 +266,14 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(hash_key(&a), hash_key(&a));
         assert_ne!(hash_key(&a), hash_key(&b));
+        assert_eq!(KeyKind::of_key(&a), Some(KeyKind::Ingest));
+        assert_eq!(
+            KeyKind::of_key(&new_key(KeyKind::Read)),
+            Some(KeyKind::Read)
+        );
+        assert_eq!(KeyKind::of_key("sk_ingest_nothex"), None);
+        assert_eq!(KeyKind::of_key(&a[..a.len() - 1]), None);
+        assert_eq!(KeyKind::of_key(&format!("{a}0")), None);
+        assert_eq!(KeyKind::of_key("sk_read_"), None);
     }
 }

@@ -1,13 +1,25 @@
-//! API key authentication from an in-memory cache of key digests, reloaded from PostgreSQL every
-//! `KEY_REFRESH_MS`: a request costs no database round trip, and a revoked (or new) key takes
-//! effect within the refresh interval. While the database is unreachable the last good cache
-//! stays in use.
+//! API key authentication. Live keys are held in memory by the SHA-256 digest of the key, so a
+//! request with a known key costs no database round trip. The cache follows the key table three
+//! ways:
+//! - pushed changes: a trigger on `api_keys` sends `NOTIFY sluice_api_keys` with the key's digest
+//!   when a change commits; every gateway LISTENs (a session of its own on the primary) and
+//!   re-reads that one key, so a revocation takes effect within milliseconds;
+//! - a key the cache does not know is looked up once on the primary (a key created a moment ago,
+//!   before its notification arrived, works at once); "unknown" and "revoked" answers are kept
+//!   for [`MISS_TTL`] in a bounded map, keys not shaped like Sluice keys are never looked up, and
+//!   lookups are limited to [`LOOKUPS_PER_SEC`], so a flood of bad keys costs bounded database
+//!   load;
+//! - the whole table is re-read every `KEY_REFRESH_MS` (and after the listening session
+//!   reconnects) as a safety net.
+//!
+//! While the database is unreachable the last good cache stays in use.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use http::HeaderMap;
+use shared::config::DbConfig;
 use shared::db::{Db, DbError};
 use subtle::ConstantTimeEq;
 
@@ -22,19 +34,54 @@ pub struct Grant {
     pub rate_limit: Option<u32>,
 }
 
+/// What a presented key is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyCheck {
+    Live(Grant),
+    /// No such key (or not one the gateway could look up just now).
+    Unknown,
+    Revoked,
+}
+
+/// The NOTIFY channel of key changes (see migration 5).
+pub const CHANNEL: &str = "sluice_api_keys";
+
+/// How long an "unknown" or "revoked" answer is reused.
+pub const MISS_TTL: Duration = Duration::from_secs(2);
+
+/// At most this many answers are kept; past it, expired ones go, then all.
+pub const MAX_MISSES: usize = 10_000;
+
+/// Database lookups of keys the cache does not know, per second and gateway, at most.
+pub const LOOKUPS_PER_SEC: u32 = 20;
+
 /// Live keys by the SHA-256 digest of the clear key.
 type KeyMap = HashMap<[u8; 32], Grant>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Miss {
+    Unknown,
+    Revoked,
+}
 
 #[derive(Clone)]
 pub struct KeyCache {
     keys: Arc<RwLock<Arc<KeyMap>>>,
+    misses: Arc<Mutex<HashMap<[u8; 32], (Instant, Miss)>>>,
+    /// The current second's start and the lookups made in it.
+    budget: Arc<Mutex<(Instant, u32)>>,
 }
+
+const KEY_QUERY: &str = "SELECT k.key_hash, k.app_id, k.kind, a.rate_limit_events_per_sec, \
+     k.revoked_at IS NOT NULL FROM api_keys k JOIN apps a USING (app_id)";
 
 impl KeyCache {
     /// Loads every live key once; fails when the database cannot be read.
     pub async fn load(db: &Db) -> Result<Self, DbError> {
         let cache = Self {
             keys: Arc::new(RwLock::new(Arc::new(HashMap::new()))),
+            misses: Arc::default(),
+            budget: Arc::new(Mutex::new((Instant::now(), 0))),
         };
         cache.reload(db).await?;
         Ok(cache)
@@ -44,37 +91,17 @@ impl KeyCache {
         let rows = db
             .query(
                 "load api keys",
-                "SELECT k.key_hash, k.app_id, k.kind, a.rate_limit_events_per_sec \
-                 FROM api_keys k JOIN apps a USING (app_id) WHERE k.revoked_at IS NULL",
+                &format!("{KEY_QUERY} WHERE k.revoked_at IS NULL"),
                 &[],
             )
             .await?;
-        let mut map = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let hash: Vec<u8> = row.get(0);
-            let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
-                continue;
-            };
-            let Some(kind) = KeyKind::parse(row.get(2)) else {
-                continue;
-            };
-            let app: String = row.get(1);
-            let limit: Option<i32> = row.get(3);
-            map.insert(
-                hash,
-                Grant {
-                    app_id: app.into(),
-                    kind,
-                    rate_limit: limit.map(|l| l.max(0) as u32),
-                },
-            );
-        }
+        let map: KeyMap = rows.iter().filter_map(parse_row).collect();
         let n = map.len();
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
         Ok(n)
     }
 
-    /// Reloads every `every` until `stop`.
+    /// Reloads every `every` until the tasks stop.
     pub fn spawn_refresh(&self, db: Db, every: Duration, tasks: &shared::tasks::Tasks) {
         let cache = self.clone();
         let stop = tasks.stop_token();
@@ -88,15 +115,186 @@ impl KeyCache {
         }));
     }
 
-    /// The grant of `key`, if it is a live key. The digest is looked up, then compared in
-    /// constant time, so timing says nothing about the clear key.
-    pub fn check(&self, key: &str) -> Option<Grant> {
+    /// Listens for key changes on the primary and applies each (looking the key up on
+    /// `primary`); reconnects with backoff when the session ends, reloading everything then.
+    pub fn spawn_listen(&self, config: DbConfig, primary: Db, tasks: &shared::tasks::Tasks) {
+        let cache = self.clone();
+        let stop = tasks.stop_token();
+        tasks.spawn("key_notifications", async move {
+            let pg = shared::db::pg_config(&config.primary, &config);
+            let mut delay = Duration::from_millis(100);
+            while !stop.is_cancelled() {
+                match shared::db::listen(&pg, &config, CHANNEL).await {
+                    Ok((_session, mut changes)) => {
+                        delay = Duration::from_millis(100);
+                        if let Err(e) = cache.reload(&primary).await {
+                            tracing::warn!(error = %e, "Cannot reload API keys after listening again.");
+                        }
+                        loop {
+                            tokio::select! {
+                                n = changes.recv() => match n {
+                                    Some(n) => cache.changed(&primary, n.payload()).await,
+                                    None => break,
+                                },
+                                _ = stop.cancelled() => return,
+                            }
+                        }
+                        tracing::warn!("Lost the key-change session; listening again.");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Cannot listen for key changes; retrying.")
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        });
+    }
+
+    /// A notification: re-read the key whose digest (hex) it carries.
+    async fn changed(&self, db: &Db, payload: &str) {
+        let Some(digest) = hex::decode(payload)
+            .ok()
+            .and_then(|d| <[u8; 32]>::try_from(d.as_slice()).ok())
+        else {
+            return;
+        };
+        if let Err(e) = self.look_up(db, digest).await {
+            // Unknown state: forget the key, the next request looks it up again.
+            tracing::warn!(error = %e, "Cannot re-read a changed API key; dropping it from the cache.");
+            self.forget(&digest);
+        }
+    }
+
+    /// What `key` is. A key the cache does not know is looked up on `db` (the primary) within
+    /// the lookup budget; `Err` only when that lookup failed.
+    pub async fn check(&self, db: &Db, key: &str) -> Result<KeyCheck, DbError> {
         let digest = hash_key(key);
+        if let Some(g) = self.live(&digest) {
+            return Ok(KeyCheck::Live(g));
+        }
+        if KeyKind::of_key(key).is_none() {
+            return Ok(KeyCheck::Unknown);
+        }
+        if let Some(m) = self.cached_miss(&digest) {
+            return Ok(m);
+        }
+        if !self.take_budget() {
+            shared::metrics::key_lookup("over_budget");
+            return Ok(KeyCheck::Unknown);
+        }
+        self.look_up(db, digest).await
+    }
+
+    /// The grant of a live key in the cache. The digest is looked up, then compared in constant
+    /// time, so timing says nothing about the clear key.
+    fn live(&self, digest: &[u8; 32]) -> Option<Grant> {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
-        keys.get_key_value(&digest)
-            .filter(|(stored, _)| bool::from(stored.ct_eq(&digest)))
+        keys.get_key_value(digest)
+            .filter(|(stored, _)| bool::from(stored.ct_eq(digest)))
             .map(|(_, g)| g.clone())
     }
+
+    fn cached_miss(&self, digest: &[u8; 32]) -> Option<KeyCheck> {
+        let misses = self.misses.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, m) = misses.get(digest)?;
+        (at.elapsed() < MISS_TTL).then_some(match m {
+            Miss::Unknown => KeyCheck::Unknown,
+            Miss::Revoked => KeyCheck::Revoked,
+        })
+    }
+
+    fn take_budget(&self) -> bool {
+        let mut b = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+        if b.0.elapsed() >= Duration::from_secs(1) {
+            *b = (Instant::now(), 0);
+        }
+        if b.1 >= LOOKUPS_PER_SEC {
+            return false;
+        }
+        b.1 += 1;
+        true
+    }
+
+    /// Reads one key from `db` and records what it is.
+    async fn look_up(&self, db: &Db, digest: [u8; 32]) -> Result<KeyCheck, DbError> {
+        let rows = db
+            .query(
+                "look up api key",
+                &format!("{KEY_QUERY} WHERE k.key_hash = $1"),
+                &[&digest.as_slice()],
+            )
+            .await?;
+        let found = rows.first().map(|r| (parse_row(r), r.get::<_, bool>(4)));
+        let check = match found {
+            Some((Some((_, grant)), false)) => KeyCheck::Live(grant),
+            Some((_, true)) => KeyCheck::Revoked,
+            _ => KeyCheck::Unknown,
+        };
+        shared::metrics::key_lookup(match check {
+            KeyCheck::Live(_) => "live",
+            KeyCheck::Unknown => "unknown",
+            KeyCheck::Revoked => "revoked",
+        });
+        self.record(digest, &check);
+        Ok(check)
+    }
+
+    fn record(&self, digest: [u8; 32], check: &KeyCheck) {
+        let miss = match check {
+            KeyCheck::Live(g) => {
+                let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+                let mut map = (**keys).clone();
+                map.insert(digest, g.clone());
+                *keys = Arc::new(map);
+                self.misses
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&digest);
+                return;
+            }
+            KeyCheck::Unknown => Miss::Unknown,
+            KeyCheck::Revoked => Miss::Revoked,
+        };
+        self.forget(&digest);
+        let mut misses = self.misses.lock().unwrap_or_else(|p| p.into_inner());
+        if misses.len() >= MAX_MISSES {
+            misses.retain(|_, (at, _)| at.elapsed() < MISS_TTL);
+            if misses.len() >= MAX_MISSES {
+                misses.clear();
+            }
+        }
+        misses.insert(digest, (Instant::now(), miss));
+    }
+
+    fn forget(&self, digest: &[u8; 32]) {
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        if keys.contains_key(digest) {
+            let mut map = (**keys).clone();
+            map.remove(digest);
+            *keys = Arc::new(map);
+        }
+    }
+}
+
+/// A key row as a cache entry; `None` for a row this build cannot use.
+fn parse_row(row: &tokio_postgres::Row) -> Option<([u8; 32], Grant)> {
+    let hash: Vec<u8> = row.get(0);
+    let hash = <[u8; 32]>::try_from(hash.as_slice()).ok()?;
+    let kind = KeyKind::parse(row.get(2))?;
+    let app: String = row.get(1);
+    let limit: Option<i32> = row.get(3);
+    Some((
+        hash,
+        Grant {
+            app_id: app.into(),
+            kind,
+            rate_limit: limit.map(|l| l.max(0) as u32),
+        },
+    ))
 }
 
 /// The key a request carries: `Authorization: Bearer`, `X-API-Key`, or `?api_key=`.

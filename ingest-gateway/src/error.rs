@@ -12,8 +12,10 @@ use crate::validate::{BodyError, Rejected};
 pub enum ApiError {
     #[error("an API key is required (Authorization: Bearer, X-API-Key, or ?api_key=)")]
     MissingKey,
-    #[error("the API key is unknown or revoked")]
-    InvalidKey,
+    #[error("the API key is unknown")]
+    UnknownKey,
+    #[error("the API key was revoked")]
+    RevokedKey,
     #[error("a read key cannot ingest events; use the app's ingest key")]
     ReadKeyCannotIngest,
     #[error("an ingest key cannot read; use the app's read key")]
@@ -50,7 +52,8 @@ impl ApiError {
         use std::time::Duration;
         vec![
             ApiError::MissingKey,
-            ApiError::InvalidKey,
+            ApiError::UnknownKey,
+            ApiError::RevokedKey,
             ApiError::ReadKeyCannotIngest,
             ApiError::IngestKeyCannotRead,
             ApiError::Read(ReadError::TooLarge(1)),
@@ -85,7 +88,7 @@ impl ApiError {
                 None,
                 "unauthorized",
             ),
-            InvalidKey => (
+            UnknownKey | RevokedKey => (
                 StatusCode::UNAUTHORIZED,
                 "invalid_key",
                 None,

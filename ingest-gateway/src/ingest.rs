@@ -10,7 +10,7 @@ use shared::metrics;
 use shared::schema::partitions::retention_floor;
 
 use crate::apps::KeyKind;
-use crate::auth::{presented_key, Grant};
+use crate::auth::{presented_key, Grant, KeyCheck};
 use crate::error::ApiError;
 use crate::routes::AppState;
 use crate::{body, validate};
@@ -30,14 +30,22 @@ pub async fn post_events(state: &AppState, req: Request<Incoming>) -> Response<F
     }
 }
 
-/// The app behind the request's key, which must be an ingest key.
-pub fn authenticate(
+/// The app behind the request's key, which must be of kind `want`.
+pub async fn authenticate(
     state: &AppState,
     req: &Request<Incoming>,
     want: KeyKind,
 ) -> Result<Grant, ApiError> {
     let key = presented_key(req.headers(), req.uri().query()).ok_or(ApiError::MissingKey)?;
-    let grant = state.keys.check(key).ok_or(ApiError::InvalidKey)?;
+    let grant = match state.keys.check(&state.pools.write, key).await {
+        Ok(KeyCheck::Live(g)) => g,
+        Ok(KeyCheck::Unknown) => return Err(ApiError::UnknownKey),
+        Ok(KeyCheck::Revoked) => return Err(ApiError::RevokedKey),
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot look an API key up.");
+            return Err(ApiError::DbUnavailable);
+        }
+    };
     match (want, grant.kind) {
         (KeyKind::Ingest, KeyKind::Read) => Err(ApiError::ReadKeyCannotIngest),
         (KeyKind::Read, KeyKind::Ingest) => Err(ApiError::IngestKeyCannotRead),
@@ -52,7 +60,7 @@ async fn handle(
     if state.shutdown.is_cancelled() {
         return Err(ApiError::ShuttingDown);
     }
-    let grant = authenticate(state, &req, KeyKind::Ingest)?;
+    let grant = authenticate(state, &req, KeyKind::Ingest).await?;
     let gzip = body::check_headers(req.headers())?;
     let (parts, incoming) = req.into_parts();
     let cfg = &state.config;

@@ -80,6 +80,7 @@ pub async fn run(
     }
     queue.spawn_watch(&tasks);
     keys.spawn_refresh(pools.read.clone(), config.key_refresh, &tasks);
+    keys.spawn_listen(config.db.clone(), pools.write.clone(), &tasks);
     let cache = cache::Cache::new(
         config.redis.cache_url.clone(),
         &config.stream_prefix,

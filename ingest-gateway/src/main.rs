@@ -48,12 +48,34 @@ enum AppsCommand {
         #[arg(long)]
         name: String,
     },
+    /// List the apps, one JSON object a line: app_id, name, rate limit, created, live keys.
+    List,
+}
+
+/// The kinds of key `keys create` makes.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Kind {
+    Ingest,
+    Read,
 }
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Revoke a key (it stops working within KEY_REFRESH_MS).
+    /// Revoke a key (it stops working on every gateway within a second).
     Revoke { key: String },
+    /// Add a key to an app and print it (shown this once). For rotation: create, deploy,
+    /// revoke the old one.
+    Create {
+        #[arg(long)]
+        app: String,
+        #[arg(long, value_enum)]
+        kind: Kind,
+    },
+    /// List an app's keys, one JSON object a line: prefix, kind, created, revoked (never the key).
+    List {
+        #[arg(long)]
+        app: String,
+    },
 }
 
 #[tokio::main]
@@ -108,11 +130,35 @@ async fn main() -> anyhow::Result<()> {
             let app = apps::create_app(&db, &name).await?;
             println!("{}", serde_json::to_string(&app)?);
         }
+        Command::Apps {
+            command: AppsCommand::List,
+        } => {
+            for app in apps::list_apps(&db).await? {
+                println!("{}", serde_json::to_string(&app)?);
+            }
+        }
         Command::Keys {
             command: KeysCommand::Revoke { key },
         } => {
             apps::revoke_key(&db, &key).await?;
             eprintln!("Key revoked.");
+        }
+        Command::Keys {
+            command: KeysCommand::Create { app, kind },
+        } => {
+            let kind = match kind {
+                Kind::Ingest => apps::KeyKind::Ingest,
+                Kind::Read => apps::KeyKind::Read,
+            };
+            let key = apps::create_key(&db, &app, kind).await?;
+            println!("{}", serde_json::to_string(&key)?);
+        }
+        Command::Keys {
+            command: KeysCommand::List { app },
+        } => {
+            for key in apps::list_keys(&db, &app).await? {
+                println!("{}", serde_json::to_string(&key)?);
+            }
         }
         Command::Cache { .. } => unreachable!("handled above"),
     }

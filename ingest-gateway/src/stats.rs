@@ -151,7 +151,7 @@ async fn answer(
     req: &Request<Incoming>,
     kind: Kind,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let grant = authenticate(state, req, KeyKind::Read)?;
+    let grant = authenticate(state, req, KeyKind::Read).await?;
     let q = parse(kind, req.uri().query(), state.config.stats_max_range_days)?;
     let today = Utc::now().date_naive();
     let ttl = if q.to >= today {

@@ -170,11 +170,19 @@ fn pool_use(need: PoolNeed, var_max: Option<usize>, var_min: Option<usize>) -> U
     }
 }
 
+/// Sessions a gateway holds outside its pools: the LISTEN session for key changes (on the
+/// primary, where notifications are sent).
+pub const GATEWAY_SESSIONS: usize = 1;
+
 /// A gateway replica's connections to the primary under `env` (none for reads when
-/// `DB_READ_HOST` sends them to a replica).
+/// `DB_READ_HOST` sends them to a replica), its key-change session included.
 pub fn gateway_use(env: &Env) -> Result<Use, ConfigError> {
     let v = PoolVars::from_env(env)?;
-    let write = pool_use(GATEWAY_WRITE, v.write_max, v.write_min);
+    let session = Use {
+        at_rest: GATEWAY_SESSIONS,
+        at_most: GATEWAY_SESSIONS,
+    };
+    let write = pool_use(GATEWAY_WRITE, v.write_max, v.write_min) + session;
     let read = match env.get("DB_READ_HOST") {
         Some(_) => Use::default(),
         None => pool_use(GATEWAY_READ, v.read_max, v.read_min),
@@ -241,7 +249,7 @@ mod tests {
             at_rest: rest,
             at_most: most,
         };
-        assert_eq!(gateway_use(&none), Ok(at(2, 12)));
+        assert_eq!(gateway_use(&none), Ok(at(3, 13)));
         assert_eq!(writer_use(&none), Ok(at(2, 4)));
         assert_eq!(maintenance_use(&none), Ok(at(2, 6)));
         let four = env(&[("WRITER_CONCURRENCY", "4")]);
@@ -262,13 +270,13 @@ mod tests {
         assert_eq!(writer_use(&contract).map(|u| u.at_rest), Ok(2));
         assert_eq!(maintenance_use(&contract).map(|u| u.at_most), Ok(6));
         // The gateway's pools follow client demand: the variables set their maximum.
-        assert_eq!(gateway_use(&contract).map(|u| u.at_most), Ok(150));
-        assert_eq!(gateway_use(&contract).map(|u| u.at_rest), Ok(2));
+        assert_eq!(gateway_use(&contract).map(|u| u.at_most), Ok(151));
+        assert_eq!(gateway_use(&contract).map(|u| u.at_rest), Ok(3));
         let small = env(&[("DB_POOL_MAX", "1"), ("DB_POOL_MIN", "0")]);
         assert_eq!(writer(2).size(Some(1), Some(0)), (1, 0));
         assert_eq!(writer_use(&small).map(|u| u.at_most), Ok(1));
         let replica = env(&[("DB_READ_HOST", "replica")]);
-        assert_eq!(gateway_use(&replica).map(|u| u.at_most), Ok(2));
+        assert_eq!(gateway_use(&replica).map(|u| u.at_most), Ok(3));
         let zero = writer_use(&env(&[("DB_POOL_MAX", "0")])).expect_err("zero");
         assert_eq!(zero.var, "DB_POOL_MAX");
     }
@@ -291,7 +299,7 @@ mod tests {
             writers: (8, Env::default()),
             maintenance: (2, Env::default()),
         };
-        assert_eq!(d.daemons().map(|u| u.at_most), Ok(12 + 32 + 12));
+        assert_eq!(d.daemons().map(|u| u.at_most), Ok(13 + 32 + 12));
         assert!(d.max_connections_needed().expect("budget") <= 100);
     }
 }

@@ -286,6 +286,48 @@ pub async fn connect_one(
     Ok((client, task))
 }
 
+/// A session that LISTENs on `channel` (outside the pools: it is held for good). Notifications
+/// arrive on the receiver, which closes when the session ends (the caller reconnects).
+pub async fn listen(
+    pg: &tokio_postgres::Config,
+    config: &DbConfig,
+    channel: &'static str,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+    ),
+    DbError,
+> {
+    let (client, mut conn) = pg
+        .connect(pg_tls(config)?)
+        .await
+        .map_err(DbError::query("connect to listen"))?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(m) = futures::StreamExt::next(&mut messages).await {
+            match m {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    if tx.send(n).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "The listening session closed.");
+                    return;
+                }
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {channel}"))
+        .await
+        .map_err(DbError::query("listen"))?;
+    Ok((client, rx))
+}
+
 impl Db {
     /// Builds the pool without connecting; call [`Db::warm`] to open the minimum.
     pub fn new(ep: &PgEndpoint, config: &DbConfig, name: PoolName) -> Result<Self, DbError> {

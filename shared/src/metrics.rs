@@ -35,6 +35,7 @@ pub const CACHE_HIT_RATIO: &str = "sluice_cache_hit_ratio";
 pub const QUEUE_DEPTH: &str = "sluice_queue_depth_events";
 pub const HTTP_DURATION: &str = "sluice_http_request_duration_seconds";
 pub const TASK_DEATHS: &str = "sluice_background_task_deaths_total";
+pub const KEY_LOOKUPS: &str = "sluice_key_lookups_total";
 
 /// The pools a daemon may hold, as label values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +148,13 @@ fn register_gateway() {
     describe_counter!(EVENTS_REJECTED, "Events refused, by reason.");
     describe_counter!(CACHE_HITS, "Read API answers served from the cache.");
     describe_counter!(CACHE_MISSES, "Read API answers computed from PostgreSQL.");
+    describe_counter!(
+        KEY_LOOKUPS,
+        "API keys unknown to the cache: looked up in PostgreSQL (live, unknown, revoked) or refused over the lookup budget."
+    );
+    for outcome in ["live", "unknown", "revoked", "over_budget"] {
+        counter!(KEY_LOOKUPS, "outcome" => outcome).absolute(0);
+    }
     counter!(EVENTS_ACCEPTED).absolute(0);
     for reason in REJECT_REASONS {
         counter!(EVENTS_REJECTED, "reason" => *reason).absolute(0);
@@ -234,6 +242,12 @@ pub fn db_connect_error(pool: &'static str, sqlstate: String) {
 /// refusal a connection budget alert watches.
 pub fn db_connect_errors_zero(pool: PoolName) {
     counter!(DB_CONNECT_ERRORS, "pool" => pool.as_str(), "sqlstate" => "53300").increment(0);
+}
+
+/// A key the gateway's cache did not know: looked up (`live`, `unknown`, `revoked`), or refused
+/// unlooked because the lookup budget was spent (`over_budget`).
+pub fn key_lookup(outcome: &'static str) {
+    counter!(KEY_LOOKUPS, "outcome" => outcome).increment(1);
 }
 
 pub fn task_died(task: &'static str) {

@@ -4,6 +4,7 @@ mod apps;
 mod daemon;
 mod helpers;
 mod ingest;
+mod keys;
 mod openapi;
 mod read;
 mod replica;

@@ -22,7 +22,7 @@ async fn migrate_applies_once_then_is_a_no_op() {
         String::from_utf8_lossy(&first.stderr)
     );
     let out = String::from_utf8_lossy(&first.stdout);
-    assert!(out.contains("migrations applied: [1, 2, 3, 4]"), "{out}");
+    assert!(out.contains("migrations applied: [1, 2, 3, 4, 5]"), "{out}");
     let second = run();
     assert!(second.status.success());
     let out = String::from_utf8_lossy(&second.stdout);

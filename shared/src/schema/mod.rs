@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_exact_bookkeeping.sql",
         sql: include_str!("../../../migrations/0004_exact_bookkeeping.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_key_notifications.sql",
+        sql: include_str!("../../../migrations/0005_key_notifications.sql"),
+    },
 ];
 
 /// The schema version this build expects.
