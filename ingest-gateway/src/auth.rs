@@ -58,6 +58,9 @@ pub const LOOKUPS_PER_SEC: u32 = 20;
 /// Live keys by the SHA-256 digest of the clear key.
 type KeyMap = HashMap<[u8; 32], Grant>;
 
+/// Recent "unknown" and "revoked" answers by digest, with when they were found.
+type MissMap = HashMap<[u8; 32], (Instant, Miss)>;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Miss {
     Unknown,
@@ -67,7 +70,7 @@ enum Miss {
 #[derive(Clone)]
 pub struct KeyCache {
     keys: Arc<RwLock<Arc<KeyMap>>>,
-    misses: Arc<Mutex<HashMap<[u8; 32], (Instant, Miss)>>>,
+    misses: Arc<Mutex<MissMap>>,
     /// The current second's start and the lookups made in it.
     budget: Arc<Mutex<(Instant, u32)>>,
 }
