@@ -1,3 +1,4 @@
 mod budget;
 mod cluster;
 mod security;
+mod up;
