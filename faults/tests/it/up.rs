@@ -76,6 +76,10 @@ async fn up_then(signal: &str) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    if !ended {
+        let _ = job.kill();
+        let _ = job.wait();
+    }
     assert!(ended, "scripts/up ended after {signal}\n{}", log());
     let gone = wait_for(Duration::from_secs(10), || async {
         pids.iter().all(|p| !alive(*p)).then_some(())
