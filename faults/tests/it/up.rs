@@ -7,6 +7,16 @@ use std::time::Duration;
 
 use shared::testing::{free_port, http_get, wait_for};
 
+/// The script's process group leader, killed and reaped however the test ends.
+struct Job(std::process::Child);
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn alive(pid: u32) -> bool {
     std::process::Command::new("kill")
         .args(["-0", &pid.to_string()])
@@ -25,7 +35,7 @@ async fn up_then(signal: &str) {
     let gateway = free_port();
     // The pipeline's shell, the script and `tee` share a process group of their own, as a
     // terminal's foreground job does: Ctrl-C reaches all three, and `tee` dies with it.
-    let mut job = std::process::Command::new("setsid")
+    let mut job = Job(std::process::Command::new("setsid")
         .args([
             "bash",
             "-c",
@@ -42,7 +52,7 @@ async fn up_then(signal: &str) {
         .env("DB_NAME", &db)
         .env("STREAM_PREFIX", format!("up-{tag}"))
         .spawn()
-        .expect("scripts/up");
+        .expect("scripts/up"));
     let ready = wait_for(Duration::from_secs(120), || async {
         for p in ports {
             let (status, _) = http_get(&format!("127.0.0.1:{p}"), "/readyz").await?;
@@ -61,7 +71,7 @@ async fn up_then(signal: &str) {
         .filter_map(|l| l.trim().parse().ok())
         .collect();
     assert_eq!(pids.len(), 3);
-    let group = format!("-{}", job.id());
+    let group = format!("-{}", job.0.id());
     let sent = std::process::Command::new("kill")
         .args([signal, "--", &group])
         .status()
@@ -70,15 +80,11 @@ async fn up_then(signal: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
     let mut ended = false;
     while std::time::Instant::now() < deadline {
-        if job.try_wait().ok().flatten().is_some() {
+        if job.0.try_wait().ok().flatten().is_some() {
             ended = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if !ended {
-        let _ = job.kill();
-        let _ = job.wait();
     }
     assert!(ended, "scripts/up ended after {signal}\n{}", log());
     let gone = wait_for(Duration::from_secs(10), || async {
