@@ -6,7 +6,8 @@
 //! The low-water mark is the stream-entry time of the oldest entry still in any shard (acknowledged
 //! entries are deleted, so this is the oldest not yet written), or the Redis server's time when
 //! the streams are empty. A mark read at any moment stays a lower bound for everything queued
-//! later (entry ids only grow), so an old mark is merely cautious, never wrong.
+//! later (entry ids only grow), so an old mark is merely cautious, never wrong. (Unless the
+//! Redis server's clock or stream ids go back: see `docs/reliability.md`.)
 
 use std::time::Duration;
 
@@ -42,39 +43,38 @@ pub async fn register(db: &Db, prefix: &str) -> Result<u16, DbError> {
     })
 }
 
+/// A shard's oldest entry id and the server's time, read atomically (nothing can be added in
+/// between). KEYS: stream. Returns {oldest id or "", seconds, microseconds}.
+const FIRST_AND_TIME: &str = r"
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local t = redis.call('TIME')
+local id = ''
+if first[1] then id = first[1][1] end
+return {id, t[1], t[2]}
+";
+
 /// The queue's low-water mark, in milliseconds since the epoch (Redis server time).
 pub async fn queue_low_water(redis: &mut RedisConn, keys: &Keys) -> redis::RedisResult<u64> {
+    let script = redis::Script::new(FIRST_AND_TIME);
     let mut low = u64::MAX;
     for shard in 0..keys.shards() {
-        let stream = keys.stream(shard);
-        let first: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(&stream)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(redis)
-            .await?;
-        let ms = match first.ids.first().and_then(|e| queue::entry_millis(&e.id)) {
-            Some(ms) => ms,
-            None => {
-                let (secs, micros): (u64, u64) =
-                    redis.query_at_key(&redis::cmd("TIME"), &stream).await?;
-                secs * 1000 + micros / 1000
-            }
-        };
+        let (id, secs, micros): (String, u64, u64) =
+            script.key(keys.stream(shard)).invoke_async(redis).await?;
+        let ms = queue::entry_millis(&id).unwrap_or(secs * 1000 + micros / 1000);
         low = low.min(ms);
     }
     Ok(low)
 }
 
-/// Records a low-water mark read now. Never moves the recorded mark back past one recorded
-/// later (two writers may report out of order); moving it back would only be cautious.
+/// Records a low-water mark read now, replacing the last one: a mark read earlier and recorded
+/// later (two writers) is merely cautious. A mark ahead of PostgreSQL's clock by more than the
+/// prune job's margin (a Redis clock running fast) is recorded as that bound, so it cannot hold
+/// the cutoff ahead of the keys a backlog still needs.
 pub async fn report_low_water(db: &Db, pipeline: u16, ms: u64) -> Result<(), DbError> {
     let at = DateTime::<Utc>::from_timestamp_millis(ms as i64).unwrap_or(DateTime::<Utc>::MIN_UTC);
     db.execute(
         "report queue low water",
-        "UPDATE stream_pipelines SET queue_low_water = greatest(queue_low_water, $2), \
+        "UPDATE stream_pipelines SET queue_low_water = least($2, now() + interval '10 minutes'), \
          low_water_at = now() WHERE pipeline_id = $1",
         &[&(pipeline as i16), &at],
     )

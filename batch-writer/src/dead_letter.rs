@@ -22,35 +22,54 @@ pub struct DeadLetter {
 }
 
 /// Stores one refused event, once: a second delivery of its entry (its writer died before the
-/// acknowledgement) finds it there and adds nothing.
+/// acknowledgement) finds it there and adds nothing. In the same transaction the entry gets a
+/// "parts" ledger row (if it has none): its other events may have been written, or none, and a
+/// later delivery of the entry (a Redis restored from an older copy) must check each event
+/// against its dedupe key rather than take the fast path, so that it and a replay of this dead
+/// letter store the event once between them.
 pub async fn store_event(
     db: &Db,
     event: &QueuedEvent,
     error: &str,
     stream: &str,
-    entry_id: &str,
+    entry: (&str, Uuid),
     deliveries: u32,
 ) -> Result<(), DbError> {
     let payload = queue::encode(std::slice::from_ref(event)).map_err(|e| DbError::Other {
         op: "encode dead letter",
         message: e.to_string(),
     })?;
-    db.execute(
-        "store dead letter",
-        "INSERT INTO dead_letters (event_id, app_id, payload, error, stream, entry_id, deliveries) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-        &[
-            &event.event_id,
-            &event.app_id,
-            &payload,
-            &error,
-            &stream,
-            &entry_id,
-            &(deliveries as i32),
-        ],
-    )
-    .await?;
-    Ok(())
+    let (entry_id, entry_key) = entry;
+    let (event_id, app_id) = (event.event_id, event.app_id.clone());
+    let (error, stream, entry_id) = (error.to_owned(), stream.to_owned(), entry_id.to_owned());
+    db.transaction("store dead letter", move |tx| {
+        Box::pin(async move {
+            tx.execute(
+                "INSERT INTO dead_letters (event_id, app_id, payload, error, stream, entry_id, deliveries) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                &[
+                    &event_id,
+                    &app_id,
+                    &payload,
+                    &error,
+                    &stream,
+                    &entry_id,
+                    &(deliveries as i32),
+                ],
+            )
+            .await
+            .map_err(DbError::query("store dead letter"))?;
+            tx.execute(
+                "INSERT INTO entry_ledger (entry_key, whole) VALUES ($1, false) \
+                 ON CONFLICT (entry_key) DO NOTHING",
+                &[&entry_key],
+            )
+            .await
+            .map_err(DbError::query("record dead-lettered entry"))?;
+            Ok(())
+        })
+    })
+    .await
 }
 
 /// Stores an entry that cannot be decoded, as it was, once per stream entry.

@@ -105,29 +105,33 @@ impl Ctx {
 /// Runs readers, batcher and writers until shutdown, then drains what is in hand. The chores
 /// (lag gauge, consumer reaping, low-water mark) run under `tasks`, which stop with the daemon.
 pub async fn run(ctx: Arc<Ctx>, tasks: &Tasks) {
+    // Readers, batcher and writers end on shutdown; before it, any of them ending is a death.
+    let work = tasks.with_stop(ctx.shutdown.clone());
     let (entry_tx, entry_rx) = mpsc::channel::<Entry>(256);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(ctx.config.writers);
     let mut readers = Vec::new();
     for shard in 0..ctx.keys.shards() {
-        readers.push(tokio::spawn(read_loop(
-            ctx.clone(),
-            shard,
-            entry_tx.clone(),
-        )));
+        readers.push(work.spawn(
+            "stream_reader",
+            read_loop(ctx.clone(), shard, entry_tx.clone()),
+        ));
     }
     drop(entry_tx);
-    let batcher = tokio::spawn(batcher(
-        entry_rx,
-        batch_tx,
-        ctx.config.batch_size,
-        ctx.config.batch_linger,
-    ));
+    let batcher = work.spawn(
+        "batcher",
+        batcher(
+            entry_rx,
+            batch_tx,
+            ctx.config.batch_size,
+            ctx.config.batch_linger,
+        ),
+    );
     let batch_rx = Arc::new(Mutex::new(batch_rx));
     let writers: Vec<_> = (0..ctx.config.writers)
         .map(|_| {
             let ctx = ctx.clone();
             let rx = batch_rx.clone();
-            tokio::spawn(async move {
+            work.spawn("batch_writer", async move {
                 loop {
                     let next = rx.lock().await.recv().await;
                     match next {
@@ -398,13 +402,14 @@ pub async fn process(ctx: &Ctx, batch: Batch) {
         let entry = &batch.entries[entry_idx];
         if entry.deliveries >= ctx.config.max_deliveries {
             let stream = ctx.keys.stream(entry.shard);
+            let key = infos[entry_idx].key;
             let stored = retry(ctx, || {
                 dead_letter::store_event(
                     ctx.store.db(),
                     event,
                     &error,
                     &stream,
-                    &entry.id,
+                    (&entry.id, key),
                     entry.deliveries,
                 )
             })

@@ -132,10 +132,10 @@ impl Store {
         mode: Mode,
     ) -> Result<Written, WriteError> {
         let classify = |e: DbError| {
-            if e.is_transient() {
-                WriteError::Transient(e)
-            } else {
+            if is_data_error(&e) {
                 WriteError::Data(e)
+            } else {
+                WriteError::Transient(e)
             }
         };
         let mut fast = true;
@@ -328,6 +328,16 @@ async fn record_entries(
         Mode::Split => {}
     }
     Ok(())
+}
+
+/// PostgreSQL refused the rows themselves: a data exception (class 22: bad values, encodings),
+/// an integrity constraint (23: checks, uniques), or a trigger's refusal (P0: `RAISE`). Anything
+/// else (a connection, a lock, a read-only standby, a missing table or permission, an internal
+/// error) is not the events' fault: it is retried with backoff and never counts toward
+/// `MAX_DELIVERIES`, so a misconfiguration can stall the pipeline but not dead-letter a backlog.
+fn is_data_error(e: &DbError) -> bool {
+    e.sql_state()
+        .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("P0"))
 }
 
 /// "no partition of relation ... found for row": a check violation of the partition bounds,

@@ -276,11 +276,13 @@ pub struct Audit {
     pub doubled: u64,
 }
 
-/// Reads every stored sequence number and compares.
+/// Reads every stored sequence number (partitions and quarantine) and compares.
 pub async fn audit(db: &tokio_postgres::Client, acked: &[u64]) -> anyhow::Result<Audit> {
     let rows = db
         .query(
-            "SELECT session_id, count(*) FROM analytics_events \
+            "SELECT session_id, count(*) FROM ( \
+               SELECT session_id, event_name FROM analytics_events \
+               UNION ALL SELECT session_id, event_name FROM events_quarantine) e \
              WHERE event_name IN ('fault_probe', 'fault_poison') GROUP BY session_id",
             &[],
         )

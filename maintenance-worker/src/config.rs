@@ -44,6 +44,8 @@ pub struct MaintenanceConfig {
     pub schedules: Schedules,
     /// How long the writer's exactly-once bookkeeping is kept (`DEDUPE_WINDOW_HOURS`).
     pub dedupe_window: std::time::Duration,
+    /// The pipeline's `STREAM_PREFIX` (`migrate` registers it as pipeline 0 on an upgrade).
+    pub stream_prefix: String,
     /// How often a replica tries to become (or checks it still is) the leader.
     pub leader_retry: std::time::Duration,
 }
@@ -61,6 +63,7 @@ impl MaintenanceConfig {
                 env.bounded("DEDUPE_WINDOW_HOURS", 24, 1, 24 * 365)? * 3600,
             ),
             leader_retry: env.millis("LEADER_RETRY_MS", 5000, 50, 600_000)?,
+            stream_prefix: env.string("STREAM_PREFIX", "sluice"),
             schedules: Schedules {
                 partitions: Schedule::from_env(env, "SCHEDULE_PARTITIONS", "0 * * * *")?,
                 refresh_views: Schedule::from_env(env, "SCHEDULE_REFRESH_VIEWS", "*/10 * * * *")?,

@@ -29,6 +29,15 @@ impl Tasks {
         }
     }
 
+    /// Tasks recorded in the same place that stop on `stop` instead (a daemon's main work may
+    /// stop before its chores).
+    pub fn with_stop(&self, stop: CancellationToken) -> Self {
+        Self {
+            stop,
+            dead: self.dead.clone(),
+        }
+    }
+
     /// The token the tasks stop on.
     pub fn stop_token(&self) -> CancellationToken {
         self.stop.clone()

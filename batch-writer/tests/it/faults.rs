@@ -508,7 +508,8 @@ async fn dead_letters_are_kept_once_and_replays_store_each_event_once() {
     let poison = events(3);
     for e in &poison {
         for _ in 0..2 {
-            dead_letter::store_event(&pool, e, "refused", &keys.stream(0), "1-0", 5)
+            let key = shared::queue::entry_ledger_key(0, 0, "1-0").expect("key");
+            dead_letter::store_event(&pool, e, "refused", &keys.stream(0), ("1-0", key), 5)
                 .await
                 .expect("store");
         }

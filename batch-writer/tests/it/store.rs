@@ -279,3 +279,42 @@ async fn legacy_dedupe_keys_still_stop_a_retry() {
         .expect("write");
     assert_eq!((w.stored, w.duplicates), (1, 1));
 }
+
+/// Hole: an entry whose only event was dead-lettered is acknowledged; a Redis restored from an
+/// older copy delivers it fresh again. The dead letter left a "parts" ledger row, so the fresh
+/// delivery checks the event's key instead of taking the fast path, and it and a replay of the
+/// dead letter store the event once between them, in either order.
+#[tokio::test]
+async fn a_dead_lettered_entry_delivered_again_and_its_replay_store_the_event_once() {
+    use batch_writer::dead_letter;
+    let db = TestDb::migrated().await;
+    let pool = Pools::new(&db.config()).expect("pools").write;
+    let store = Store::new(pool.clone());
+    let p = event("app_t", "refused_once");
+    let key = entry_key(0, "12-0").expect("key");
+    dead_letter::store_event(&pool, &p, "refused", "s", ("12-0", key), 5)
+        .await
+        .expect("dead letter");
+    let fresh = vec![EntryInfo {
+        key,
+        suspect: false,
+    }];
+    let w = store
+        .write(&[(0, &p)], &fresh, Mode::Whole)
+        .await
+        .expect("delivered again");
+    assert_eq!(w.stored, 1);
+    // The replay: the same event, marked for dedupe, in a new entry.
+    let mut replayed = p.clone();
+    replayed.client_id = true;
+    let infos = vec![EntryInfo {
+        key: entry_key(0, "13-0").expect("key"),
+        suspect: false,
+    }];
+    let w = store
+        .write(&[(0, &replayed)], &infos, Mode::Whole)
+        .await
+        .expect("replay");
+    assert_eq!((w.stored, w.duplicates), (0, 1));
+    assert_eq!(count(&db, "SELECT count(*) FROM analytics_events").await, 1);
+}

@@ -365,3 +365,52 @@ async fn stats_prints_a_readable_report() {
         assert!(text.contains(needle), "{needle} missing:\n{text}");
     }
 }
+
+/// An installation upgraded past migration 4 keeps its entries recognised: `migrate` registers
+/// its `STREAM_PREFIX` as pipeline 0 (whose ledger keys are the old ones) before any writer of
+/// another prefix can take that number.
+#[tokio::test]
+async fn migrate_gives_an_upgraded_installation_pipeline_zero() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let old_key = shared::queue::entry_ledger_key(0, 1, "1700000000000-0").expect("key");
+    client
+        .execute(
+            "INSERT INTO entry_ledger (entry_key) VALUES ($1)",
+            &[&old_key],
+        )
+        .await
+        .expect("a ledger row from before the upgrade");
+    let out = std::process::Command::new(BIN)
+        .arg("migrate")
+        .envs(db.env_vars())
+        .env("STREAM_PREFIX", "legacy")
+        .output()
+        .expect("run migrate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let writer = batch_writer::bookkeeping::register(
+        &shared::db::Pools::new(&db.config()).expect("pools").write,
+        "newcomer",
+    )
+    .await
+    .expect("register");
+    assert_eq!(writer, 1, "another prefix gets a new number");
+    let rows: Vec<(i16, String)> = client
+        .query(
+            "SELECT pipeline_id, stream_prefix FROM stream_pipelines ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("pipelines")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![(0, "legacy".to_owned()), (1, "newcomer".to_owned())]
+    );
+}
