@@ -170,6 +170,7 @@ impl Stack {
             ("MAX_DELIVERIES", "3".into()),
             ("BATCH_LINGER_MS", "100".into()),
             ("LOG_LEVEL", "warn".into()),
+            ("CACHE_STATS_INTERVAL_MS", "1000".into()),
         ]
         .into_iter()
         .chain(pools)

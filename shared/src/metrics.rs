@@ -250,6 +250,11 @@ pub fn key_lookup(outcome: &'static str) {
     counter!(KEY_LOOKUPS, "outcome" => outcome).increment(1);
 }
 
+/// Exports a task's death counter at zero, so the alert on it sees the series from the start.
+pub fn task_watched(task: &'static str) {
+    counter!(TASK_DEATHS, "task" => task).increment(0);
+}
+
 pub fn task_died(task: &'static str) {
     counter!(TASK_DEATHS, "task" => task).increment(1);
 }

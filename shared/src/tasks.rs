@@ -49,6 +49,7 @@ impl Tasks {
     where
         F: Future<Output = ()> + Send + 'static,
     {
+        metrics::task_watched(name);
         let handle = tokio::spawn(task);
         let me = self.clone();
         tokio::spawn(async move {

@@ -1,4 +1,5 @@
 mod budget;
 mod cluster;
+mod prometheus;
 mod security;
 mod up;
