@@ -13,6 +13,7 @@
 //! - [`cache`]: the read API's Redis cache.
 //! - [`error`]: every client error with its status and code.
 //! - [`reply`]: JSON responses.
+//! - [`page`]: `GET /`, the page that shows an app's events (static, served from the binary).
 //! - [`apps`]: apps and API keys (`apps create`, `keys revoke`).
 
 pub mod apps;
@@ -22,6 +23,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod page;
 pub mod queue;
 pub mod reply;
 pub mod routes;

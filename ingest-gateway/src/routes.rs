@@ -23,6 +23,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("options", "/v1/events"),
     ("get", "/v1/stats/daily"),
     ("get", "/v1/stats/top-events"),
+    ("get", "/"),
     ("get", "/healthz"),
     ("get", "/readyz"),
 ];
@@ -67,6 +68,8 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Fu
             crate::stats::handle(&state, req, crate::stats::Kind::Top).await,
         ),
         (_, "/v1/stats/daily" | "/v1/stats/top-events") => ("stats", method_not_allowed("GET")),
+        (&Method::GET | &Method::HEAD, "/") => ("page", crate::page::serve()),
+        (_, "/") => ("page", method_not_allowed("GET, HEAD")),
         (&Method::GET | &Method::HEAD, "/healthz") => (
             "healthz",
             reply::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),

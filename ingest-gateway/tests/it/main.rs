@@ -6,5 +6,6 @@ mod helpers;
 mod ingest;
 mod keys;
 mod openapi;
+mod page;
 mod read;
 mod replica;

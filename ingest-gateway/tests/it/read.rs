@@ -6,31 +6,9 @@ use chrono::{Duration as ChronoDuration, Utc};
 use http::Method;
 use maintenance_worker::clock::Clock;
 use maintenance_worker::jobs::{self, Job, JobCtx};
-use shared::config::Env;
 use shared::db::Pools;
 
-use crate::helpers::{Gateway, Reply, REDIS};
-
-async fn writer(gw: &Gateway) -> tokio_util::sync::CancellationToken {
-    let mut vars = gw.db.env_vars();
-    vars.extend(
-        [
-            ("REDIS_URL", REDIS),
-            ("STREAM_PREFIX", gw.prefix.as_str()),
-            ("STREAM_SHARDS", "2"),
-            ("BATCH_LINGER_MS", "20"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string())),
-    );
-    let config = batch_writer::WriterConfig::from_env(&Env::from_pairs(vars)).expect("config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(batch_writer::run(config, listener, stop.clone()));
-    stop
-}
+use crate::helpers::{writer, Gateway, Reply, REDIS};
 
 async fn refresh(gw: &Gateway) {
     let ctx = JobCtx {
