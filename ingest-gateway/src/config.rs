@@ -102,7 +102,7 @@ impl GatewayConfig {
             retention_months: config::retention_months(env)?,
             stream_shards: config::stream_shards(env)?,
             stream_prefix: env.string("STREAM_PREFIX", "sluice"),
-            key_refresh: env.millis("KEY_REFRESH_MS", 5000, 100, 3_600_000)?,
+            key_refresh: env.millis("KEY_REFRESH_MS", 60_000, 100, 3_600_000)?,
             redis_timeout: env.millis("REDIS_TIMEOUT_MS", 2000, 10, 60_000)?,
             max_connections: env.bounded("MAX_CONNECTIONS", 20_000, 1, 1_000_000)? as usize,
             header_read_timeout: env.millis("HEADER_READ_TIMEOUT_MS", 10_000, 100, 600_000)?,
