@@ -158,12 +158,7 @@ pub async fn finish(stack: &mut Stack) -> anyhow::Result<End> {
         drained = stack.drain(Duration::from_secs(60)).await;
     }
     let dead_letters_left = stack.dead_letters().await.unwrap_or(-1);
-    let ready = drained
-        && shared::testing::wait_for(Duration::from_secs(30), || async {
-            stack.all_ready().await.then_some(())
-        })
-        .await
-        .is_some();
+    let ready = drained && stack.ready_within(Duration::from_secs(30)).await;
     let logs = stack.logs();
     let stopped = stack.stop_all(Duration::from_secs(30));
     let audit = audit(&stack.db().await?, &stack.sender.books.acked()).await?;

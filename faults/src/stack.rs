@@ -273,6 +273,13 @@ impl Stack {
         true
     }
 
+    /// Waits until every daemon is ready, up to `limit`; false if one is not by then.
+    pub async fn ready_within(&self, limit: Duration) -> bool {
+        shared::testing::wait_for(limit, || async { self.all_ready().await.then_some(()) })
+            .await
+            .is_some()
+    }
+
     /// Events queued and not yet written, per the depth counters.
     pub async fn queue_depth(&self) -> anyhow::Result<i64> {
         let mut conn = shared::redis_conn::connect(

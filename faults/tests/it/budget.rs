@@ -61,11 +61,8 @@ async fn defaults_serve_a_gateway_eight_writers_and_two_maintenance_replicas_on_
     let stack = Stack::start_with(&pg, REDIS, "budget_stock", &prefix, shape)
         .await
         .expect("stack");
-    let ready = wait_for(Duration::from_secs(60), || async {
-        stack.all_ready().await.then_some(())
-    })
-    .await;
-    assert!(ready.is_some(), "not all ready:\n{}", stack.logs());
+    let ready = stack.ready_within(Duration::from_secs(60)).await;
+    assert!(ready, "not all ready:\n{}", stack.logs());
     let db = stack.db().await.expect("db");
     load_and_audit(&stack, &db, 5_000).await;
 
@@ -100,11 +97,8 @@ async fn a_writer_the_server_refuses_waits_not_ready_and_starts_when_a_connectio
     let mut stack = Stack::start_with(&pg, REDIS, "budget_full", &prefix, shape)
         .await
         .expect("stack");
-    let ready = wait_for(Duration::from_secs(60), || async {
-        stack.all_ready().await.then_some(())
-    })
-    .await;
-    assert!(ready.is_some(), "not all ready:\n{}", stack.logs());
+    let ready = stack.ready_within(Duration::from_secs(60)).await;
+    assert!(ready, "not all ready:\n{}", stack.logs());
 
     // Take every slot left, as other clients of a busy server would; the first is kept for
     // the test's own queries.

@@ -177,11 +177,8 @@ async fn a_real_prometheus_scrapes_every_daemon_and_the_dashboard_and_alerts_fit
     let stack = Stack::start_with(&pg, REDIS, "prometheus", &prefix, shape)
         .await
         .expect("stack");
-    let ready = wait_for(Duration::from_secs(60), || async {
-        stack.all_ready().await.then_some(())
-    })
-    .await;
-    assert!(ready.is_some(), "{}", stack.logs());
+    let ready = stack.ready_within(Duration::from_secs(60)).await;
+    assert!(ready, "{}", stack.logs());
     let ops = |d: &Option<shared::testing::Daemon>| d.as_ref().expect("daemon").ops_addr.clone();
     let targets = [
         ("ingest-gateway", ops(&stack.gateway)),
