@@ -345,10 +345,13 @@ impl Stack {
         clean
     }
 
-    /// Waits until the queue is empty and the stored count has stopped moving.
+    /// Waits until the queue is empty and the stored count has stopped moving, as long as the
+    /// queue keeps shrinking (at most `limit` without progress).
+    /// `limit` counts from the last progress: a large backlog that keeps shrinking is waited for.
     pub async fn drain(&self, limit: Duration) -> bool {
-        let start = std::time::Instant::now();
+        let mut start = std::time::Instant::now();
         let mut last = -1i64;
+        let mut lowest = i64::MAX;
         while start.elapsed() < limit {
             let depth = self.queue_depth().await.unwrap_or(-1);
             let rows = match self.db().await {
@@ -361,6 +364,10 @@ impl Stack {
             };
             if depth == 0 && rows >= 0 && rows == last {
                 return true;
+            }
+            if depth >= 0 && depth < lowest {
+                lowest = depth;
+                start = std::time::Instant::now();
             }
             last = rows;
             tokio::time::sleep(Duration::from_millis(500)).await;

@@ -12,9 +12,13 @@
 //! - the whole table is re-read every `KEY_REFRESH_MS` (and after the listening session
 //!   reconnects) as a safety net.
 //!
+//! Everything is read on the primary (a replica may lag a revocation). A notification bumps a
+//! revision and records it for its key; a reload or lookup that started before a key's latest
+//! notification does not cache what it read of that key, so a revoked key is never put back.
 //! While the database is unreachable the last good cache stays in use.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -41,6 +45,8 @@ pub enum KeyCheck {
     /// No such key (or not one the gateway could look up just now).
     Unknown,
     Revoked,
+    /// Not in the cache, and the lookup budget is spent: try again in a second.
+    Busy,
 }
 
 /// The NOTIFY channel of key changes (see migration 5).
@@ -54,6 +60,14 @@ pub const MAX_MISSES: usize = 10_000;
 
 /// Database lookups of keys the cache does not know, per second and gateway, at most.
 pub const LOOKUPS_PER_SEC: u32 = 20;
+
+/// How long a request waits for its key's lookup (a connection to the primary may have to be
+/// opened first) before it is answered 503.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often the listening session is checked (a half-open connection would lose notifications
+/// silently until TCP keepalives noticed).
+pub const LISTEN_PING: Duration = Duration::from_secs(10);
 
 /// Live keys by the SHA-256 digest of the clear key.
 type KeyMap = HashMap<[u8; 32], Grant>;
@@ -73,6 +87,10 @@ pub struct KeyCache {
     misses: Arc<Mutex<MissMap>>,
     /// The current second's start and the lookups made in it.
     budget: Arc<Mutex<(Instant, u32)>>,
+    /// Bumped by each key-change notification.
+    revision: Arc<AtomicU64>,
+    /// The revision of each key's latest notification (bounded: the oldest go first).
+    notified: Arc<Mutex<HashMap<[u8; 32], u64>>>,
 }
 
 const KEY_QUERY: &str = "SELECT k.key_hash, k.app_id, k.kind, a.rate_limit_events_per_sec, \
@@ -85,12 +103,15 @@ impl KeyCache {
             keys: Arc::new(RwLock::new(Arc::new(HashMap::new()))),
             misses: Arc::default(),
             budget: Arc::new(Mutex::new((Instant::now(), 0))),
+            revision: Arc::default(),
+            notified: Arc::default(),
         };
         cache.reload(db).await?;
         Ok(cache)
     }
 
     pub async fn reload(&self, db: &Db) -> Result<usize, DbError> {
+        let started = self.revision.load(Ordering::SeqCst);
         let rows = db
             .query(
                 "load api keys",
@@ -98,9 +119,23 @@ impl KeyCache {
                 &[],
             )
             .await?;
-        let map: KeyMap = rows.iter().filter_map(parse_row).collect();
+        let mut map: KeyMap = rows.iter().filter_map(parse_row).collect();
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        // Keys notified while this read ran may have changed after it: left out, so the next
+        // request looks them up afresh.
+        for (digest, rev) in self
+            .notified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            if *rev > started {
+                map.remove(digest);
+            }
+        }
         let n = map.len();
-        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
+        *keys = Arc::new(map);
+        shared::metrics::key_reload();
         Ok(n)
     }
 
@@ -119,33 +154,50 @@ impl KeyCache {
     }
 
     /// Listens for key changes on the primary and applies each (looking the key up on
-    /// `primary`); reconnects with backoff when the session ends, reloading everything then.
+    /// `primary`); checks the session every [`LISTEN_PING`], and reconnects with backoff when
+    /// it ends, reloading everything then.
     pub fn spawn_listen(&self, config: DbConfig, primary: Db, tasks: &shared::tasks::Tasks) {
         let cache = self.clone();
         let stop = tasks.stop_token();
         tasks.spawn("key_notifications", async move {
-            let pg = shared::db::pg_config(&config.primary, &config);
+            let mut pg = shared::db::pg_config(&config.primary, &config);
+            pg.application_name("sluice-gateway-listen");
             let mut delay = Duration::from_millis(100);
             while !stop.is_cancelled() {
                 match shared::db::listen(&pg, &config, CHANNEL).await {
-                    Ok((_session, mut changes)) => {
+                    Ok((session, mut changes)) => {
                         delay = Duration::from_millis(100);
                         if let Err(e) = cache.reload(&primary).await {
                             tracing::warn!(error = %e, "Cannot reload API keys after listening again.");
                         }
+                        let mut ping = tokio::time::interval(LISTEN_PING);
+                        ping.tick().await;
                         loop {
                             tokio::select! {
                                 n = changes.recv() => match n {
                                     Some(n) => cache.changed(&primary, n.payload()).await,
                                     None => break,
                                 },
+                                _ = ping.tick() => {
+                                    let alive = tokio::time::timeout(
+                                        Duration::from_secs(5),
+                                        session.simple_query("SELECT 1"),
+                                    )
+                                    .await
+                                    .is_ok_and(|r| r.is_ok());
+                                    if !alive {
+                                        break;
+                                    }
+                                }
                                 _ = stop.cancelled() => return,
                             }
                         }
                         tracing::warn!("Lost the key-change session; listening again.");
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "Cannot listen for key changes; retrying.")
+                        let sqlstate = e.sql_state().unwrap_or("unreachable");
+                        shared::metrics::db_connect_error("listen", sqlstate.to_owned());
+                        tracing::warn!(sqlstate, error = %e, "Cannot listen for key changes; retrying.")
                     }
                 }
                 tokio::select! {
@@ -165,6 +217,15 @@ impl KeyCache {
         else {
             return;
         };
+        let rev = self.revision.fetch_add(1, Ordering::SeqCst) + 1;
+        {
+            let mut notified = self.notified.lock().unwrap_or_else(|p| p.into_inner());
+            if notified.len() >= MAX_MISSES {
+                let floor = rev.saturating_sub(MAX_MISSES as u64 / 2);
+                notified.retain(|_, r| *r >= floor);
+            }
+            notified.insert(digest, rev);
+        }
         if let Err(e) = self.look_up(db, digest).await {
             // Unknown state: forget the key, the next request looks it up again.
             tracing::warn!(error = %e, "Cannot re-read a changed API key; dropping it from the cache.");
@@ -173,7 +234,7 @@ impl KeyCache {
     }
 
     /// What `key` is. A key the cache does not know is looked up on `db` (the primary) within
-    /// the lookup budget; `Err` only when that lookup failed.
+    /// the lookup budget and [`LOOKUP_TIMEOUT`]; `Err` only when that lookup failed.
     pub async fn check(&self, db: &Db, key: &str) -> Result<KeyCheck, DbError> {
         let digest = hash_key(key);
         if let Some(g) = self.live(&digest) {
@@ -187,9 +248,14 @@ impl KeyCache {
         }
         if !self.take_budget() {
             shared::metrics::key_lookup("over_budget");
-            return Ok(KeyCheck::Unknown);
+            return Ok(KeyCheck::Busy);
         }
-        self.look_up(db, digest).await
+        tokio::time::timeout(LOOKUP_TIMEOUT, self.look_up(db, digest))
+            .await
+            .unwrap_or(Err(DbError::Timeout {
+                op: "look up api key",
+                timeout: LOOKUP_TIMEOUT,
+            }))
     }
 
     /// The grant of a live key in the cache. The digest is looked up, then compared in constant
@@ -224,6 +290,7 @@ impl KeyCache {
 
     /// Reads one key from `db` and records what it is.
     async fn look_up(&self, db: &Db, digest: [u8; 32]) -> Result<KeyCheck, DbError> {
+        let started = self.revision.load(Ordering::SeqCst);
         let rows = db
             .query(
                 "look up api key",
@@ -241,15 +308,21 @@ impl KeyCache {
             KeyCheck::Live(_) => "live",
             KeyCheck::Unknown => "unknown",
             KeyCheck::Revoked => "revoked",
+            KeyCheck::Busy => "over_budget",
         });
-        self.record(digest, &check);
+        self.record(digest, &check, started);
         Ok(check)
     }
 
-    fn record(&self, digest: [u8; 32], check: &KeyCheck) {
+    /// Caches what a read that started at revision `started` found, unless the key was notified
+    /// since (then what was read may be stale).
+    fn record(&self, digest: [u8; 32], check: &KeyCheck, started: u64) {
         let miss = match check {
             KeyCheck::Live(g) => {
                 let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+                if self.changed_since(&digest, started) {
+                    return;
+                }
                 let mut map = (**keys).clone();
                 map.insert(digest, g.clone());
                 *keys = Arc::new(map);
@@ -261,8 +334,12 @@ impl KeyCache {
             }
             KeyCheck::Unknown => Miss::Unknown,
             KeyCheck::Revoked => Miss::Revoked,
+            KeyCheck::Busy => return,
         };
         self.forget(&digest);
+        if self.changed_since(&digest, started) {
+            return;
+        }
         let mut misses = self.misses.lock().unwrap_or_else(|p| p.into_inner());
         if misses.len() >= MAX_MISSES {
             misses.retain(|_, (at, _)| at.elapsed() < MISS_TTL);
@@ -271,6 +348,14 @@ impl KeyCache {
             }
         }
         misses.insert(digest, (Instant::now(), miss));
+    }
+
+    fn changed_since(&self, digest: &[u8; 32], started: u64) -> bool {
+        self.notified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .is_some_and(|rev| *rev > started)
     }
 
     fn forget(&self, digest: &[u8; 32]) {

@@ -78,7 +78,8 @@ impl GatewayConfig {
             ),
         };
         Ok(Self {
-            // The read pool serves keys and the read API; the write pool is small and lazy.
+            // The read pool serves the read API (and the first key load); the pool on the primary
+            // is small and lazy: key lookups, notifications' re-reads and the periodic reload.
             db: DbConfig::from_env(env)?
                 .sized_for(Some(budget::GATEWAY_WRITE), Some(budget::GATEWAY_READ)),
             redis: RedisConfig::from_env(env)?,

@@ -36,6 +36,8 @@ pub enum ApiError {
     ShuttingDown,
     #[error("the database is unavailable; retry later")]
     DbUnavailable,
+    #[error("too many unknown keys are being looked up; retry in a second")]
+    KeyLookupBusy,
 }
 
 /// The cache's single-flight passes a computation's error on as text; the only computations are
@@ -74,6 +76,7 @@ impl ApiError {
             ApiError::BadQuery(String::new()),
             ApiError::ShuttingDown,
             ApiError::DbUnavailable,
+            ApiError::KeyLookupBusy,
         ]
     }
 
@@ -176,7 +179,13 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "db_unavailable",
                 Some(2),
-                "queue_unavailable",
+                "db_unavailable",
+            ),
+            KeyLookupBusy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "key_lookup_busy",
+                Some(1),
+                "key_lookup_busy",
             ),
         }
     }

@@ -41,6 +41,7 @@ pub async fn authenticate(
         Ok(KeyCheck::Live(g)) => g,
         Ok(KeyCheck::Unknown) => return Err(ApiError::UnknownKey),
         Ok(KeyCheck::Revoked) => return Err(ApiError::RevokedKey),
+        Ok(KeyCheck::Busy) => return Err(ApiError::KeyLookupBusy),
         Err(e) => {
             tracing::warn!(error = %e, "Cannot look an API key up.");
             return Err(ApiError::DbUnavailable);

@@ -63,7 +63,7 @@ pub async fn run(
         shutdown.clone(),
         &tasks,
     );
-    // The write pool is opened on first use: nothing in the daemon writes at rest.
+    // The pool on the primary ("write") is opened on first use: key lookups and reloads.
     let pools = Pools::new(&config.db)?;
     let load_keys = || auth::KeyCache::load(&pools.read);
     let Some(keys) = daemon::connect_then(&pools.read, &startup, &shutdown, load_keys).await?
@@ -81,7 +81,8 @@ pub async fn run(
         tracing::warn!("The queue's Redis is unreachable; answering 503 until it is back.");
     }
     queue.spawn_watch(&tasks);
-    keys.spawn_refresh(pools.read.clone(), config.key_refresh, &tasks);
+    // On the primary, like every key read: a replica may still show a key just revoked.
+    keys.spawn_refresh(pools.write.clone(), config.key_refresh, &tasks);
     keys.spawn_listen(config.db.clone(), pools.write.clone(), &tasks);
     let cache = cache::Cache::new(
         config.redis.cache_url.clone(),

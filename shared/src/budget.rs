@@ -37,8 +37,10 @@ impl PoolNeed {
     }
 }
 
-/// The gateway's write pool: nothing in the daemon writes today (apps and keys are one-shot
-/// commands with a connection of their own); kept small and opened only on use.
+/// The gateway's pool on the primary: key lookups (a key the cache does not know, a key a
+/// notification names) and the periodic key reload, which must not read a lagging replica;
+/// nothing in the daemon writes (apps and keys are one-shot commands with a connection of their
+/// own). Small, and opened on use.
 pub const GATEWAY_WRITE: PoolNeed = PoolNeed {
     max: 2,
     warm: 0,

@@ -36,6 +36,7 @@ pub const QUEUE_DEPTH: &str = "sluice_queue_depth_events";
 pub const HTTP_DURATION: &str = "sluice_http_request_duration_seconds";
 pub const TASK_DEATHS: &str = "sluice_background_task_deaths_total";
 pub const KEY_LOOKUPS: &str = "sluice_key_lookups_total";
+pub const KEY_RELOADS: &str = "sluice_key_reloads_total";
 
 /// The pools a daemon may hold, as label values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +142,8 @@ pub const REJECT_REASONS: &[&str] = &[
     "rate_limited",
     "queue_full",
     "queue_unavailable",
+    "db_unavailable",
+    "key_lookup_busy",
 ];
 
 fn register_gateway() {
@@ -155,6 +158,11 @@ fn register_gateway() {
     for outcome in ["live", "unknown", "revoked", "over_budget"] {
         counter!(KEY_LOOKUPS, "outcome" => outcome).absolute(0);
     }
+    describe_counter!(
+        KEY_RELOADS,
+        "Full reloads of the gateway's key cache (at start, after the key-change session reconnects, every KEY_REFRESH_MS)."
+    );
+    counter!(KEY_RELOADS).absolute(0);
     counter!(EVENTS_ACCEPTED).absolute(0);
     for reason in REJECT_REASONS {
         counter!(EVENTS_REJECTED, "reason" => *reason).absolute(0);
@@ -251,6 +259,10 @@ pub fn key_lookup(outcome: &'static str) {
 }
 
 /// Exports a task's death counter at zero, so the alert on it sees the series from the start.
+pub fn key_reload() {
+    counter!(KEY_RELOADS).increment(1);
+}
+
 pub fn task_watched(task: &'static str) {
     counter!(TASK_DEATHS, "task" => task).increment(0);
 }

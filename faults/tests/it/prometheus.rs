@@ -314,7 +314,7 @@ async fn a_real_prometheus_scrapes_every_daemon_and_the_dashboard_and_alerts_fit
         .iter()
         .map(|g| g["rules"].as_array().map_or(0, Vec::len))
         .sum();
-    assert!(loaded >= 10, "{loaded} rules loaded");
+    assert!(loaded >= 11, "{loaded} rules loaded");
     for r in rules["groups"][0]["rules"].as_array().expect("rules") {
         assert_eq!(
             r["health"], "ok",
@@ -334,11 +334,17 @@ async fn a_real_prometheus_scrapes_every_daemon_and_the_dashboard_and_alerts_fit
         .as_array()
         .expect("alerts")
         .iter()
-        .filter(|a| a["state"] == "firing")
+        .filter(|a| {
+            a["state"] == "firing"
+                || (a["state"] == "pending" && a["labels"]["alertname"] != "SluicePoolSaturated")
+        })
         .collect();
+    // Pending counts too: most rules wait minutes (`for:`) before they fire, longer than this
+    // test runs. Except a pool's momentary wait, which a busy test machine gives: only five
+    // minutes of it make that alert.
     assert!(
         firing.is_empty(),
-        "alerts firing on a healthy pipeline: {firing:?}"
+        "alerts pending or firing on a healthy pipeline: {firing:?}"
     );
     drop(prom);
     drop(stack);

@@ -59,6 +59,16 @@ async fn the_page_shows_the_events_just_posted_with_nothing_on_the_console() {
     assert_eq!(status, 200);
     assert!(page.starts_with("<!doctype html>"));
 
+    // The console check can fail: a page that logs is caught.
+    let (_, log) = chromium(&[
+        "--dump-dom",
+        "data:text/html,<script>console.error('self-check')</script>",
+    ]);
+    assert!(
+        log.contains(":CONSOLE") && log.contains("self-check"),
+        "{log}"
+    );
+
     let url = format!("http://{}/#key={}", gw.addr, gw.app.read_key);
     let (dom, log) = chromium(&["--dump-dom", &url]);
     let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
