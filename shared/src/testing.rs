@@ -303,13 +303,23 @@ impl Daemon {
             ops_addr,
             log_path,
         };
-        let up = wait_for(std::time::Duration::from_secs(20), || async {
+        // A loaded test machine can take a while to start a debug binary.
+        let up = wait_for(std::time::Duration::from_secs(60), || async {
             http_get(&d.ops_addr, "/healthz")
                 .await
                 .filter(|(s, _)| *s == 200)
         })
         .await;
-        assert!(up.is_some(), "{bin} did not come up on {}", d.ops_addr);
+        if up.is_none() {
+            let mut d = d;
+            let exited = d.child.try_wait().ok().flatten();
+            let health = http_get(&d.ops_addr, "/healthz").await;
+            panic!(
+                "{bin} did not come up on {} (exited: {exited:?}, /healthz: {health:?}); its log:\n{}",
+                d.ops_addr,
+                d.logs()
+            );
+        }
         d
     }
 
