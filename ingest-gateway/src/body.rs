@@ -22,6 +22,8 @@ pub enum ReadError {
     UnsupportedEncoding,
     #[error("body is not valid gzip: {0}")]
     BadGzip(String),
+    #[error("body is not valid {0}: {1}")]
+    BadCompression(&'static str, String),
     #[error("body was not received within {0:?}")]
     Timeout(Duration),
     #[error("connection failed while reading the body")]
@@ -47,6 +49,86 @@ pub fn check_headers(headers: &HeaderMap) -> Result<bool, ReadError> {
         Some(Ok(enc)) if enc == "identity" || enc.is_empty() => Ok(false),
         _ => Err(ReadError::UnsupportedEncoding),
     }
+}
+
+/// How an SDK's body is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+    /// zlib-wrapped deflate (what `Content-Encoding: deflate` means), or raw deflate.
+    Deflate,
+    Zstd,
+    /// No `Content-Encoding`: gzip when the body starts with gzip's magic bytes (posthog-js
+    /// sends gzip labelled `text/plain`), else identity.
+    Sniff,
+}
+
+/// The SDK routes' encoding from `Content-Encoding`; any content type is accepted there.
+pub fn sdk_encoding(headers: &HeaderMap) -> Result<Encoding, ReadError> {
+    match headers
+        .get(CONTENT_ENCODING)
+        .map(|v| v.to_str().map(|s| s.trim().to_ascii_lowercase()))
+    {
+        None => Ok(Encoding::Sniff),
+        Some(Ok(enc)) => match enc.as_str() {
+            "" => Ok(Encoding::Sniff),
+            "identity" => Ok(Encoding::Identity),
+            "gzip" | "x-gzip" => Ok(Encoding::Gzip),
+            "deflate" => Ok(Encoding::Deflate),
+            "zstd" => Ok(Encoding::Zstd),
+            _ => Err(ReadError::UnsupportedEncoding),
+        },
+        Some(Err(_)) => Err(ReadError::UnsupportedEncoding),
+    }
+}
+
+/// Reads an SDK's body within `max` bytes (before and after decompression) and `timeout`.
+pub async fn read_sdk(
+    headers: &HeaderMap,
+    body: Incoming,
+    encoding: Encoding,
+    max: usize,
+    timeout: Duration,
+) -> Result<Bytes, ReadError> {
+    let raw = read(headers, body, false, max, timeout).await?;
+    decode(raw, encoding, max)
+}
+
+/// Undoes `encoding`, stopping as soon as the output passes `max` bytes.
+pub fn decode(raw: Bytes, encoding: Encoding, max: usize) -> Result<Bytes, ReadError> {
+    match encoding {
+        Encoding::Identity => Ok(raw),
+        Encoding::Gzip => inflate(&raw, max),
+        Encoding::Sniff if raw.starts_with(&[0x1f, 0x8b]) => inflate(&raw, max),
+        Encoding::Sniff => Ok(raw),
+        Encoding::Deflate => {
+            let zlib = bounded(flate2::read::ZlibDecoder::new(&raw[..]), max, "deflate");
+            match zlib {
+                Err(ReadError::BadCompression(..)) => {
+                    bounded(flate2::read::DeflateDecoder::new(&raw[..]), max, "deflate")
+                }
+                other => other,
+            }
+        }
+        Encoding::Zstd => {
+            let decoder = zstd::stream::read::Decoder::new(&raw[..])
+                .map_err(|e| ReadError::BadCompression("zstd", e.to_string()))?;
+            bounded(decoder, max, "zstd")
+        }
+    }
+}
+
+fn bounded(decoder: impl Read, max: usize, what: &'static str) -> Result<Bytes, ReadError> {
+    let mut out = Vec::new();
+    decoder
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| ReadError::BadCompression(what, e.to_string()))?;
+    if out.len() > max {
+        return Err(ReadError::TooLarge(max));
+    }
+    Ok(Bytes::from(out))
 }
 
 /// Reads at most `max` bytes of body within `timeout`, then inflates it when `gzip`, again to at
@@ -130,6 +212,55 @@ mod tests {
             inflate(b"not gzip", 100),
             Err(ReadError::BadGzip(_))
         ));
+    }
+
+    #[test]
+    fn sdk_bodies_decode_every_encoding_within_the_limit() {
+        let json = br#"{"batch":[]}"#.to_vec();
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        zlib.write_all(&json).expect("write");
+        let zlib = zlib.finish().expect("finish");
+        let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        raw.write_all(&json).expect("write");
+        let raw = raw.finish().expect("finish");
+        let zst = zstd::encode_all(&json[..], 3).expect("zstd");
+        for (body, enc) in [
+            (json.clone(), Encoding::Identity),
+            (json.clone(), Encoding::Sniff),
+            (gzip(&json), Encoding::Sniff),
+            (gzip(&json), Encoding::Gzip),
+            (zlib, Encoding::Deflate),
+            (raw, Encoding::Deflate),
+            (zst, Encoding::Zstd),
+        ] {
+            let out = decode(Bytes::from(body), enc, json.len()).expect("decodes");
+            assert_eq!(&out[..], &json[..], "{enc:?}");
+        }
+        // One byte past the limit after decompression, for each decoder.
+        let big = vec![b'a'; 4097];
+        assert_eq!(
+            decode(Bytes::from(gzip(&big)), Encoding::Sniff, 4096),
+            Err(ReadError::TooLarge(4096))
+        );
+        let zst = zstd::encode_all(&big[..], 3).expect("zstd");
+        assert_eq!(
+            decode(Bytes::from(zst), Encoding::Zstd, 4096),
+            Err(ReadError::TooLarge(4096))
+        );
+        assert!(matches!(
+            decode(Bytes::from_static(b"nope"), Encoding::Zstd, 100),
+            Err(ReadError::BadCompression("zstd", _))
+        ));
+        assert!(matches!(
+            decode(Bytes::from_static(b"\xff\xff\xff"), Encoding::Deflate, 100),
+            Err(ReadError::BadCompression("deflate", _))
+        ));
+        let mut h = HeaderMap::new();
+        assert_eq!(sdk_encoding(&h), Ok(Encoding::Sniff));
+        h.insert(CONTENT_ENCODING, "zstd".parse().expect("hv"));
+        assert_eq!(sdk_encoding(&h), Ok(Encoding::Zstd));
+        h.insert(CONTENT_ENCODING, "br".parse().expect("hv"));
+        assert_eq!(sdk_encoding(&h), Err(ReadError::UnsupportedEncoding));
     }
 
     #[test]

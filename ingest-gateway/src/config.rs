@@ -35,6 +35,10 @@ pub struct GatewayConfig {
     pub metrics_addr: SocketAddr,
     pub max_events_per_request: usize,
     pub max_body_bytes: usize,
+    /// Largest SDK request body, after decompression (the SDK routes).
+    pub sdk_max_body_bytes: usize,
+    /// Largest SDK message (one element of a batch), as sent.
+    pub sdk_max_event_bytes: usize,
     pub cors: CorsOrigins,
     /// Events per second per app; 0 turns the limit off. Apps may override it.
     pub rate_limit_events_per_sec: u32,
@@ -89,6 +93,9 @@ impl GatewayConfig {
             max_events_per_request: env.bounded("MAX_EVENTS_PER_REQUEST", 1000, 1, 100_000)?
                 as usize,
             max_body_bytes: env.bounded("MAX_BODY_BYTES", 1 << 20, 1024, 1 << 30)? as usize,
+            sdk_max_body_bytes: env.bounded("SDK_MAX_BODY_BYTES", 5 << 20, 1024, 1 << 30)? as usize,
+            sdk_max_event_bytes: env.bounded("SDK_MAX_EVENT_BYTES", 32 << 10, 256, 16 << 20)?
+                as usize,
             cors,
             rate_limit_events_per_sec: env.bounded(
                 "RATE_LIMIT_EVENTS_PER_SEC",

@@ -62,12 +62,15 @@ impl ApiError {
             ApiError::Read(ReadError::UnsupportedType),
             ApiError::Read(ReadError::UnsupportedEncoding),
             ApiError::Read(ReadError::BadGzip(String::new())),
+            ApiError::Read(ReadError::BadCompression("zstd", String::new())),
             ApiError::Read(ReadError::Timeout(Duration::ZERO)),
             ApiError::Read(ReadError::Broken),
             ApiError::Body(BodyError::InvalidJson(String::new())),
             ApiError::Body(BodyError::NotObjectOrArray),
             ApiError::Body(BodyError::TooManyEvents { count: 2, max: 1 }),
             ApiError::Body(BodyError::Empty),
+            ApiError::Body(BodyError::MissingBatch),
+            ApiError::Body(BodyError::Unreadable(String::new())),
             ApiError::AllInvalid(Vec::new()),
             ApiError::RateLimited { limit: 1 },
             ApiError::Queue(QueueError::Full { depth: 1 }),
@@ -120,6 +123,12 @@ impl ApiError {
             Read(ReadError::BadGzip(_)) => (
                 StatusCode::BAD_REQUEST,
                 "invalid_gzip",
+                None,
+                "invalid_body",
+            ),
+            Read(ReadError::BadCompression(..)) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_compression",
                 None,
                 "invalid_body",
             ),
@@ -188,6 +197,22 @@ impl ApiError {
                 "key_lookup_busy",
             ),
         }
+    }
+
+    /// The SDK routes' error answer: `{"code", "message"}`, both always (RudderStack's Python
+    /// SDK retries a 4xx whose body lacks either), with the same status and `Retry-After`.
+    pub fn into_sdk_response(self) -> Response<Full<Bytes>> {
+        let (status, code, retry_after, _) = self.parts();
+        let mut body = serde_json::json!({"code": code, "message": self.to_string()});
+        if let ApiError::AllInvalid(rejected) = &self {
+            body["rejected"] = serde_json::to_value(rejected).unwrap_or_default();
+        }
+        let mut resp = crate::reply::json(status, &body);
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        resp
     }
 
     pub fn into_response(self) -> Response<Full<Bytes>> {

@@ -24,7 +24,7 @@ pub async fn post_events(state: &AppState, req: Request<Incoming>) -> Response<F
                 ApiError::AllInvalid(r) => r.len() as u64,
                 _ => 1,
             };
-            metrics::events_rejected(reason, n);
+            metrics::events_rejected("native", reason, n);
             e.into_response()
         }
     }
@@ -95,9 +95,9 @@ async fn handle(
     }
     state.queue.push(&decoded.valid).await?;
     let accepted = decoded.valid.len();
-    metrics::events_accepted(accepted as u64);
+    metrics::events_accepted("native", accepted as u64);
     if !decoded.rejected.is_empty() {
-        metrics::events_rejected("invalid_event", decoded.rejected.len() as u64);
+        metrics::events_rejected("native", "invalid_event", decoded.rejected.len() as u64);
     }
     Ok(crate::reply::json(
         StatusCode::ACCEPTED,

@@ -5,7 +5,8 @@
 //! - [`server`]: the accept loop, connection limits and graceful shutdown.
 //! - [`routes`]: which handler answers which request, CORS, and the state they share.
 //! - [`ingest`]: `POST /v1/events`.
-//! - [`body`]: reading bodies within size and time limits, gzip.
+//! - [`sdk`]: the Segment/RudderStack, PostHog and Jitsu SDKs' formats on the same port.
+//! - [`body`]: reading bodies within size and time limits, gzip, deflate, zstd.
 //! - [`validate`]: decoding and validating events (pure).
 //! - [`auth`]: API keys from an in-memory cache of digests.
 //! - [`queue`]: pushing onto the stream shards, backpressure, rate limits.
@@ -27,6 +28,7 @@ pub mod page;
 pub mod queue;
 pub mod reply;
 pub mod routes;
+pub mod sdk;
 pub mod server;
 pub mod stats;
 pub mod validate;

@@ -26,6 +26,24 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/"),
     ("get", "/healthz"),
     ("get", "/readyz"),
+    ("post", "/v1/batch"),
+    ("post", "/v1/track"),
+    ("post", "/v1/identify"),
+    ("post", "/v1/page"),
+    ("post", "/v1/screen"),
+    ("post", "/v1/group"),
+    ("post", "/v1/alias"),
+    ("post", "/batch"),
+    ("post", "/batch/"),
+    ("post", "/capture"),
+    ("post", "/capture/"),
+    ("post", "/e"),
+    ("post", "/e/"),
+    ("post", "/i/v0/e"),
+    ("post", "/i/v0/e/"),
+    ("post", "/i/v1/analytics/events"),
+    ("post", "/api/s/{type}"),
+    ("post", "/api/s/s2s/{type}"),
 ];
 
 /// Error codes answered by the router itself, besides [`crate::error::ApiError`]'s.
@@ -53,7 +71,16 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Fu
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let sdk = crate::sdk::route(req.uri().path());
     let (route, mut resp) = match (req.method(), req.uri().path()) {
+        (&Method::POST, _) if sdk.is_some() => match sdk {
+            Some(r) => (r.api.route_label(), crate::sdk::post(&state, req, r).await),
+            None => ("other", not_found()),
+        },
+        (&Method::OPTIONS, _) if sdk.is_some() => {
+            ("sdk_preflight", preflight(&state, origin.as_deref()))
+        }
+        (_, _) if sdk.is_some() => ("sdk_other", method_not_allowed("POST, OPTIONS")),
         (&Method::POST, "/v1/events") => ("events", ingest::post_events(&state, req).await),
         (&Method::OPTIONS, "/v1/events") => {
             ("events_preflight", preflight(&state, origin.as_deref()))
@@ -75,10 +102,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Fu
             reply::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         ),
         (&Method::GET | &Method::HEAD, "/readyz") => ("readyz", readyz(&state).await),
-        _ => (
-            "other",
-            reply::error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
-        ),
+        _ => ("other", not_found()),
     };
     if let Some(o) = origin.as_deref() {
         add_cors(&state, o, &mut resp);
@@ -122,13 +146,20 @@ fn preflight(state: &AppState, origin: Option<&str>) -> Response<Full<Bytes>> {
     );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("authorization, content-type, content-encoding, x-api-key"),
+        HeaderValue::from_static(
+            "authorization, content-type, content-encoding, x-api-key, x-write-key, \
+             posthog-sdk-info, posthog-attempt, posthog-request-id, posthog-request-timestamp",
+        ),
     );
     h.insert(
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("86400"),
     );
     resp
+}
+
+fn not_found() -> Response<Full<Bytes>> {
+    reply::error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {

@@ -29,6 +29,10 @@ pub enum BodyError {
     TooManyEvents { count: usize, max: usize },
     #[error("the array holds no events")]
     Empty,
+    #[error("the body has no \"batch\" array of messages")]
+    MissingBatch,
+    #[error("{0}")]
+    Unreadable(String),
 }
 
 impl BodyError {
@@ -38,6 +42,8 @@ impl BodyError {
             BodyError::NotObjectOrArray => "invalid_body",
             BodyError::TooManyEvents { .. } => "too_many_events",
             BodyError::Empty => "empty_batch",
+            BodyError::MissingBatch => "missing_batch",
+            BodyError::Unreadable(_) => "invalid_body",
         }
     }
 }
@@ -93,7 +99,7 @@ impl EventName {
 }
 
 /// A user or session id: at most 200 bytes, no NUL.
-fn short_id(field: &str, s: &str) -> Result<String, String> {
+pub fn short_id(field: &str, s: &str) -> Result<String, String> {
     if s.len() > MAX_ID_BYTES {
         return Err(format!(
             "{field} is {} bytes; at most {MAX_ID_BYTES} are allowed",
@@ -125,7 +131,7 @@ pub fn metadata(raw: &RawValue) -> Result<String, String> {
     Ok(compact)
 }
 
-fn check_value(v: &Value, depth: usize) -> Result<(), String> {
+pub fn check_value(v: &Value, depth: usize) -> Result<(), String> {
     let nested = match v {
         Value::Object(_) | Value::Array(_) => true,
         Value::String(s) if s.contains('\0') => {
@@ -177,7 +183,7 @@ struct RawEvent<'a> {
     sent_at: Option<Cow<'a, str>>,
 }
 
-fn rfc3339(field: &str, s: &str) -> Result<DateTime<Utc>, String> {
+pub fn rfc3339(field: &str, s: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| format!("{field} is not an RFC 3339 time with offset ({e})"))

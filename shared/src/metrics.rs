@@ -131,6 +131,10 @@ pub fn register(daemon: Daemon) {
 }
 
 /// Reasons an event or a request is rejected; the only values of the `reason` label.
+/// The `api` label of the event counters: the wire format a request came in (`native` is
+/// `POST /v1/events`; the others are the SDK routes).
+pub const APIS: &[&str] = &["native", "segment", "posthog", "jitsu"];
+
 pub const REJECT_REASONS: &[&str] = &[
     "invalid_event",
     "invalid_body",
@@ -147,8 +151,14 @@ pub const REJECT_REASONS: &[&str] = &[
 ];
 
 fn register_gateway() {
-    describe_counter!(EVENTS_ACCEPTED, "Events queued on Redis and answered 202.");
-    describe_counter!(EVENTS_REJECTED, "Events refused, by reason.");
+    describe_counter!(
+        EVENTS_ACCEPTED,
+        "Events queued on Redis and answered as accepted, by wire format (api)."
+    );
+    describe_counter!(
+        EVENTS_REJECTED,
+        "Events refused, by wire format (api) and reason."
+    );
     describe_counter!(CACHE_HITS, "Read API answers served from the cache.");
     describe_counter!(CACHE_MISSES, "Read API answers computed from PostgreSQL.");
     describe_counter!(
@@ -163,9 +173,11 @@ fn register_gateway() {
         "Full reloads of the gateway's key cache (at start, after the key-change session reconnects, every KEY_REFRESH_MS)."
     );
     counter!(KEY_RELOADS).absolute(0);
-    counter!(EVENTS_ACCEPTED).absolute(0);
-    for reason in REJECT_REASONS {
-        counter!(EVENTS_REJECTED, "reason" => *reason).absolute(0);
+    for api in APIS {
+        counter!(EVENTS_ACCEPTED, "api" => *api).absolute(0);
+        for reason in REJECT_REASONS {
+            counter!(EVENTS_REJECTED, "api" => *api, "reason" => *reason).absolute(0);
+        }
     }
     counter!(CACHE_HITS).absolute(0);
     counter!(CACHE_MISSES).absolute(0);
@@ -275,14 +287,17 @@ pub fn slow_query() {
     counter!(SLOW_QUERIES).increment(1);
 }
 
-pub fn events_accepted(n: u64) {
-    counter!(EVENTS_ACCEPTED).increment(n);
+/// `api` must be one of [`APIS`].
+pub fn events_accepted(api: &'static str, n: u64) {
+    debug_assert!(APIS.contains(&api), "unknown api {api}");
+    counter!(EVENTS_ACCEPTED, "api" => api).increment(n);
 }
 
-/// `reason` must be one of [`REJECT_REASONS`].
-pub fn events_rejected(reason: &'static str, n: u64) {
+/// `api` must be one of [`APIS`], `reason` one of [`REJECT_REASONS`].
+pub fn events_rejected(api: &'static str, reason: &'static str, n: u64) {
+    debug_assert!(APIS.contains(&api), "unknown api {api}");
     debug_assert!(REJECT_REASONS.contains(&reason), "unknown reason {reason}");
-    counter!(EVENTS_REJECTED, "reason" => reason).increment(n);
+    counter!(EVENTS_REJECTED, "api" => api, "reason" => reason).increment(n);
 }
 
 pub fn events_written(n: u64) {

@@ -25,8 +25,9 @@ async fn the_daemon_serves_health_on_both_ports_and_stops_on_sigterm() {
     }
     let (_, metrics) = http_get(&d.ops_addr, "/metrics").await.expect("metrics");
     for name in [
-        "sluice_events_accepted_total 0",
-        "sluice_events_rejected_total{reason=\"invalid_event\"} 0",
+        "sluice_events_accepted_total{api=\"native\"} 0",
+        "sluice_events_accepted_total{api=\"segment\"} 0",
+        "sluice_events_rejected_total{api=\"posthog\",reason=\"invalid_event\"} 0",
         "sluice_cache_hits_total 0",
         "sluice_cache_misses_total 0",
     ] {

@@ -568,9 +568,12 @@ async fn metrics_count_accepted_and_rejected_events() {
     let (_, m) = shared::testing::http_get(&gw.ops.to_string(), "/metrics")
         .await
         .expect("metrics");
-    assert!(m.contains("sluice_events_accepted_total 2"), "{m}");
     assert!(
-        m.contains("sluice_events_rejected_total{reason=\"invalid_event\"} 1"),
+        m.contains("sluice_events_accepted_total{api=\"native\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("sluice_events_rejected_total{api=\"native\",reason=\"invalid_event\"} 1"),
         "{m}"
     );
     assert!(

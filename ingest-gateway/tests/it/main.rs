@@ -9,3 +9,5 @@ mod openapi;
 mod page;
 mod read;
 mod replica;
+mod sdk;
+mod sdk_limits;
