@@ -132,10 +132,31 @@ pub fn bodies(batch: usize, variants: usize) -> Vec<Bytes> {
         .collect()
 }
 
+/// Segment `/v1/batch` bodies of `batch` messages each, as `@segment/analytics-node` sends them.
+pub fn segment_bodies(batch: usize, variants: usize) -> Vec<Bytes> {
+    let mut rng = rand::rng();
+    (0..variants)
+        .map(|_| {
+            let msgs: Vec<String> = (0..batch)
+                .map(|_| crate::segment_message_json(&mut rng))
+                .collect();
+            Bytes::from(format!(
+                r#"{{"batch":[{}],"sentAt":"{}"}}"#,
+                msgs.join(","),
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ))
+        })
+        .collect()
+}
+
 #[derive(Clone)]
 pub struct Target {
     pub url: String,
     pub key: String,
+    /// The `Authorization` header value.
+    auth: String,
+    /// The status that means accepted.
+    ok: u16,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -149,19 +170,34 @@ impl Target {
         Self {
             url: format!("http://{addr}/v1/events"),
             key: key.to_owned(),
+            auth: format!("Bearer {key}"),
+            ok: 202,
             client,
         }
+    }
+
+    /// The Segment `/v1/batch` route, with Basic auth as Segment's SDKs send it.
+    pub fn segment(addr: &str, key: &str, connections: usize) -> Self {
+        use base64::Engine;
+        let mut t = Self::new(addr, key, connections);
+        t.url = format!("http://{addr}/v1/batch");
+        t.auth = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
+        );
+        t.ok = 200;
+        t
     }
 
     /// Sends one body; the number of accepted events, or `None` on failure.
     pub async fn send(&self, body: Bytes, events: u64) -> Option<u64> {
         let req = Request::post(&self.url)
-            .header("authorization", format!("Bearer {}", self.key))
+            .header("authorization", &self.auth)
             .header("content-type", "application/json")
             .body(Full::new(body))
             .ok()?;
         let resp = self.client.request(req).await.ok()?;
-        let ok = resp.status().as_u16() == 202;
+        let ok = resp.status().as_u16() == self.ok;
         let _ = resp.into_body().collect().await.ok()?;
         ok.then_some(events)
     }

@@ -1,13 +1,14 @@
 //! The read API: `GET /v1/stats/daily` and `GET /v1/stats/top-events`, for a read key, each app
-//! seeing only its own data. Days the summary view covers come from `daily_analytics_summary`;
-//! later days (today at least) from the live partitions, merged into one answer, so a dashboard
-//! sees an event within seconds. All reads go through the read pool, and answers through the
-//! cache (`X-Cache: HIT|MISS`).
+//! seeing only its own data. Every day, today included, comes from `daily_analytics_summary`
+//! plus the stored events the maintenance worker has not folded into it yet
+//! (`summary_pending`), so an event counts as soon as the writer has committed it, exactly, and
+//! a big app's today costs what arrived since the last fold, not a scan of its day. All reads go
+//! through the read pool, and answers through the cache (`X-Cache: HIT|MISS`).
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{NaiveDate, Utc};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -187,106 +188,65 @@ async fn answer(
     Ok(resp)
 }
 
-/// The first day the summary view does not fully cover: the day its last refresh started, or
-/// today, whichever is earlier.
-async fn live_from(db: &Db) -> Result<NaiveDate, shared::db::DbError> {
-    let covers: DateTime<Utc> = db
-        .query_one(
-            "read view coverage",
-            "SELECT covers_before FROM view_refreshes WHERE view_name = 'daily_analytics_summary'",
-            &[],
-        )
-        .await?
-        .get(0);
-    Ok(covers.date_naive().min(Utc::now().date_naive()))
-}
+/// Per (day, event name): the summary's counts plus the inserted events not yet folded into it
+/// (`summary_pending`): their events, and their distinct ids not already among the summary's
+/// (`summary_members`). Exact at the read's snapshot whenever the fold last ran; the fold only
+/// keeps the pending part small. `$4` is an event name or NULL for all.
+const DAILY: &str = "
+WITH pend AS (
+    SELECT day, event_name, events, users, sessions FROM summary_pending
+     WHERE app_id = $1 AND day BETWEEN $2 AND $3 AND ($4::text IS NULL OR event_name = $4)
+), pe AS (
+    SELECT day, event_name, sum(events)::bigint AS events FROM pend GROUP BY 1, 2
+), nu AS (
+    SELECT p.day, p.event_name, count(DISTINCT u)::bigint AS n
+      FROM pend p, unnest(p.users) AS u
+     WHERE NOT EXISTS (SELECT 1 FROM summary_members m
+                        WHERE m.app_id = $1 AND m.day = p.day AND m.event_name = p.event_name
+                          AND m.kind = 'u' AND m.member = u)
+     GROUP BY 1, 2
+), ns AS (
+    SELECT p.day, p.event_name, count(DISTINCT x)::bigint AS n
+      FROM pend p, unnest(p.sessions) AS x
+     WHERE NOT EXISTS (SELECT 1 FROM summary_members m
+                        WHERE m.app_id = $1 AND m.day = p.day AND m.event_name = p.event_name
+                          AND m.kind = 's' AND m.member = x)
+     GROUP BY 1, 2
+), s AS (
+    SELECT day, event_name, events, unique_users, unique_sessions FROM daily_analytics_summary
+     WHERE app_id = $1 AND day BETWEEN $2 AND $3 AND ($4::text IS NULL OR event_name = $4)
+)
+SELECT day, event_name,
+       coalesce(s.events, 0) + coalesce(pe.events, 0),
+       coalesce(s.unique_users, 0) + coalesce(nu.n, 0),
+       coalesce(s.unique_sessions, 0) + coalesce(ns.n, 0)
+  FROM s FULL JOIN pe USING (day, event_name)
+  LEFT JOIN nu USING (day, event_name)
+  LEFT JOIN ns USING (day, event_name)
+ ORDER BY 1, 2";
 
-fn start_of(d: NaiveDate) -> DateTime<Utc> {
-    d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc()
-}
+/// Events per name over the range: the summary's and the pending rows'.
+const TOP: &str = "
+SELECT event_name, sum(events)::bigint FROM (
+    SELECT event_name, events FROM daily_analytics_summary
+     WHERE app_id = $1 AND day BETWEEN $2 AND $3
+    UNION ALL
+    SELECT event_name, events FROM summary_pending
+     WHERE app_id = $1 AND day BETWEEN $2 AND $3
+) t GROUP BY 1";
 
 async fn daily(db: &Db, app: &str, q: &Query) -> Result<String, shared::db::DbError> {
-    let split = live_from(db).await?;
-    let mut days = Vec::new();
-    if q.from < split {
-        let last = q.to.min(split.pred_opt().unwrap_or(split));
-        let rows = match &q.event_name {
-            None => db.query(
-                "daily stats from summary",
-                "SELECT day, event_name, events, unique_users, unique_sessions FROM daily_analytics_summary \
-                 WHERE app_id = $1 AND day BETWEEN $2 AND $3",
-                &[&app, &q.from, &last],
-            ).await?,
-            Some(name) => db.query(
-                "daily stats from summary",
-                "SELECT day, event_name, events, unique_users, unique_sessions FROM daily_analytics_summary \
-                 WHERE app_id = $1 AND day BETWEEN $2 AND $3 AND event_name = $4",
-                &[&app, &q.from, &last, name],
-            ).await?,
-        };
-        days.extend(rows.iter().map(Day::from_row));
-    }
-    if q.to >= split {
-        let lo = start_of(q.from.max(split));
-        let hi = start_of(q.to.succ_opt().unwrap_or(q.to));
-        const LIVE: &str = "SELECT (occurred_at AT TIME ZONE 'UTC')::date, event_name, count(*), \
-             count(DISTINCT user_id), count(DISTINCT session_id) FROM analytics_events \
-             WHERE app_id = $1 AND occurred_at >= $2 AND occurred_at < $3";
-        let rows = match &q.event_name {
-            None => {
-                db.query(
-                    "daily stats live",
-                    &format!("{LIVE} GROUP BY 1, 2"),
-                    &[&app, &lo, &hi],
-                )
-                .await?
-            }
-            Some(name) => {
-                db.query(
-                    "daily stats live",
-                    &format!("{LIVE} AND event_name = $4 GROUP BY 1, 2"),
-                    &[&app, &lo, &hi, name],
-                )
-                .await?
-            }
-        };
-        days.extend(rows.iter().map(Day::from_row));
-    }
-    days.sort_by(|a, b| (&a.day, &a.event_name).cmp(&(&b.day, &b.event_name)));
+    let rows = db
+        .query("daily stats", DAILY, &[&app, &q.from, &q.to, &q.event_name])
+        .await?;
+    let days: Vec<Day> = rows.iter().map(Day::from_row).collect();
     Ok(serde_json::json!({"app_id": app, "days": days}).to_string())
 }
 
 async fn top(db: &Db, app: &str, q: &Query) -> Result<String, shared::db::DbError> {
-    let split = live_from(db).await?;
     let mut totals: HashMap<String, i64> = HashMap::new();
-    if q.from < split {
-        let last = q.to.min(split.pred_opt().unwrap_or(split));
-        for r in db
-            .query(
-                "top events from summary",
-                "SELECT event_name, sum(events)::bigint FROM daily_analytics_summary \
-                 WHERE app_id = $1 AND day BETWEEN $2 AND $3 GROUP BY 1",
-                &[&app, &q.from, &last],
-            )
-            .await?
-        {
-            *totals.entry(r.get(0)).or_default() += r.get::<_, i64>(1);
-        }
-    }
-    if q.to >= split {
-        let lo = start_of(q.from.max(split));
-        let hi = start_of(q.to.succ_opt().unwrap_or(q.to));
-        for r in db
-            .query(
-                "top events live",
-                "SELECT event_name, count(*) FROM analytics_events \
-                 WHERE app_id = $1 AND occurred_at >= $2 AND occurred_at < $3 GROUP BY 1",
-                &[&app, &lo, &hi],
-            )
-            .await?
-        {
-            *totals.entry(r.get(0)).or_default() += r.get::<_, i64>(1);
-        }
+    for r in db.query("top events", TOP, &[&app, &q.from, &q.to]).await? {
+        *totals.entry(r.get(0)).or_default() += r.get::<_, i64>(1);
     }
     let mut events: Vec<(String, i64)> = totals.into_iter().collect();
     events.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));

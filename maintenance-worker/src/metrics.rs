@@ -2,13 +2,14 @@
 
 use std::time::Duration;
 
-use metrics::{describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
 pub const DURATION: &str = "sluice_maintenance_duration_seconds";
 pub const LAST_SUCCESS: &str = "sluice_maintenance_last_success_timestamp_seconds";
 pub const PARTITIONS_AHEAD: &str = "sluice_partitions_ahead_months";
 pub const QUARANTINE_ROWS: &str = "sluice_quarantine_rows";
 pub const LEADER: &str = "sluice_maintenance_leader";
+pub const ROWS: &str = "sluice_maintenance_rows_total";
 
 pub fn register() {
     describe_histogram!(DURATION, "Maintenance job duration by job.");
@@ -19,7 +20,14 @@ pub fn register() {
     );
     describe_gauge!(QUARANTINE_ROWS, "Events waiting in events_quarantine.");
     describe_gauge!(LEADER, "1 while this replica is the acting leader.");
+    describe_counter!(
+        ROWS,
+        "Rows each maintenance job touched (moved, pruned, folded, vacuumed or sampled)."
+    );
     gauge!(LEADER).set(0.0);
+    for job in crate::jobs::Job::ALL {
+        counter!(ROWS, "job" => job.name()).absolute(0);
+    }
 }
 
 pub fn job_finished(job: &'static str, success: bool, elapsed: Duration) {
@@ -28,6 +36,11 @@ pub fn job_finished(job: &'static str, success: bool, elapsed: Duration) {
     if success {
         gauge!(LAST_SUCCESS, "job" => job).set(chrono::Utc::now().timestamp() as f64);
     }
+}
+
+/// Rows `job` touched in one run.
+pub fn job_rows(job: &'static str, rows: u64) {
+    counter!(ROWS, "job" => job).increment(rows);
 }
 
 pub fn partitions_ahead(months: u32) {

@@ -1,4 +1,5 @@
-//! Gateway benchmark over HTTP on loopback: batches of 100 events and single events with many
+//! Gateway benchmark over HTTP on loopback: batches of 100 events (native and Segment's
+//! `/v1/batch` with realistic analytics-node messages) and single events with many
 //! connections, and a fixed 10,000 events/s, beside the raw pipelined XADD rate of the same Redis
 //! measured in the same run. The gateway runs as its own release process, so its peak memory and
 //! CPU are its own.
@@ -67,6 +68,21 @@ async fn main() -> anyhow::Result<()> {
     let batch_bodies = load::bodies(100, 16);
     let batched = load::closed_loop(&target, &batch_bodies, 100, args.connections, phase).await;
     clear(&prefix).await;
+    eprintln!(
+        "Segment /v1/batch, batches of 100, {} connections...",
+        args.connections
+    );
+    let segment_target = Target::segment(&addr, &app.ingest_key, args.connections);
+    let segment_bodies = load::segment_bodies(100, 16);
+    let segment = load::closed_loop(
+        &segment_target,
+        &segment_bodies,
+        100,
+        args.connections,
+        phase,
+    )
+    .await;
+    clear(&prefix).await;
     eprintln!("Single events, {} connections...", args.connections);
     let single_bodies = load::bodies(1, 64);
     let single = load::closed_loop(&target, &single_bodies, 1, args.connections, phase).await;
@@ -76,7 +92,13 @@ async fn main() -> anyhow::Result<()> {
     clear(&prefix).await;
     let rss = peak_rss_mib(pid).unwrap_or(0.0);
     let cpu = cpu_seconds(pid).unwrap_or(0.0);
-    let total_events = batched.events_accepted + single.events_accepted + paced.events_accepted;
+    let total_events = batched.events_accepted
+        + segment.events_accepted
+        + single.events_accepted
+        + paced.events_accepted;
+    let bytes_per_event = |b: &[bytes::Bytes]| {
+        b.iter().map(|x| x.len()).sum::<usize>() as f64 / (b.len() * 100) as f64
+    };
 
     let rows = vec![
         vec![
@@ -87,13 +109,24 @@ async fn main() -> anyhow::Result<()> {
             "-".into(),
             "-".into(),
         ],
-        batched.row("batches of 100"),
+        batched.row(&format!(
+            "/v1/events, batches of 100 ({:.0} B/event)",
+            bytes_per_event(&batch_bodies)
+        )),
+        segment.row(&format!(
+            "Segment /v1/batch, batches of 100 ({:.0} B/event)",
+            bytes_per_event(&segment_bodies)
+        )),
         single.row("single events"),
         paced.row(&format!("fixed {:.0} events/s, single", args.rate)),
     ];
     print_table(
         &[&["load"][..], &load::LoadResult::COLUMNS[..]].concat(),
         &rows,
+    );
+    println!(
+        "Segment /v1/batch vs /v1/events: {:.2}x the events/s",
+        segment.events_per_sec() / batched.events_per_sec().max(1.0)
     );
     println!(
         "gateway peak RSS {rss:.1} MiB; CPU {:.1} s per million events",
@@ -103,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
         let doc = serde_json::json!({
             "raw_xadd_per_sec": xadd,
             "batched": summary(&batched),
+            "segment_batched": summary(&segment),
             "single": summary(&single),
             "fixed_rate": summary(&paced),
             "fixed_rate_target": args.rate,

@@ -278,11 +278,8 @@ async fn prepare(events: i64) -> anyhow::Result<()> {
         "Refreshing the summary and analyzing ({:.0} s)...",
         started.elapsed().as_secs_f64()
     );
-    c.batch_execute(
-        "SET statement_timeout = 0; REFRESH MATERIALIZED VIEW daily_analytics_summary; \
-         UPDATE view_refreshes SET refreshed_at = now(), covers_before = now(); ANALYZE analytics_events",
-    )
-    .await?;
+    c.batch_execute("SET statement_timeout = 0; ANALYZE analytics_events")
+        .await?;
     eprintln!("Loaded in {:.0} s.", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -38,7 +38,7 @@ pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
             "Keeping dedupe keys: not every pipeline has recorded its queue's low-water mark yet."
         );
         return Ok(
-            serde_json::json!({"dedupe_keys_pruned": 0, "ledger_entries_pruned": 0, "waiting_for_low_water": true}),
+            serde_json::json!({"dedupe_keys_pruned": 0, "ledger_entries_pruned": 0, "waiting_for_low_water": true, "rows": 0}),
         );
     }
     let oldest = pipelines
@@ -60,6 +60,7 @@ pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
         "dedupe_keys_pruned": keys,
         "ledger_entries_pruned": entries,
         "key_cutoff": key_cutoff,
+        "rows": keys + entries,
     }))
 }
 

@@ -119,6 +119,7 @@ pub async fn run(job: Job, ctx: &JobCtx) -> Result<Report, JobError> {
     metrics::job_finished(job.name(), out.is_ok(), elapsed);
     match out {
         Ok(detail) => {
+            metrics::job_rows(job.name(), detail["rows"].as_u64().unwrap_or(0));
             tracing::info!(job = job.name(), duration_ms = elapsed.as_millis() as u64, %detail, "Job done.");
             Ok(Report {
                 job,

@@ -29,6 +29,7 @@ pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
         "hot_index_added": hot_added,
         "hot_index_dropped": hot_dropped,
         "months_ahead": ahead,
+        "rows": moved + discarded,
     }))
 }
 

@@ -15,6 +15,7 @@ pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
     let existing = partitions::existing(&client).await?;
     drop(client);
     let mut dropped = Vec::new();
+    let mut summary_rows = 0u64;
     for m in existing {
         if m.plus(1).start() > floor {
             continue;
@@ -33,9 +34,32 @@ pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
         )
         .await?;
         tracing::info!(partition = %name, "Dropped a partition past retention.");
+        summary_rows += forget_summary(&ctx.db, m).await?;
         dropped.push(name);
     }
-    Ok(serde_json::json!({ "dropped": dropped }))
+    Ok(serde_json::json!({ "dropped": dropped, "rows": summary_rows }))
+}
+
+/// The summary's rows of a dropped month (the partition's drop fires no trigger): its days, their
+/// distinct ids and any pending rows.
+async fn forget_summary(db: &Db, m: partitions::Month) -> Result<u64, DbError> {
+    let (from, to) = (m.start().date_naive(), m.plus(1).start().date_naive());
+    let mut n = 0;
+    for table in [
+        "daily_analytics_summary",
+        "summary_members",
+        "summary_pending",
+        "summary_dirty",
+    ] {
+        n += db
+            .execute(
+                "forget the summary of a dropped month",
+                &format!("DELETE FROM {table} WHERE day >= $1 AND day < $2"),
+                &[&from, &to],
+            )
+            .await?;
+    }
+    Ok(n)
 }
 
 /// A `DETACH ... CONCURRENTLY` interrupted (by a crash or a cancel) leaves the partition

@@ -51,5 +51,6 @@ pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
         done.push(serde_json::json!({"table": table, "dead_tuples": dead, "live_tuples": live}));
     }
     let _ = client.batch_execute("RESET statement_timeout").await;
-    Ok(serde_json::json!({"vacuumed": done}))
+    let rows: i64 = done.iter().filter_map(|d| d["dead_tuples"].as_i64()).sum();
+    Ok(serde_json::json!({"vacuumed": done, "rows": rows}))
 }

@@ -22,7 +22,10 @@ async fn migrate_applies_once_then_is_a_no_op() {
         String::from_utf8_lossy(&first.stderr)
     );
     let out = String::from_utf8_lossy(&first.stdout);
-    assert!(out.contains("migrations applied: [1, 2, 3, 4, 5]"), "{out}");
+    assert!(
+        out.contains("migrations applied: [1, 2, 3, 4, 5, 6]"),
+        "{out}"
+    );
     let second = run();
     assert!(second.status.success());
     let out = String::from_utf8_lossy(&second.stdout);
@@ -155,10 +158,12 @@ fn runs(metrics: &str, job: &str, outcome: &str) -> f64 {
 #[tokio::test]
 async fn a_failing_job_does_not_stop_the_others_and_runs_again() {
     let db = TestDb::migrated().await;
-    // REFRESH ... CONCURRENTLY needs the unique index: without it the views job fails.
+    // The fold upserts on the summary's key: without it the views job fails.
     db.client()
         .await
-        .batch_execute("DROP INDEX daily_analytics_summary_key")
+        .batch_execute(
+            "ALTER TABLE daily_analytics_summary DROP CONSTRAINT daily_analytics_summary_pkey",
+        )
         .await
         .expect("drop");
     let every_second = "* * * * * *";
@@ -187,6 +192,10 @@ async fn a_failing_job_does_not_stop_the_others_and_runs_again() {
     assert!(
         m.contains("sluice_maintenance_duration_seconds_bucket{job=\"views\""),
         "{m}"
+    );
+    assert!(
+        m.contains("sluice_maintenance_rows_total{job=\"views\"} 0"),
+        "a failed fold touched no rows: {m}"
     );
     stop.cancel();
     let _ = task.await;

@@ -215,7 +215,8 @@ async fn the_view_refresh_runs_while_a_reader_holds_the_view() {
         .await
         .expect("the refresh is not blocked by the reader")
         .expect("refresh");
-    assert_eq!(r.detail["rows"], 3);
+    assert_eq!(r.detail["summary_rows_upserted"], 3);
+    assert_eq!(r.detail["new_members"], 3 * 5 + 3 * 7);
     // A reader during the refresh is not blocked either: its read answers at once.
     let started = std::time::Instant::now();
     let n: i64 = reader

@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_key_notifications.sql",
         sql: include_str!("../../../migrations/0005_key_notifications.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_incremental_summary.sql",
+        sql: include_str!("../../../migrations/0006_incremental_summary.sql"),
+    },
 ];
 
 /// The schema version this build expects.
