@@ -191,26 +191,30 @@ async fn answer(
 /// Per (day, event name): the summary's counts plus the inserted events not yet folded into it
 /// (`summary_pending`): their events, and their distinct ids not already among the summary's
 /// (`summary_members`). Exact at the read's snapshot whenever the fold last ran; the fold only
-/// keeps the pending part small. `$4` is an event name or NULL for all.
-const DAILY: &str = "
+/// keeps the pending part small. Each id is one probe of the members' key (the LIMIT keeps the
+/// probe a subquery of its own, so all five key columns are its index condition whatever the
+/// statistics say). `$4` is an event name or NULL for all.
+pub const DAILY: &str = "
 WITH pend AS (
     SELECT day, event_name, events, users, sessions FROM summary_pending
      WHERE app_id = $1 AND day BETWEEN $2 AND $3 AND ($4::text IS NULL OR event_name = $4)
 ), pe AS (
     SELECT day, event_name, sum(events)::bigint AS events FROM pend GROUP BY 1, 2
 ), nu AS (
-    SELECT p.day, p.event_name, count(DISTINCT u)::bigint AS n
-      FROM pend p, unnest(p.users) AS u
-     WHERE NOT EXISTS (SELECT 1 FROM summary_members m
-                        WHERE m.app_id = $1 AND m.day = p.day AND m.event_name = p.event_name
-                          AND m.kind = 'u' AND m.member = u)
+    SELECT p.day, p.event_name, count(DISTINCT u.id)::bigint AS n
+      FROM pend p CROSS JOIN LATERAL unnest(p.users) AS u(id)
+      LEFT JOIN LATERAL (SELECT 1 AS hit FROM summary_members m
+                          WHERE m.app_id = $1 AND m.day = p.day AND m.event_name = p.event_name
+                            AND m.kind = 'u' AND m.member = u.id LIMIT 1) k ON true
+     WHERE k.hit IS NULL
      GROUP BY 1, 2
 ), ns AS (
-    SELECT p.day, p.event_name, count(DISTINCT x)::bigint AS n
-      FROM pend p, unnest(p.sessions) AS x
-     WHERE NOT EXISTS (SELECT 1 FROM summary_members m
-                        WHERE m.app_id = $1 AND m.day = p.day AND m.event_name = p.event_name
-                          AND m.kind = 's' AND m.member = x)
+    SELECT p.day, p.event_name, count(DISTINCT x.id)::bigint AS n
+      FROM pend p CROSS JOIN LATERAL unnest(p.sessions) AS x(id)
+      LEFT JOIN LATERAL (SELECT 1 AS hit FROM summary_members m
+                          WHERE m.app_id = $1 AND m.day = p.day AND m.event_name = p.event_name
+                            AND m.kind = 's' AND m.member = x.id LIMIT 1) k ON true
+     WHERE k.hit IS NULL
      GROUP BY 1, 2
 ), s AS (
     SELECT day, event_name, events, unique_users, unique_sessions FROM daily_analytics_summary

@@ -66,7 +66,7 @@ impl MaintenanceConfig {
             stream_prefix: env.string("STREAM_PREFIX", "sluice"),
             schedules: Schedules {
                 partitions: Schedule::from_env(env, "SCHEDULE_PARTITIONS", "0 * * * *")?,
-                refresh_views: Schedule::from_env(env, "SCHEDULE_REFRESH_VIEWS", "*/10 * * * *")?,
+                refresh_views: Schedule::from_env(env, "SCHEDULE_REFRESH_VIEWS", "* * * * *")?,
                 analyze: Schedule::from_env(env, "SCHEDULE_ANALYZE", "0 2 * * *")?,
                 vacuum: Schedule::from_env(env, "SCHEDULE_VACUUM", "0 3 * * 0")?,
                 retention: Schedule::from_env(env, "SCHEDULE_RETENTION", "0 4 1 * *")?,

@@ -1,0 +1,298 @@
+//! Summary benchmark: what one fold of `daily_analytics_summary` costs as history grows, and what
+//! the read API's daily query costs for a big app.
+//!
+//! For each history size (default 10M then 100M events over the past ~11 months, 50 apps, loaded
+//! server-side through the summary trigger and folded as it goes), the same 100,000 fresh events
+//! (today and three late days that already hold history) are inserted in writer-sized
+//! statements of 1,000 rows and one fold is timed. Then an app with `--big-app` events today:
+//! the read API's daily query (summary + unfolded rows) timed after a fold and with the last
+//! `--unfolded` of its events not folded yet, beside the old live query over its day (the
+//! baseline).
+//!
+//! `cargo build --release --bins && target/release/maintenance-bench --history 10000000,100000000`
+
+use std::time::{Duration, Instant};
+
+use bench::{percentile, print_table};
+use clap::Parser;
+use maintenance_worker::clock::Clock;
+use maintenance_worker::jobs::{self, Job, JobCtx};
+
+const DB: &str = "sluice_maintenance_bench";
+const APPS: i64 = 50;
+
+#[derive(Parser)]
+struct Args {
+    /// History sizes, ascending, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10000000,100000000")]
+    history: Vec<i64>,
+    /// Fresh events per measurement.
+    #[arg(long, default_value_t = 100_000)]
+    fresh: i64,
+    /// Events today of the big app.
+    #[arg(long, default_value_t = 2_000_000)]
+    big_app: i64,
+    /// Events of the big app left unfolded for the second read measurement (a minute of a big
+    /// app's traffic is a few thousand).
+    #[arg(long, default_value_t = 10_000)]
+    unfolded: i64,
+    /// Timed runs of the read query.
+    #[arg(long, default_value_t = 200)]
+    reads: usize,
+    /// Keep the database afterwards.
+    #[arg(long)]
+    keep: bool,
+}
+
+fn ctx(db: &shared::db::Db) -> JobCtx {
+    JobCtx {
+        db: db.clone(),
+        clock: Clock::System,
+        retention_months: 12,
+        premake_months: 6,
+        dedupe_window: Duration::from_secs(86_400),
+    }
+}
+
+async fn fold(db: &shared::db::Db) -> anyhow::Result<(Duration, serde_json::Value)> {
+    let t = Instant::now();
+    let r = jobs::run(Job::Views, &ctx(db))
+        .await
+        .map_err(|e| anyhow::anyhow!("fold: {e}"))?;
+    Ok((t.elapsed(), r.detail))
+}
+
+/// History rows `from+1..=to`: 50 apps, 10 event names, days 7 to 330 back, users and sessions
+/// from pools, so each (app, day, event) has repeated ids as real traffic does.
+fn history_sql(from: i64, to: i64) -> String {
+    format!(
+        "SET statement_timeout = 0; \
+         INSERT INTO analytics_events (event_id, app_id, event_name, occurred_at, received_at, user_id, session_id) \
+         SELECT gen_random_uuid(), 'app_' || lpad((i % {APPS})::text, 2, '0'), \
+                (ARRAY['page_view','page_view','page_view','click','click','scroll','search','signup','purchase','share'])[1 + (i * 7919) % 10], \
+                now() - interval '7 days' - (((i * 104729) % 27993600)::text || ' seconds')::interval, now(), \
+                'user_' || ((i * 31) % 3000), 'sess_' || ((i * 17) % 9000) \
+         FROM generate_series({from}::bigint + 1, {to}::bigint) i"
+    )
+}
+
+/// The fresh events of one measurement, in statements of 1,000 rows (a writer's batch): a
+/// quarter each today and 7, 30 and 90 days back, ids half from the history's pools.
+async fn fresh(c: &tokio_postgres::Client, n: i64, tag: &str) -> anyhow::Result<()> {
+    let mut done = 0;
+    while done < n {
+        let k = 1000.min(n - done);
+        c.batch_execute(&format!(
+            "INSERT INTO analytics_events (event_id, app_id, event_name, occurred_at, received_at, user_id, session_id) \
+             SELECT gen_random_uuid(), 'app_' || lpad((i % {APPS})::text, 2, '0'), \
+                    '{tag}_' || (i % 10), \
+                    now() - (ARRAY[0, 7, 30, 90])[1 + i % 4] * interval '1 day' - (i % 3000) * interval '1 second', now(), \
+                    'user_' || ((i * 13) % 6000), 'sess_' || ((i * 7) % 18000) \
+             FROM generate_series({}::bigint, {}::bigint) i",
+            done + 1,
+            done + k
+        ))
+        .await?;
+        done += k;
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let admin = shared::testing::connect("postgres").await;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
+        .await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {DB}"))
+        .await?;
+    let c = shared::testing::connect(DB).await;
+    shared::schema::migrate(
+        &c,
+        shared::schema::PartitionWindow {
+            now: chrono::Utc::now(),
+            retention_months: 12,
+            premake_months: 6,
+        },
+    )
+    .await?;
+    let (host, port) = shared::testing::admin_env();
+    let env = shared::config::Env::from_pairs(vec![
+        ("DB_HOST".to_owned(), host),
+        ("DB_PORT".to_owned(), port.to_string()),
+        ("DB_NAME".to_owned(), DB.to_owned()),
+    ]);
+    let db = shared::db::Pools::new(&shared::config::DbConfig::from_env(&env)?)?.write;
+
+    let mut rows = Vec::new();
+    let mut loaded = 0i64;
+    let started = Instant::now();
+    for &h in &args.history {
+        while loaded < h {
+            let to = (loaded + 1_000_000).min(h);
+            eprintln!(
+                "History {loaded}..{to} ({:.0} s)",
+                started.elapsed().as_secs_f64()
+            );
+            c.batch_execute(&history_sql(loaded, to)).await?;
+            fold(&db).await?;
+            loaded = to;
+        }
+        c.batch_execute("SET statement_timeout = 0; ANALYZE")
+            .await?;
+        let size: i64 = c
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .await?
+            .get(0);
+        let members: i64 = c
+            .query_one("SELECT count(*) FROM summary_members", &[])
+            .await?
+            .get(0);
+        eprintln!("Fresh {} events...", args.fresh);
+        let t = Instant::now();
+        fresh(&c, args.fresh, &format!("fresh{}", rows.len())).await?;
+        let insert = t.elapsed();
+        let (took, detail) = fold(&db).await?;
+        eprintln!("{detail}");
+        rows.push((h, size, members, insert, took, detail));
+    }
+
+    eprintln!("Big app: {} events today...", args.big_app);
+    let mut done = 0;
+    while done < args.big_app {
+        let k = 1000.min(args.big_app - done);
+        c.batch_execute(&format!(
+            "INSERT INTO analytics_events (event_id, app_id, event_name, occurred_at, received_at, user_id, session_id) \
+             SELECT gen_random_uuid(), 'big', (ARRAY['page_view','page_view','click','scroll','search','signup'])[1 + i % 6], \
+                    now() - (i % 36000) * interval '1 second' * 0.5, now(), \
+                    'u' || ((i * 31) % 200000), 's' || ((i * 17) % 400000) \
+             FROM generate_series({}::bigint, {}::bigint) i",
+            done + 1,
+            done + k
+        ))
+        .await?;
+        done += k;
+        if done % 200_000 == 0 {
+            fold(&db).await?;
+        }
+    }
+    fold(&db).await?;
+    c.batch_execute("ANALYZE").await?;
+    let today = chrono::Utc::now().date_naive();
+    let from = today - chrono::Duration::days(29);
+    let none: Option<String> = None;
+    let time_read = |label: &'static str| {
+        let c = &c;
+        let none = none.clone();
+        async move {
+            let mut lat = Vec::new();
+            for _ in 0..args.reads {
+                let t = Instant::now();
+                c.query(
+                    ingest_gateway::stats::DAILY,
+                    &[&"big", &from, &today, &none],
+                )
+                .await?;
+                lat.push(t.elapsed());
+            }
+            lat.sort();
+            anyhow::Ok((label, lat))
+        }
+    };
+    let folded = time_read("30-day daily stats, all folded").await?;
+    let mut done = 0;
+    while done < args.unfolded {
+        let k = 1000.min(args.unfolded - done);
+        c.batch_execute(&format!(
+            "INSERT INTO analytics_events (event_id, app_id, event_name, occurred_at, received_at, user_id, session_id) \
+             SELECT gen_random_uuid(), 'big', (ARRAY['page_view','click','signup'])[1 + i % 3], now() - (i % 600) * interval '1 second', now(), \
+                    'u' || ((i * 37) % 250000), 's' || ((i * 11) % 450000) \
+             FROM generate_series({}::bigint, {}::bigint) i",
+            done + 1,
+            done + k
+        ))
+        .await?;
+        done += k;
+    }
+    let pending = time_read("30-day daily stats, some not folded yet").await?;
+    let mut live = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        c.query(
+            "SELECT (occurred_at AT TIME ZONE 'UTC')::date, event_name, count(*), \
+             count(DISTINCT user_id), count(DISTINCT session_id) FROM analytics_events \
+             WHERE app_id = 'big' AND occurred_at >= $1 GROUP BY 1, 2",
+            &[&today.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc()],
+        )
+        .await?;
+        live.push(t.elapsed());
+    }
+    live.sort();
+
+    let s = |d: Duration| format!("{:.2}", d.as_secs_f64());
+    print_table(
+        &[
+            "history events",
+            "database size",
+            "summary members",
+            "insert 100k fresh (s)",
+            "one fold (s)",
+            "pending rows folded",
+            "new ids",
+        ],
+        &rows
+            .iter()
+            .map(|(h, size, members, insert, took, d)| {
+                vec![
+                    h.to_string(),
+                    format!("{:.1} GB", *size as f64 / 1e9),
+                    members.to_string(),
+                    s(*insert),
+                    s(*took),
+                    d["pending_rows_folded"].to_string(),
+                    d["new_members"].to_string(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    if rows.len() > 1 {
+        let (a, b) = (&rows[0], &rows[rows.len() - 1]);
+        println!(
+            "fold after {} history events / after {}: {:.2}x (target <= 1.2x; < 2 s)",
+            b.0,
+            a.0,
+            b.4.as_secs_f64() / a.4.as_secs_f64()
+        );
+    }
+    let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
+    let mut read_rows: Vec<Vec<String>> = [folded, pending]
+        .iter()
+        .map(|(label, lat)| {
+            vec![
+                label.to_string(),
+                ms(percentile(lat, 50.0)),
+                ms(percentile(lat, 99.0)),
+            ]
+        })
+        .collect();
+    read_rows.push(vec![
+        "baseline: today from the live table (old query)".into(),
+        ms(percentile(&live, 50.0)),
+        ms(percentile(&live, 99.0)),
+    ]);
+    println!(
+        "big app: {} events today, the last {} of them not folded yet in the second row",
+        args.big_app + args.unfolded,
+        args.unfolded
+    );
+    print_table(&["read query, uncached", "p50 ms", "p99 ms"], &read_rows);
+    drop(c);
+    if !args.keep {
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
+            .await?;
+    }
+    Ok(())
+}
