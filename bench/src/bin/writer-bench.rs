@@ -28,6 +28,9 @@ struct Args {
     /// Events carry client-chosen ids (each then costs a dedupe key, to catch client retries).
     #[arg(long)]
     client_ids: bool,
+    /// Drain with the summary trigger off, to measure what it costs the writer.
+    #[arg(long)]
+    no_summary_trigger: bool,
     /// Where to write the figures as JSON.
     #[arg(long)]
     json: Option<String>,
@@ -59,6 +62,9 @@ async fn main() -> anyhow::Result<()> {
 
     eprintln!("Draining with the batch writer...");
     let w_db = TestDb::migrated().await;
+    if args.no_summary_trigger {
+        baseline::without_summary_trigger(&w_db.client().await).await?;
+    }
     let drain = drain(&w_db, &prefix, &args).await?;
     let stored: i64 = w_db
         .client()
