@@ -6,12 +6,17 @@
 //! `context`, ...), so `metadata @> '{"properties": {"plan": "pro"}}'` finds a track call by
 //! its properties. Keys are never stored (`writeKey`, `api_key`, `token`, `properties.token`).
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, NaiveDateTime, Utc};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use shared::queue::QueuedEvent;
 use uuid::Uuid;
 
-use crate::validate::{check_value, short_id, EventName};
+use crate::validate::{short_id, EventName, MAX_METADATA_DEPTH};
 
 /// The namespace of event ids derived from an SDK's non-UUID message id:
 /// `UUIDv5(SDK_NAMESPACE, app_id + ":" + messageId)`.
@@ -50,14 +55,116 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
+/// One message's top-level fields, each kept as its raw JSON text (nested values are never
+/// parsed into trees: they are copied into `metadata` as they came).
+type Fields<'a> = BTreeMap<Cow<'a, str>, &'a RawValue>;
+
+fn fields(raw: &RawValue) -> Result<Fields<'_>, String> {
+    if !raw.get().trim_start().starts_with('{') {
+        return Err("the message must be a JSON object".into());
+    }
+    serde_json::from_str(raw.get()).map_err(|_| "the message must be a JSON object".to_owned())
+}
+
 /// A string field, or a number's text (SDKs stringify numeric ids, but hand-written clients may
 /// not). Empty strings and other types count as absent.
-fn text(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
+fn text(v: Option<&RawValue>) -> Option<String> {
+    let t = v?.get().trim();
+    match t.as_bytes().first()? {
+        b'"' => serde_json::from_str::<String>(t)
+            .ok()
+            .filter(|s| !s.is_empty()),
+        b'-' | b'0'..=b'9' => Some(t.to_owned()),
         _ => None,
     }
+}
+
+fn is_null(v: &RawValue) -> bool {
+    v.get().trim() == "null"
+}
+
+/// Depth and NUL check of raw JSON text (which serde has already parsed once), without building
+/// it: nesting at most `MAX_METADATA_DEPTH` below the metadata object, no `\u0000` escape.
+fn check_raw(text: &str, depth_at: usize) -> Result<(), String> {
+    let (mut depth, mut in_str, mut escaped) = (depth_at, false, false);
+    let bytes = text.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_str {
+            if escaped {
+                escaped = false;
+                if b == b'u' && bytes.get(i + 1..i + 5) == Some(b"0000") {
+                    return Err("metadata must not contain a NUL character".into());
+                }
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_METADATA_DEPTH {
+                    return Err(format!(
+                        "metadata is nested deeper than {MAX_METADATA_DEPTH} levels"
+                    ));
+                }
+            }
+            b'}' | b']' => depth -= 1,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The metadata text of the fields left: one JSON object of the raw values, nulls dropped,
+/// depth, NUL and size checked. `extra` are fields rebuilt by the mapping (a merged context).
+fn metadata(
+    rest: &Fields<'_>,
+    extra: &[(&str, String)],
+    ctx: &Context<'_>,
+) -> Result<Option<String>, String> {
+    let mut out = String::with_capacity(256);
+    out.push('{');
+    let mut push = |k: &str, v: &str| -> Result<(), String> {
+        check_raw(v, 1)?;
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(k).map_err(|e| e.to_string())?);
+        out.push(':');
+        out.push_str(v.trim());
+        Ok(())
+    };
+    for (k, v) in rest {
+        if !is_null(v) && !extra.iter().any(|(e, _)| e == k) {
+            push(k, v.get())?;
+        }
+    }
+    for (k, v) in extra {
+        push(k, v)?;
+    }
+    if k_contains_nul(rest) {
+        return Err("metadata must not contain a NUL character".into());
+    }
+    out.push('}');
+    if out.len() == 2 {
+        return Ok(None);
+    }
+    if out.len() > ctx.max_event_bytes {
+        return Err(format!(
+            "the message's fields are {} bytes; at most {} are allowed",
+            out.len(),
+            ctx.max_event_bytes
+        ));
+    }
+    Ok(Some(out))
+}
+
+fn k_contains_nul(rest: &Fields<'_>) -> bool {
+    rest.keys().any(|k| k.contains('\0'))
 }
 
 /// The event id of a message id: the UUID itself, else a UUIDv5 of the app and the id (so the
@@ -111,25 +218,6 @@ fn occurred_at(
     Ok(occurred)
 }
 
-/// The metadata text of what is left of a message: nulls dropped, depth and NUL checked.
-fn metadata(mut rest: Map<String, Value>, ctx: &Context<'_>) -> Result<Option<String>, String> {
-    rest.retain(|_, v| !v.is_null());
-    if rest.is_empty() {
-        return Ok(None);
-    }
-    let value = Value::Object(rest);
-    check_value(&value, 1)?;
-    let text = value.to_string();
-    if text.len() > ctx.max_event_bytes {
-        return Err(format!(
-            "the message's fields are {} bytes; at most {} are allowed",
-            text.len(),
-            ctx.max_event_bytes
-        ));
-    }
-    Ok(Some(text))
-}
-
 fn user_id(v: Option<String>) -> Result<Option<String>, String> {
     v.map(|s| short_id("user_id", &s)).transpose()
 }
@@ -145,24 +233,35 @@ pub struct SegmentShared {
     pub integrations: Option<Value>,
 }
 
+/// The part of a context the mapping reads.
+#[derive(Deserialize)]
+struct ContextIds<'a> {
+    #[serde(borrow, default, rename = "sessionId")]
+    session_id: Option<&'a RawValue>,
+}
+
 /// One Segment-format message. `route_type` is the type a single-message route or a Jitsu path
 /// names; it fills in a missing `type`.
 pub fn segment(
-    mut msg: Map<String, Value>,
+    raw: &RawValue,
     route_type: Option<&str>,
     shared: &SegmentShared,
     ctx: &Context<'_>,
 ) -> Result<QueuedEvent, String> {
-    let kind = match msg.get("type") {
-        Some(Value::String(t)) => t.clone(),
-        None | Some(Value::Null) => match route_type {
+    let mut msg = fields(raw)?;
+    let mut extra: Vec<(&str, String)> = Vec::new();
+    let kind = match msg.get("type").copied() {
+        Some(t) if !is_null(t) => match serde_json::from_str::<String>(t.get()) {
+            Ok(t) => t,
+            Err(_) => return Err("type must be a string".into()),
+        },
+        _ => match route_type {
             Some(t) => {
-                msg.insert("type".into(), Value::String(t.to_owned()));
+                extra.push(("type", serde_json::to_string(t).map_err(|e| e.to_string())?));
                 t.to_owned()
             }
             None => return Err("type is required".into()),
         },
-        Some(_) => return Err("type must be a string".into()),
     };
     let Some(&(_, fixed_name)) = SEGMENT_TYPES.iter().find(|(t, _)| *t == kind) else {
         return Err(format!(
@@ -170,60 +269,65 @@ pub fn segment(
         ));
     };
     let name = if kind == "track" {
-        match msg.remove("event") {
-            Some(Value::String(e)) => EventName::parse(&e)?,
+        match msg
+            .remove("event")
+            .map(|v| serde_json::from_str::<String>(v.get()))
+        {
+            Some(Ok(e)) => EventName::parse(&e)?,
             _ => return Err("a track message needs an event name (\"event\")".into()),
         }
     } else {
         EventName::parse(fixed_name)?
     };
-    let message_id = text(msg.get("messageId"));
+    let message_id = text(msg.get("messageId").copied());
     let (event_id, client_id) = event_id(ctx.app_id, message_id.as_deref());
     if message_id.as_deref().and_then(|m| Uuid::try_parse(m).ok()) == Some(event_id) {
         // The id is the event's own: stored once, in `event_id`.
         msg.remove("messageId");
     }
-    let user = match text(msg.get("userId")) {
+    let user = match text(msg.get("userId").copied()) {
         Some(u) => {
             msg.remove("userId");
             Some(u)
         }
-        None => text(msg.get("anonymousId")),
+        None => text(msg.get("anonymousId").copied()),
     };
     let session = msg
         .get("context")
-        .and_then(Value::as_object)
-        .and_then(|c| text(c.get("sessionId")));
+        .and_then(|c| serde_json::from_str::<ContextIds<'_>>(c.get()).ok())
+        .and_then(|c| text(c.session_id));
     let sent = msg
         .remove("sentAt")
-        .and_then(|v| v.as_str().and_then(parse_time));
-    let time_key = if text(msg.get("timestamp")).is_some() {
+        .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+        .and_then(|s| parse_time(&s));
+    let time_key = if text(msg.get("timestamp").copied()).is_some() {
         Some("timestamp")
-    } else if text(msg.get("originalTimestamp")).is_some() {
+    } else if text(msg.get("originalTimestamp").copied()).is_some() {
         Some("originalTimestamp")
     } else {
         None
     };
-    let time = time_key.and_then(|k| msg.remove(k)).and_then(|v| match v {
-        Value::String(s) => Some(s),
-        _ => None,
-    });
+    let time = time_key
+        .and_then(|k| msg.remove(k))
+        .and_then(|v| serde_json::from_str::<String>(v.get()).ok());
     let occurred = occurred_at(ctx, time.as_deref(), sent, true)?;
     msg.remove("writeKey");
     if let Some(env) = &shared.context {
-        match msg.get_mut("context") {
-            Some(Value::Object(own)) => {
-                for (k, v) in env {
-                    own.entry(k.clone()).or_insert_with(|| v.clone());
-                }
-            }
-            _ => {
-                msg.insert("context".into(), Value::Object(env.clone()));
-            }
+        // The envelope's context fills in what the message's own does not say (rare: no SDK
+        // here sends one), so this is the one place a nested value is parsed.
+        let mut merged: Map<String, Value> = match msg.get("context") {
+            Some(c) => serde_json::from_str(c.get()).unwrap_or_default(),
+            None => Map::new(),
+        };
+        for (k, v) in env {
+            merged.entry(k.clone()).or_insert_with(|| v.clone());
         }
+        extra.push(("context", Value::Object(merged).to_string()));
     }
     if let Some(i) = &shared.integrations {
-        msg.entry("integrations").or_insert_with(|| i.clone());
+        if !msg.contains_key("integrations") {
+            extra.push(("integrations", i.to_string()));
+        }
     }
     Ok(QueuedEvent {
         event_id,
@@ -233,32 +337,42 @@ pub fn segment(
         received_at_us: ctx.received_at.timestamp_micros(),
         user_id: user_id(user)?,
         session_id: session_id(session)?,
-        metadata: metadata(msg, ctx)?,
+        metadata: metadata(&msg, &extra, ctx)?,
         client_id,
     })
 }
 
 /// The key a PostHog event carries itself (posthog-js puts the project token in `properties`).
-pub fn posthog_key(msg: &Map<String, Value>) -> Option<&str> {
+pub fn posthog_key(raw: &RawValue) -> Option<String> {
+    let msg = fields(raw).ok()?;
     ["api_key", "token", "$token"]
         .iter()
-        .find_map(|k| msg.get(*k).and_then(Value::as_str))
+        .find_map(|k| text(msg.get(*k).copied()))
         .or_else(|| {
-            msg.get("properties")
-                .and_then(Value::as_object)
-                .and_then(|p| p.get("token"))
-                .and_then(Value::as_str)
+            let props: Fields<'_> = serde_json::from_str(msg.get("properties")?.get()).ok()?;
+            text(props.get("token").copied())
         })
-        .filter(|k| !k.is_empty())
+}
+
+/// The part of PostHog's `options` the mapping reads.
+#[derive(Deserialize)]
+struct Options {
+    #[serde(default)]
+    disable_skew_correction: Option<bool>,
 }
 
 /// One PostHog event (v0 `/batch/`, `/e/`, ... or v1 `/i/v1/analytics/events`).
-pub fn posthog(mut msg: Map<String, Value>, ctx: &Context<'_>) -> Result<QueuedEvent, String> {
-    let name = match msg.remove("event") {
-        Some(Value::String(e)) => EventName::parse(&e)?,
+pub fn posthog(raw: &RawValue, ctx: &Context<'_>) -> Result<QueuedEvent, String> {
+    let mut msg = fields(raw)?;
+    let mut extra: Vec<(&str, String)> = Vec::new();
+    let name = match msg
+        .remove("event")
+        .map(|v| serde_json::from_str::<String>(v.get()))
+    {
+        Some(Ok(e)) => EventName::parse(&e)?,
         _ => return Err("event is required".into()),
     };
-    let uuid = text(msg.get("uuid"));
+    let uuid = text(msg.get("uuid").copied());
     let (event_id, client_id) = event_id(ctx.app_id, uuid.as_deref());
     if uuid.as_deref().and_then(|m| Uuid::try_parse(m).ok()) == Some(event_id) {
         msg.remove("uuid");
@@ -266,28 +380,43 @@ pub fn posthog(mut msg: Map<String, Value>, ctx: &Context<'_>) -> Result<QueuedE
     for k in ["api_key", "token", "$token"] {
         msg.remove(k);
     }
-    let props = msg.get_mut("properties").and_then(Value::as_object_mut);
-    let (prop_distinct, prop_session, ignore_sent_at) = match props {
-        Some(p) => {
-            p.remove("token");
-            (
-                text(p.get("distinct_id")),
-                text(p.get("$session_id")),
-                p.get("$ignore_sent_at") == Some(&Value::Bool(true)),
-            )
+    let (mut prop_distinct, mut prop_session, mut ignore_sent_at) = (None, None, false);
+    if let Some(p) = msg
+        .get("properties")
+        .copied()
+        .filter(|p| p.get().trim_start().starts_with('{'))
+    {
+        let props: Fields<'_> = serde_json::from_str(p.get()).map_err(|e| e.to_string())?;
+        prop_distinct = text(props.get("distinct_id").copied());
+        prop_session = text(props.get("$session_id").copied());
+        ignore_sent_at = props.get("$ignore_sent_at").map(|v| v.get().trim()) == Some("true");
+        if props.contains_key("token") {
+            // The project token (the ingest key) is never stored: the properties are rebuilt
+            // without it, their values still as they came.
+            let mut out = String::with_capacity(p.get().len());
+            out.push('{');
+            for (k, v) in props.iter().filter(|(k, _)| *k != "token") {
+                if out.len() > 1 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::to_string(k).map_err(|e| e.to_string())?);
+                out.push(':');
+                out.push_str(v.get());
+            }
+            out.push('}');
+            extra.push(("properties", out));
         }
-        None => (None, None, false),
-    };
-    let user = if let Some(u) = text(msg.get("distinct_id")) {
+    }
+    let user = if let Some(u) = text(msg.get("distinct_id").copied()) {
         msg.remove("distinct_id");
         Some(u)
-    } else if let Some(u) = text(msg.get("$distinct_id")) {
+    } else if let Some(u) = text(msg.get("$distinct_id").copied()) {
         msg.remove("$distinct_id");
         Some(u)
     } else {
         prop_distinct
     };
-    let session = match text(msg.get("session_id")) {
+    let session = match text(msg.get("session_id").copied()) {
         Some(s) => {
             msg.remove("session_id");
             Some(s)
@@ -297,15 +426,17 @@ pub fn posthog(mut msg: Map<String, Value>, ctx: &Context<'_>) -> Result<QueuedE
     let no_skew = ignore_sent_at
         || msg
             .get("options")
-            .and_then(|o| o.get("disable_skew_correction"))
-            == Some(&Value::Bool(true));
-    let time = match msg.remove("timestamp") {
-        Some(Value::String(s)) if !s.is_empty() => Some(s),
-        _ => None,
-    };
+            .and_then(|o| serde_json::from_str::<Options>(o.get()).ok())
+            .and_then(|o| o.disable_skew_correction)
+            == Some(true);
+    let time = msg
+        .remove("timestamp")
+        .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+        .filter(|s| !s.is_empty());
     let sent = msg
         .remove("sent_at")
-        .and_then(|v| v.as_str().and_then(parse_time));
+        .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+        .and_then(|s| parse_time(&s));
     let occurred = occurred_at(ctx, time.as_deref(), sent, !no_skew)?;
     Ok(QueuedEvent {
         event_id,
@@ -315,7 +446,7 @@ pub fn posthog(mut msg: Map<String, Value>, ctx: &Context<'_>) -> Result<QueuedE
         received_at_us: ctx.received_at.timestamp_micros(),
         user_id: user_id(user)?,
         session_id: session_id(session)?,
-        metadata: metadata(msg, ctx)?,
+        metadata: metadata(&msg, &extra, ctx)?,
         client_id,
     })
 }

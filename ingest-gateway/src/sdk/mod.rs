@@ -401,18 +401,24 @@ fn map_all(
                     ctx.max_event_bytes
                 ));
             }
-            let msg: Map<String, Value> = serde_json::from_str(raw.get())
-                .map_err(|_| "the message must be a JSON object".to_owned())?;
             match api {
-                Api::Segment | Api::Jitsu => map::segment(msg, route.kind, &parsed.shared, ctx),
+                Api::Segment | Api::Jitsu => map::segment(raw, route.kind, &parsed.shared, ctx),
                 Api::PostHog | Api::PostHogV1 => {
-                    id = msg.get("uuid").and_then(Value::as_str).map(str::to_owned);
-                    if let (Some(own), Some(req)) = (map::posthog_key(&msg), request_key) {
+                    #[derive(Deserialize)]
+                    struct Ids {
+                        #[serde(default)]
+                        uuid: Option<Value>,
+                    }
+                    id = serde_json::from_str::<Ids>(raw.get())
+                        .ok()
+                        .and_then(|i| i.uuid)
+                        .and_then(|u| u.as_str().map(str::to_owned));
+                    if let (Some(own), Some(req)) = (map::posthog_key(raw), request_key) {
                         if own != req {
                             return Err("the event carries another key than the request".into());
                         }
                     }
-                    map::posthog(msg, ctx)
+                    map::posthog(raw, ctx)
                 }
             }
         })();
@@ -480,11 +486,10 @@ async fn handle(
         None => {
             if request_key.is_none() && api == Api::PostHog {
                 // posthog-js puts the token in each event.
-                request_key = parsed.messages.first().and_then(|raw| {
-                    serde_json::from_str::<Map<String, Value>>(raw.get())
-                        .ok()
-                        .and_then(|m| map::posthog_key(&m).map(str::to_owned))
-                });
+                request_key = parsed
+                    .messages
+                    .first()
+                    .and_then(|raw| map::posthog_key(raw));
             }
             let key = request_key.clone().ok_or(ApiError::MissingKey)?;
             authenticate(state, &[key]).await?

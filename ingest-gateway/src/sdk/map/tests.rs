@@ -17,11 +17,8 @@ fn ctx() -> Context<'static> {
     }
 }
 
-fn obj(v: Value) -> Map<String, Value> {
-    match v {
-        Value::Object(m) => m,
-        _ => panic!("not an object"),
-    }
+fn obj(v: Value) -> Box<RawValue> {
+    RawValue::from_string(v.to_string()).expect("raw")
 }
 
 fn meta(e: &QueuedEvent) -> Value {
@@ -36,7 +33,7 @@ fn a_segment_track_call_maps_as_the_contract_says() {
         "properties": {"plan": "pro"}, "context": {"library": {"name": "x"}, "sessionId": 42},
         "integrations": {}, "writeKey": "secret", "_metadata": {"nodeVersion": "v20"}
     }));
-    let e = segment(msg, None, &SegmentShared::default(), &ctx()).expect("valid");
+    let e = segment(&msg, None, &SegmentShared::default(), &ctx()).expect("valid");
     assert_eq!(e.event_name, "Order Completed");
     assert_eq!(e.user_id.as_deref(), Some("u1"));
     assert_eq!(e.session_id.as_deref(), Some("42"));
@@ -98,7 +95,7 @@ fn every_segment_type_gets_its_name_and_the_route_type_fills_in() {
         ("alias", "$alias"),
     ] {
         let e = segment(
-            obj(json!({"userId": "u"})),
+            &obj(json!({"userId": "u"})),
             Some(kind),
             &SegmentShared::default(),
             &ctx(),
@@ -107,7 +104,7 @@ fn every_segment_type_gets_its_name_and_the_route_type_fills_in() {
         assert_eq!(e.event_name, name);
         assert_eq!(meta(&e)["type"], kind);
     }
-    let err = |v: Value| segment(obj(v), None, &SegmentShared::default(), &ctx()).unwrap_err();
+    let err = |v: Value| segment(&obj(v), None, &SegmentShared::default(), &ctx()).unwrap_err();
     assert!(err(json!({"event": "x"})).contains("type is required"));
     assert!(err(json!({"type": "merge"})).contains("not one of"));
     assert!(err(json!({"type": "track"})).contains("event name"));
@@ -124,7 +121,7 @@ fn every_segment_type_gets_its_name_and_the_route_type_fills_in() {
 #[test]
 fn anonymous_users_null_fields_and_the_envelope() {
     let shared = SegmentShared {
-        context: Some(obj(json!({"ip": "1.2.3.4", "library": {"name": "env"}}))),
+        context: json!({"ip": "1.2.3.4", "library": {"name": "env"}}).as_object().cloned(),
         integrations: Some(json!({"All": true})),
     };
     let msg = obj(json!({
@@ -132,7 +129,7 @@ fn anonymous_users_null_fields_and_the_envelope() {
         "name": "Home", "context": {"library": {"name": "own"}},
         "originalTimestamp": "2026-11-30T10:00:00.000Z", "sentAt": "2026-11-30T10:00:10.000Z"
     }));
-    let e = segment(msg, None, &shared, &ctx()).expect("valid");
+    let e = segment(&msg, None, &shared, &ctx()).expect("valid");
     assert_eq!(e.user_id.as_deref(), Some("anon"));
     let m = meta(&e);
     assert!(
@@ -162,7 +159,7 @@ fn times_hold_the_retention_window_and_the_future_limit() {
     let c = ctx();
     let mk = |t: &str| {
         segment(
-            obj(json!({"type": "track", "event": "e", "timestamp": t})),
+            &obj(json!({"type": "track", "event": "e", "timestamp": t})),
             None,
             &SegmentShared::default(),
             &c,
@@ -187,7 +184,7 @@ fn times_hold_the_retention_window_and_the_future_limit() {
             .expect("t"),
     );
     let e = segment(
-        obj(json!({"type": "track", "event": "e", "timestamp": "2026-11-30T10:59:00Z"})),
+        &obj(json!({"type": "track", "event": "e", "timestamp": "2026-11-30T10:59:00Z"})),
         None,
         &SegmentShared::default(),
         &skewed,
@@ -209,10 +206,10 @@ fn the_message_size_limit_holds_at_and_past_it() {
     c.max_event_bytes = 100;
     // {"properties":{"p":"..."},"type":"track"} is 38 bytes plus the string.
     let at = json!({"type": "track", "event": "e", "properties": {"p": "x".repeat(62)}});
-    let e = segment(obj(at), None, &SegmentShared::default(), &c).expect("at the limit");
+    let e = segment(&obj(at), None, &SegmentShared::default(), &c).expect("at the limit");
     assert_eq!(e.metadata.as_deref().map(str::len), Some(100));
     let past = json!({"type": "track", "event": "e", "properties": {"p": "x".repeat(63)}});
-    assert!(segment(obj(past), None, &SegmentShared::default(), &c)
+    assert!(segment(&obj(past), None, &SegmentShared::default(), &c)
         .unwrap_err()
         .contains("at most 100"));
 }
@@ -226,7 +223,7 @@ fn posthog_events_map_as_the_contract_says() {
         "properties": {"plan": "pro", "$session_id": "s1", "token": "secret", "$lib": "posthog-node"},
         "$set": {"email": "a@b"}, "api_key": "secret"
     }));
-    let e = posthog(msg, &ctx()).expect("valid");
+    let e = posthog(&msg, &ctx()).expect("valid");
     assert_eq!(e.event_name, "Order Completed");
     assert_eq!(e.user_id.as_deref(), Some("u1"));
     assert_eq!(e.session_id.as_deref(), Some("s1"));
@@ -257,7 +254,7 @@ fn posthog_events_map_as_the_contract_says() {
         "timestamp": "2026-11-30T10:00:00Z", "options": {"disable_skew_correction": true},
         "properties": {}
     }));
-    let e = posthog(v1, &c).expect("valid");
+    let e = posthog(&v1, &c).expect("valid");
     assert_eq!(e.session_id.as_deref(), Some("s2"));
     assert_eq!(e.event_id, event_id("app1", Some("not-a-uuid")).0);
     assert_eq!(meta(&e)["uuid"], "not-a-uuid");
@@ -268,11 +265,11 @@ fn posthog_events_map_as_the_contract_says() {
             .expect("t")
             .timestamp_micros()
     );
-    assert!(posthog(obj(json!({"distinct_id": "u"})), &ctx())
+    assert!(posthog(&obj(json!({"distinct_id": "u"})), &ctx())
         .unwrap_err()
         .contains("event is required"));
     let e = posthog(
-        obj(json!({"event": "e", "properties": {"distinct_id": "p"}})),
+        &obj(json!({"event": "e", "properties": {"distinct_id": "p"}})),
         &ctx(),
     )
     .expect("valid");
@@ -280,11 +277,43 @@ fn posthog_events_map_as_the_contract_says() {
 }
 
 #[test]
+fn raw_checks_find_nul_and_depth_without_parsing() {
+    assert!(check_raw(r#"{"a":"x\u0000y"}"#, 1).is_err());
+    assert!(
+        check_raw(r#"{"a":"x\\u0000y"}"#, 1).is_ok(),
+        "an escaped backslash, then text"
+    );
+    let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    // The metadata object is level 1: a value may open 31 more levels, not 32.
+    assert!(check_raw(&deep(MAX_METADATA_DEPTH - 1), 1).is_ok());
+    assert!(check_raw(&deep(MAX_METADATA_DEPTH), 1).is_err());
+    assert!(
+        check_raw(r#""[[[[""#, 31).is_ok(),
+        "brackets in strings do not count"
+    );
+    let e = segment(
+        &obj(
+            json!({"type": "track", "event": "e", "properties": {"deep": serde_json::from_str::<Value>(&deep(31)).expect("json")}}),
+        ),
+        None,
+        &SegmentShared::default(),
+        &ctx(),
+    );
+    assert!(e.unwrap_err().contains("nested deeper"));
+}
+
+#[test]
 fn posthog_keys_come_from_the_event_or_its_properties() {
-    assert_eq!(posthog_key(&obj(json!({"api_key": "k1"}))), Some("k1"));
-    assert_eq!(posthog_key(&obj(json!({"$token": "k2"}))), Some("k2"));
     assert_eq!(
-        posthog_key(&obj(json!({"properties": {"token": "k3"}}))),
+        posthog_key(&obj(json!({"api_key": "k1"}))).as_deref(),
+        Some("k1")
+    );
+    assert_eq!(
+        posthog_key(&obj(json!({"$token": "k2"}))).as_deref(),
+        Some("k2")
+    );
+    assert_eq!(
+        posthog_key(&obj(json!({"properties": {"token": "k3"}}))).as_deref(),
         Some("k3")
     );
     assert_eq!(posthog_key(&obj(json!({"token": ""}))), None);
