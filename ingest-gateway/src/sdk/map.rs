@@ -57,7 +57,39 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 
 /// One message's top-level fields, each kept as its raw JSON text (nested values are never
 /// parsed into trees: they are copied into `metadata` as they came).
-type Fields<'a> = BTreeMap<Cow<'a, str>, &'a RawValue>;
+type Fields<'a> = BTreeMap<Key<'a>, &'a RawValue>;
+
+/// A field name, borrowed from the body unless it holds an escape.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Key<'a>(Cow<'a, str>);
+
+impl std::borrow::Borrow<str> for Key<'_> {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
 
 fn fields(raw: &RawValue) -> Result<Fields<'_>, String> {
     if !raw.get().trim_start().starts_with('{') {
@@ -133,14 +165,13 @@ fn metadata(
         if out.len() > 1 {
             out.push(',');
         }
-        out.push_str(&serde_json::to_string(k).map_err(|e| e.to_string())?);
-        out.push(':');
+        push_key(&mut out, k)?;
         out.push_str(v.trim());
         Ok(())
     };
     for (k, v) in rest {
-        if !is_null(v) && !extra.iter().any(|(e, _)| e == k) {
-            push(k, v.get())?;
+        if !is_null(v) && !extra.iter().any(|(e, _)| *e == k.0) {
+            push(&k.0, v.get())?;
         }
     }
     for (k, v) in extra {
@@ -163,8 +194,21 @@ fn metadata(
     Ok(Some(out))
 }
 
+/// `"key":`, escaped only when it has to be.
+fn push_key(out: &mut String, k: &str) -> Result<(), String> {
+    if k.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(k);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(k).map_err(|e| e.to_string())?);
+    }
+    out.push(':');
+    Ok(())
+}
+
 fn k_contains_nul(rest: &Fields<'_>) -> bool {
-    rest.keys().any(|k| k.contains('\0'))
+    rest.keys().any(|k| k.0.contains('\0'))
 }
 
 /// The event id of a message id: the UUID itself, else a UUIDv5 of the app and the id (so the
@@ -395,12 +439,11 @@ pub fn posthog(raw: &RawValue, ctx: &Context<'_>) -> Result<QueuedEvent, String>
             // without it, their values still as they came.
             let mut out = String::with_capacity(p.get().len());
             out.push('{');
-            for (k, v) in props.iter().filter(|(k, _)| *k != "token") {
+            for (k, v) in props.iter().filter(|(k, _)| k.0 != "token") {
                 if out.len() > 1 {
                     out.push(',');
                 }
-                out.push_str(&serde_json::to_string(k).map_err(|e| e.to_string())?);
-                out.push(':');
+                push_key(&mut out, &k.0)?;
                 out.push_str(v.get());
             }
             out.push('}');

@@ -121,7 +121,9 @@ fn every_segment_type_gets_its_name_and_the_route_type_fills_in() {
 #[test]
 fn anonymous_users_null_fields_and_the_envelope() {
     let shared = SegmentShared {
-        context: json!({"ip": "1.2.3.4", "library": {"name": "env"}}).as_object().cloned(),
+        context: json!({"ip": "1.2.3.4", "library": {"name": "env"}})
+            .as_object()
+            .cloned(),
         integrations: Some(json!({"All": true})),
     };
     let msg = obj(json!({
