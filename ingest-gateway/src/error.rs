@@ -202,22 +202,17 @@ impl ApiError {
     /// The SDK routes' error answer: `{"code", "message"}`, both always (RudderStack's Python
     /// SDK retries a 4xx whose body lacks either), with the same status and `Retry-After`.
     pub fn into_sdk_response(self) -> Response<Full<Bytes>> {
-        let (status, code, retry_after, _) = self.parts();
-        let mut body = serde_json::json!({"code": code, "message": self.to_string()});
-        if let ApiError::AllInvalid(rejected) = &self {
-            body["rejected"] = serde_json::to_value(rejected).unwrap_or_default();
-        }
-        let mut resp = crate::reply::json(status, &body);
-        if let Some(secs) = retry_after {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
-        }
-        resp
+        self.respond("code")
     }
 
+    /// `{"error": code, "message": ...}` with the status and `Retry-After`.
     pub fn into_response(self) -> Response<Full<Bytes>> {
+        self.respond("error")
+    }
+
+    fn respond(self, code_field: &str) -> Response<Full<Bytes>> {
         let (status, code, retry_after, _) = self.parts();
-        let mut body = serde_json::json!({"error": code, "message": self.to_string()});
+        let mut body = serde_json::json!({code_field: code, "message": self.to_string()});
         if let ApiError::AllInvalid(rejected) = &self {
             body["rejected"] = serde_json::to_value(rejected).unwrap_or_default();
         }

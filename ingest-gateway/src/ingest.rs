@@ -54,6 +54,27 @@ pub async fn authenticate(
     }
 }
 
+/// The app's rate limit, then the queue: what every ingest route does with its valid events.
+pub async fn enqueue(
+    state: &AppState,
+    grant: &Grant,
+    events: &[shared::queue::QueuedEvent],
+) -> Result<(), ApiError> {
+    let limit = grant
+        .rate_limit
+        .unwrap_or(state.config.rate_limit_events_per_sec);
+    if limit > 0
+        && !state
+            .queue
+            .rate_allows(&grant.app_id, events.len(), limit)
+            .await?
+    {
+        return Err(ApiError::RateLimited { limit });
+    }
+    state.queue.push(events).await?;
+    Ok(())
+}
+
 async fn handle(
     state: &AppState,
     req: Request<Incoming>,
@@ -84,16 +105,7 @@ async fn handle(
     if decoded.valid.is_empty() {
         return Err(ApiError::AllInvalid(decoded.rejected));
     }
-    let limit = grant.rate_limit.unwrap_or(cfg.rate_limit_events_per_sec);
-    if limit > 0
-        && !state
-            .queue
-            .rate_allows(&grant.app_id, decoded.valid.len(), limit)
-            .await?
-    {
-        return Err(ApiError::RateLimited { limit });
-    }
-    state.queue.push(&decoded.valid).await?;
+    enqueue(state, &grant, &decoded.valid).await?;
     let accepted = decoded.valid.len();
     metrics::events_accepted("native", accepted as u64);
     if !decoded.rejected.is_empty() {

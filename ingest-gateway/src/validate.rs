@@ -189,6 +189,28 @@ pub fn rfc3339(field: &str, s: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("{field} is not an RFC 3339 time with offset ({e})"))
 }
 
+/// An event time must lie within the retention window and at most a day ahead of its receipt.
+pub fn within_window(
+    occurred: DateTime<Utc>,
+    received_at: DateTime<Utc>,
+    oldest: DateTime<Utc>,
+) -> Result<(), String> {
+    if occurred < oldest {
+        return Err(format!(
+            "timestamp {} is older than the retention window (oldest accepted: {})",
+            occurred.to_rfc3339(),
+            oldest.to_rfc3339()
+        ));
+    }
+    if occurred > received_at + Duration::days(1) {
+        return Err(format!(
+            "timestamp {} is more than 1 day in the future",
+            occurred.to_rfc3339()
+        ));
+    }
+    Ok(())
+}
+
 /// Validates one event.
 pub fn event(raw: &RawValue, ctx: &Context<'_>) -> Result<QueuedEvent, String> {
     let text = raw.get();
@@ -220,19 +242,7 @@ pub fn event(raw: &RawValue, ctx: &Context<'_>) -> Result<QueuedEvent, String> {
     } else if let Some(sent) = ev.sent_at.as_deref() {
         rfc3339("sent_at", sent)?;
     }
-    if occurred < ctx.oldest {
-        return Err(format!(
-            "timestamp {} is older than the retention window (oldest accepted: {})",
-            occurred.to_rfc3339(),
-            ctx.oldest.to_rfc3339()
-        ));
-    }
-    if occurred > ctx.received_at + Duration::days(1) {
-        return Err(format!(
-            "timestamp {} is more than 1 day in the future",
-            occurred.to_rfc3339()
-        ));
-    }
+    within_window(occurred, ctx.received_at, ctx.oldest)?;
     Ok(QueuedEvent {
         event_id,
         app_id: ctx.app_id.to_owned(),

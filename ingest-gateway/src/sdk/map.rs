@@ -9,14 +9,14 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Duration, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use shared::queue::QueuedEvent;
 use uuid::Uuid;
 
-use crate::validate::{short_id, EventName, MAX_METADATA_DEPTH};
+use crate::validate::{short_id, within_window, EventName, MAX_METADATA_DEPTH};
 
 /// The namespace of event ids derived from an SDK's non-UUID message id:
 /// `UUIDv5(SDK_NAMESPACE, app_id + ":" + messageId)`.
@@ -246,19 +246,7 @@ fn occurred_at(
             .checked_add_signed(ctx.received_at - sent)
             .ok_or("timestamp corrected by sentAt is out of range")?;
     }
-    if occurred < ctx.oldest {
-        return Err(format!(
-            "timestamp {} is older than the retention window (oldest accepted: {})",
-            occurred.to_rfc3339(),
-            ctx.oldest.to_rfc3339()
-        ));
-    }
-    if occurred > ctx.received_at + Duration::days(1) {
-        return Err(format!(
-            "timestamp {} is more than 1 day in the future",
-            occurred.to_rfc3339()
-        ));
-    }
+    within_window(occurred, ctx.received_at, ctx.oldest)?;
     Ok(occurred)
 }
 

@@ -509,16 +509,7 @@ async fn handle(
     if outcome.valid.is_empty() {
         return Err(ApiError::AllInvalid(outcome.rejected));
     }
-    let limit = grant.rate_limit.unwrap_or(cfg.rate_limit_events_per_sec);
-    if limit > 0
-        && !state
-            .queue
-            .rate_allows(&grant.app_id, outcome.valid.len(), limit)
-            .await?
-    {
-        return Err(ApiError::RateLimited { limit });
-    }
-    state.queue.push(&outcome.valid).await?;
+    crate::ingest::enqueue(state, &grant, &outcome.valid).await?;
     metrics::events_accepted(api.label(), outcome.valid.len() as u64);
     if !outcome.rejected.is_empty() {
         metrics::events_rejected(api.label(), "invalid_event", outcome.rejected.len() as u64);
