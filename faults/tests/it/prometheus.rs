@@ -35,6 +35,7 @@ const BOUNDED_LABELS: &[&str] = &[
     "instance",
     "job",
     "reason",
+    "api",
     "pool",
     "state",
     "outcome",
