@@ -2,7 +2,8 @@
 //! `/v1/batch` with realistic analytics-node messages) and single events with many
 //! connections, and a fixed 10,000 events/s, beside the raw pipelined XADD rate of the same Redis
 //! measured in the same run. The gateway runs as its own release process, so its peak memory and
-//! CPU are its own.
+//! CPU are its own; each phase reports the CPU seconds the gateway and Redis spent per million
+//! events accepted, and the Redis memory each queued event takes.
 //!
 //! `cargo build --release --bins && target/release/gateway-bench`
 
@@ -63,39 +64,67 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
+    clear(&prefix).await;
+    let redis_pid = redis_pid().await?;
+    let meter = Meter {
+        gateway: pid,
+        redis: redis_pid,
+        prefix: prefix.clone(),
+    };
     let target = Target::new(&addr, &app.ingest_key, args.connections);
     eprintln!("Batches of 100, {} connections...", args.connections);
     let batch_bodies = load::bodies(100, 16);
-    let batched = load::closed_loop(&target, &batch_bodies, 100, args.connections, phase).await;
-    clear(&prefix).await;
+    let batched = meter
+        .phase(load::closed_loop(
+            &target,
+            &batch_bodies,
+            100,
+            args.connections,
+            phase,
+        ))
+        .await;
     eprintln!(
         "Segment /v1/batch, batches of 100, {} connections...",
         args.connections
     );
     let segment_target = Target::segment(&addr, &app.ingest_key, args.connections);
     let segment_bodies = load::segment_bodies(100, 16);
-    let segment = load::closed_loop(
-        &segment_target,
-        &segment_bodies,
-        100,
-        args.connections,
-        phase,
-    )
-    .await;
-    clear(&prefix).await;
+    let segment = meter
+        .phase(load::closed_loop(
+            &segment_target,
+            &segment_bodies,
+            100,
+            args.connections,
+            phase,
+        ))
+        .await;
     eprintln!("Single events, {} connections...", args.connections);
     let single_bodies = load::bodies(1, 64);
-    let single = load::closed_loop(&target, &single_bodies, 1, args.connections, phase).await;
-    clear(&prefix).await;
+    let single = meter
+        .phase(load::closed_loop(
+            &target,
+            &single_bodies,
+            1,
+            args.connections,
+            phase,
+        ))
+        .await;
     eprintln!("Fixed {} events/s, single events...", args.rate);
-    let paced = load::fixed_rate(&target, &single_bodies, 1, args.rate, phase).await;
-    clear(&prefix).await;
+    let paced = meter
+        .phase(load::fixed_rate(
+            &target,
+            &single_bodies,
+            1,
+            args.rate,
+            phase,
+        ))
+        .await;
     let rss = peak_rss_mib(pid).unwrap_or(0.0);
     let cpu = cpu_seconds(pid).unwrap_or(0.0);
-    let total_events = batched.events_accepted
-        + segment.events_accepted
-        + single.events_accepted
-        + paced.events_accepted;
+    let total_events = [&batched, &segment, &single, &paced]
+        .iter()
+        .map(|m| m.load.events_accepted)
+        .sum::<u64>();
     let bytes_per_event = |b: &[bytes::Bytes]| {
         b.iter().map(|x| x.len()).sum::<usize>() as f64 / (b.len() * 100) as f64
     };
@@ -104,6 +133,9 @@ async fn main() -> anyhow::Result<()> {
         vec![
             "raw pipelined XADD (4 conns, 64 deep)".into(),
             format!("{xadd:.0}"),
+            "-".into(),
+            "-".into(),
+            "-".into(),
             "-".into(),
             "-".into(),
             "-".into(),
@@ -121,24 +153,29 @@ async fn main() -> anyhow::Result<()> {
         paced.row(&format!("fixed {:.0} events/s, single", args.rate)),
     ];
     print_table(
-        &[&["load"][..], &load::LoadResult::COLUMNS[..]].concat(),
+        &[
+            &["load"][..],
+            &load::LoadResult::COLUMNS[..],
+            &["gateway CPU-s/M", "Redis CPU-s/M", "Redis B/event"][..],
+        ]
+        .concat(),
         &rows,
     );
     println!(
         "Segment /v1/batch vs /v1/events: {:.2}x the events/s",
-        segment.events_per_sec() / batched.events_per_sec().max(1.0)
+        segment.load.events_per_sec() / batched.load.events_per_sec().max(1.0)
     );
     println!(
-        "gateway peak RSS {rss:.1} MiB; CPU {:.1} s per million events",
+        "gateway peak RSS {rss:.1} MiB; CPU {:.1} s per million events over every phase",
         cpu / (total_events as f64 / 1e6)
     );
     if let Some(path) = args.json {
         let doc = serde_json::json!({
             "raw_xadd_per_sec": xadd,
-            "batched": summary(&batched),
-            "segment_batched": summary(&segment),
-            "single": summary(&single),
-            "fixed_rate": summary(&paced),
+            "batched": batched.summary(),
+            "segment_batched": segment.summary(),
+            "single": single.summary(),
+            "fixed_rate": paced.summary(),
             "fixed_rate_target": args.rate,
             "gateway_peak_rss_mib": rss,
             "gateway_cpu_s_per_million_events": cpu / (total_events as f64 / 1e6),
@@ -148,14 +185,101 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn summary(r: &load::LoadResult) -> serde_json::Value {
-    serde_json::json!({
-        "events_per_sec": r.events_per_sec(),
-        "requests_per_sec": r.requests_per_sec(),
-        "p50_ms": r.p(50.0).as_secs_f64() * 1000.0,
-        "p99_ms": r.p(99.0).as_secs_f64() * 1000.0,
-        "failures": r.failures,
-    })
+/// What a phase cost the gateway and Redis, beside its load figures.
+struct Metered {
+    load: load::LoadResult,
+    gateway_cpu: f64,
+    redis_cpu: f64,
+    redis_bytes: f64,
+}
+
+impl Metered {
+    fn per_million(&self, cpu: f64) -> f64 {
+        cpu / (self.load.events_accepted.max(1) as f64 / 1e6)
+    }
+
+    fn row(&self, name: &str) -> Vec<String> {
+        let mut row = self.load.row(name);
+        row.push(format!("{:.2}", self.per_million(self.gateway_cpu)));
+        row.push(format!("{:.2}", self.per_million(self.redis_cpu)));
+        row.push(format!(
+            "{:.0}",
+            self.redis_bytes / self.load.events_accepted.max(1) as f64
+        ));
+        row
+    }
+
+    fn summary(&self) -> serde_json::Value {
+        let r = &self.load;
+        serde_json::json!({
+            "events_per_sec": r.events_per_sec(),
+            "requests_per_sec": r.requests_per_sec(),
+            "p50_ms": r.p(50.0).as_secs_f64() * 1000.0,
+            "p99_ms": r.p(99.0).as_secs_f64() * 1000.0,
+            "failures": r.failures,
+            "gateway_cpu_s_per_million": self.per_million(self.gateway_cpu),
+            "redis_cpu_s_per_million": self.per_million(self.redis_cpu),
+            "redis_bytes_per_event": self.redis_bytes / r.events_accepted.max(1) as f64,
+        })
+    }
+}
+
+struct Meter {
+    gateway: u32,
+    redis: u32,
+    prefix: String,
+}
+
+impl Meter {
+    /// Runs one phase, reading both processes' CPU time and Redis's memory around it, then
+    /// empties the queue so the next phase starts from the same Redis.
+    async fn phase(&self, run: impl std::future::Future<Output = load::LoadResult>) -> Metered {
+        let (g0, r0, m0) = (
+            cpu_seconds(self.gateway).unwrap_or(0.0),
+            cpu_seconds(self.redis).unwrap_or(0.0),
+            redis_used_memory().await,
+        );
+        let load = run.await;
+        let (g1, r1, m1) = (
+            cpu_seconds(self.gateway).unwrap_or(0.0),
+            cpu_seconds(self.redis).unwrap_or(0.0),
+            redis_used_memory().await,
+        );
+        clear(&self.prefix).await;
+        Metered {
+            load,
+            gateway_cpu: g1 - g0,
+            redis_cpu: r1 - r0,
+            redis_bytes: (m1 - m0).max(0.0),
+        }
+    }
+}
+
+async fn redis_info(field: &str) -> Option<String> {
+    let client = redis::Client::open("redis://127.0.0.1:6379/").ok()?;
+    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("ALL")
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_owned())
+}
+
+async fn redis_pid() -> anyhow::Result<u32> {
+    redis_info("process_id")
+        .await
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("cannot read Redis's process id from INFO"))
+}
+
+async fn redis_used_memory() -> f64 {
+    redis_info("used_memory")
+        .await
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Deletes the queued events between phases, so Redis memory stays small.

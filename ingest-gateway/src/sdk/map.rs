@@ -7,7 +7,6 @@
 //! its properties. Keys are never stored (`writeKey`, `api_key`, `token`, `properties.token`).
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::Deserialize;
@@ -56,18 +55,69 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 }
 
 /// One message's top-level fields, each kept as its raw JSON text (nested values are never
-/// parsed into trees: they are copied into `metadata` as they came).
-type Fields<'a> = BTreeMap<Key<'a>, &'a RawValue>;
+/// parsed into trees: they are copied into `metadata` as they came). Sorted by name, a name
+/// given twice keeps its last value (as PostgreSQL's `jsonb` does); a message has a dozen
+/// fields, so a sorted vector beats a tree map (one allocation, binary search).
+#[derive(Debug, Default)]
+struct Fields<'a>(Vec<(Key<'a>, &'a RawValue)>);
+
+impl<'a> Fields<'a> {
+    fn position(&self, k: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(key, _)| key.0.as_ref().cmp(k))
+    }
+
+    fn get(&self, k: &str) -> Option<&'a RawValue> {
+        self.position(k).ok().map(|i| self.0[i].1)
+    }
+
+    fn contains_key(&self, k: &str) -> bool {
+        self.position(k).is_ok()
+    }
+
+    fn remove(&mut self, k: &str) -> Option<&'a RawValue> {
+        self.position(k).ok().map(|i| self.0.remove(i).1)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &'a RawValue)> + '_ {
+        self.0.iter().map(|(k, v)| (k.0.as_ref(), *v))
+    }
+}
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Fields<'de>, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                while let Some(entry) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                    fields.push(entry);
+                }
+                // A stable sort keeps a repeated name's values in arrival order; the last wins.
+                fields.sort_by(|a, b| a.0.cmp(&b.0));
+                fields.dedup_by(|later, kept| {
+                    let same = later.0 == kept.0;
+                    if same {
+                        kept.1 = later.1;
+                    }
+                    same
+                });
+                Ok(Fields(fields))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
 
 /// A field name, borrowed from the body unless it holds an escape.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Key<'a>(Cow<'a, str>);
-
-impl std::borrow::Borrow<str> for Key<'_> {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
 
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -120,6 +170,12 @@ fn is_null(v: &RawValue) -> bool {
 fn check_raw(text: &str, depth_at: usize) -> Result<(), String> {
     let (mut depth, mut in_str, mut escaped) = (depth_at, false, false);
     let bytes = text.as_bytes();
+    // The quick proof, which holds for nearly every value: too few brackets to nest past the
+    // limit, and no `\u0000` anywhere. Otherwise the exact scan below decides.
+    let opens = bytes.iter().filter(|&&b| b == b'{' || b == b'[').count();
+    if depth_at + opens <= MAX_METADATA_DEPTH && memchr::memmem::find(bytes, b"\\u0000").is_none() {
+        return Ok(());
+    }
     for (i, &b) in bytes.iter().enumerate() {
         if in_str {
             if escaped {
@@ -169,9 +225,9 @@ fn metadata(
         out.push_str(v.trim());
         Ok(())
     };
-    for (k, v) in rest {
-        if !is_null(v) && !extra.iter().any(|(e, _)| *e == k.0) {
-            push(&k.0, v.get())?;
+    for (k, v) in rest.iter() {
+        if !is_null(v) && !extra.iter().any(|(e, _)| *e == k) {
+            push(k, v.get())?;
         }
     }
     for (k, v) in extra {
@@ -208,7 +264,7 @@ fn push_key(out: &mut String, k: &str) -> Result<(), String> {
 }
 
 fn k_contains_nul(rest: &Fields<'_>) -> bool {
-    rest.keys().any(|k| k.0.contains('\0'))
+    rest.iter().any(|(k, _)| k.contains('\0'))
 }
 
 /// The event id of a message id: the UUID itself, else a UUIDv5 of the app and the id (so the
@@ -282,7 +338,7 @@ pub fn segment(
 ) -> Result<QueuedEvent, String> {
     let mut msg = fields(raw)?;
     let mut extra: Vec<(&str, String)> = Vec::new();
-    let kind = match msg.get("type").copied() {
+    let kind = match msg.get("type") {
         Some(t) if !is_null(t) => match serde_json::from_str::<String>(t.get()) {
             Ok(t) => t,
             Err(_) => return Err("type must be a string".into()),
@@ -311,18 +367,18 @@ pub fn segment(
     } else {
         EventName::parse(fixed_name)?
     };
-    let message_id = text(msg.get("messageId").copied());
+    let message_id = text(msg.get("messageId"));
     let (event_id, client_id) = event_id(ctx.app_id, message_id.as_deref());
     if message_id.as_deref().and_then(|m| Uuid::try_parse(m).ok()) == Some(event_id) {
         // The id is the event's own: stored once, in `event_id`.
         msg.remove("messageId");
     }
-    let user = match text(msg.get("userId").copied()) {
+    let user = match text(msg.get("userId")) {
         Some(u) => {
             msg.remove("userId");
             Some(u)
         }
-        None => text(msg.get("anonymousId").copied()),
+        None => text(msg.get("anonymousId")),
     };
     let session = msg
         .get("context")
@@ -332,9 +388,9 @@ pub fn segment(
         .remove("sentAt")
         .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
         .and_then(|s| parse_time(&s));
-    let time_key = if text(msg.get("timestamp").copied()).is_some() {
+    let time_key = if text(msg.get("timestamp")).is_some() {
         Some("timestamp")
-    } else if text(msg.get("originalTimestamp").copied()).is_some() {
+    } else if text(msg.get("originalTimestamp")).is_some() {
         Some("originalTimestamp")
     } else {
         None
@@ -379,10 +435,10 @@ pub fn posthog_key(raw: &RawValue) -> Option<String> {
     let msg = fields(raw).ok()?;
     ["api_key", "token", "$token"]
         .iter()
-        .find_map(|k| text(msg.get(*k).copied()))
+        .find_map(|k| text(msg.get(k)))
         .or_else(|| {
             let props: Fields<'_> = serde_json::from_str(msg.get("properties")?.get()).ok()?;
-            text(props.get("token").copied())
+            text(props.get("token"))
         })
 }
 
@@ -404,7 +460,7 @@ pub fn posthog(raw: &RawValue, ctx: &Context<'_>) -> Result<QueuedEvent, String>
         Some(Ok(e)) => EventName::parse(&e)?,
         _ => return Err("event is required".into()),
     };
-    let uuid = text(msg.get("uuid").copied());
+    let uuid = text(msg.get("uuid"));
     let (event_id, client_id) = event_id(ctx.app_id, uuid.as_deref());
     if uuid.as_deref().and_then(|m| Uuid::try_parse(m).ok()) == Some(event_id) {
         msg.remove("uuid");
@@ -415,39 +471,38 @@ pub fn posthog(raw: &RawValue, ctx: &Context<'_>) -> Result<QueuedEvent, String>
     let (mut prop_distinct, mut prop_session, mut ignore_sent_at) = (None, None, false);
     if let Some(p) = msg
         .get("properties")
-        .copied()
         .filter(|p| p.get().trim_start().starts_with('{'))
     {
         let props: Fields<'_> = serde_json::from_str(p.get()).map_err(|e| e.to_string())?;
-        prop_distinct = text(props.get("distinct_id").copied());
-        prop_session = text(props.get("$session_id").copied());
+        prop_distinct = text(props.get("distinct_id"));
+        prop_session = text(props.get("$session_id"));
         ignore_sent_at = props.get("$ignore_sent_at").map(|v| v.get().trim()) == Some("true");
         if props.contains_key("token") {
             // The project token (the ingest key) is never stored: the properties are rebuilt
             // without it, their values still as they came.
             let mut out = String::with_capacity(p.get().len());
             out.push('{');
-            for (k, v) in props.iter().filter(|(k, _)| k.0 != "token") {
+            for (k, v) in props.iter().filter(|(k, _)| *k != "token") {
                 if out.len() > 1 {
                     out.push(',');
                 }
-                push_key(&mut out, &k.0)?;
+                push_key(&mut out, k)?;
                 out.push_str(v.get());
             }
             out.push('}');
             extra.push(("properties", out));
         }
     }
-    let user = if let Some(u) = text(msg.get("distinct_id").copied()) {
+    let user = if let Some(u) = text(msg.get("distinct_id")) {
         msg.remove("distinct_id");
         Some(u)
-    } else if let Some(u) = text(msg.get("$distinct_id").copied()) {
+    } else if let Some(u) = text(msg.get("$distinct_id")) {
         msg.remove("$distinct_id");
         Some(u)
     } else {
         prop_distinct
     };
-    let session = match text(msg.get("session_id").copied()) {
+    let session = match text(msg.get("session_id")) {
         Some(s) => {
             msg.remove("session_id");
             Some(s)

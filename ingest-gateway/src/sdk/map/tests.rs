@@ -279,6 +279,18 @@ fn posthog_events_map_as_the_contract_says() {
 }
 
 #[test]
+fn a_field_given_twice_keeps_its_last_value() {
+    let raw = RawValue::from_string(
+        r#"{"type":"track","event":"first","properties":{"a":1},"event":"second","properties":{"b":2}}"#
+            .to_owned(),
+    )
+    .expect("json");
+    let e = segment(&raw, None, &SegmentShared::default(), &ctx()).expect("maps");
+    assert_eq!(e.event_name, "second");
+    assert_eq!(meta(&e)["properties"], json!({"b": 2}));
+}
+
+#[test]
 fn raw_checks_find_nul_and_depth_without_parsing() {
     assert!(check_raw(r#"{"a":"x\u0000y"}"#, 1).is_err());
     assert!(
@@ -292,6 +304,14 @@ fn raw_checks_find_nul_and_depth_without_parsing() {
     assert!(
         check_raw(r#""[[[[""#, 31).is_ok(),
         "brackets in strings do not count"
+    );
+    // Past the quick proof (more brackets than the limit), the exact scan decides.
+    let siblings = format!("[{}]", vec!["[]"; 2 * MAX_METADATA_DEPTH].join(","));
+    assert!(check_raw(&siblings, 1).is_ok(), "many brackets, shallow");
+    assert!(check_raw(&format!("[{siblings},{}]", deep(MAX_METADATA_DEPTH - 1)), 1).is_err());
+    assert!(
+        check_raw(r#"{"a":"x\\\u0000y"}"#, 1).is_err(),
+        "an escaped backslash, then an escaped NUL"
     );
     let e = segment(
         &obj(
