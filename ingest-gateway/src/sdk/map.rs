@@ -83,38 +83,6 @@ impl<'a> Fields<'a> {
     }
 }
 
-impl<'de> Deserialize<'de> for Fields<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Fields<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Fields<'de>, A::Error> {
-                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(16));
-                while let Some(entry) = map.next_entry::<Key<'de>, &'de RawValue>()? {
-                    fields.push(entry);
-                }
-                // A stable sort keeps a repeated name's values in arrival order; the last wins.
-                fields.sort_by(|a, b| a.0.cmp(&b.0));
-                fields.dedup_by(|later, kept| {
-                    let same = later.0 == kept.0;
-                    if same {
-                        kept.1 = later.1;
-                    }
-                    same
-                });
-                Ok(Fields(fields))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
 /// A field name, borrowed from the body unless it holds an escape.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Key<'a>(Cow<'a, str>);
@@ -141,11 +109,112 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
-fn fields(raw: &RawValue) -> Result<Fields<'_>, String> {
-    if !raw.get().trim_start().starts_with('{') {
-        return Err("the message must be a JSON object".into());
+/// One message as read from the body, in the same pass as its envelope: its top-level fields in
+/// the order they came, each value as its raw JSON text; no fields when it is not an object.
+#[derive(Debug)]
+pub struct Message<'a> {
+    fields: Option<Vec<(Key<'a>, &'a RawValue)>>,
+    /// Its size as compact JSON, what the SDKs measure against their own 32 KB limit.
+    pub bytes: usize,
+}
+
+impl<'a> Message<'a> {
+    /// A message from its raw text (a non-object, or text that is not JSON, gives no fields).
+    pub fn from_raw(raw: &'a RawValue) -> Self {
+        serde_json::from_str(raw.get()).unwrap_or(Message {
+            fields: None,
+            bytes: raw.get().len(),
+        })
     }
-    serde_json::from_str(raw.get()).map_err(|_| "the message must be a JSON object".to_owned())
+
+    fn object(&self) -> Result<&[(Key<'a>, &'a RawValue)], String> {
+        self.fields
+            .as_deref()
+            .ok_or_else(|| "the message must be a JSON object".to_owned())
+    }
+
+    /// The fields sorted by name, a repeated name keeping its last value.
+    fn sorted(&self) -> Result<Fields<'a>, String> {
+        let mut fields: Vec<(Key<'a>, &'a RawValue)> = self
+            .object()?
+            .iter()
+            .map(|(k, v)| (Key(k.0.clone()), *v))
+            .collect();
+        // A stable sort keeps a repeated name's values in arrival order; the last wins.
+        fields.sort_by(|a, b| a.0.cmp(&b.0));
+        fields.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 = later.1;
+            }
+            same
+        });
+        Ok(Fields(fields))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Message<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        fn not_object<'a>() -> Message<'a> {
+            Message {
+                fields: None,
+                bytes: 0,
+            }
+        }
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Message<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a message")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Message<'de>, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                // `{}` and a comma between fields.
+                let mut bytes = 1;
+                while let Some((k, v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                    let key = match &k.0 {
+                        Cow::Borrowed(k) => k.len() + 2,
+                        Cow::Owned(k) => serde_json::to_string(k).map_or(k.len() + 2, |s| s.len()),
+                    };
+                    bytes += key + 1 + v.get().len() + 1;
+                    fields.push((k, v));
+                }
+                Ok(Message {
+                    fields: Some(fields),
+                    bytes: bytes.max(2),
+                })
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Message<'de>, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(not_object())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Message<'de>, E> {
+                Ok(not_object())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Message<'de>, E> {
+                Ok(not_object())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Message<'de>, E> {
+                Ok(not_object())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Message<'de>, E> {
+                Ok(not_object())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Message<'de>, E> {
+                Ok(not_object())
+            }
+            fn visit_unit<E>(self) -> Result<Message<'de>, E> {
+                Ok(not_object())
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A string field, or a number's text (SDKs stringify numeric ids, but hand-written clients may
@@ -209,14 +278,17 @@ fn check_raw(text: &str, depth_at: usize) -> Result<(), String> {
 
 /// The metadata text of the fields left: one JSON object of the raw values, nulls dropped,
 /// depth, NUL and size checked. `extra` are fields rebuilt by the mapping (a merged context).
-fn metadata(
-    rest: &Fields<'_>,
+fn metadata<'v>(
+    rest: impl IntoIterator<Item = (&'v str, &'v RawValue)>,
     extra: &[(&str, String)],
     ctx: &Context<'_>,
 ) -> Result<Option<String>, String> {
-    let mut out = String::with_capacity(256);
+    let mut out = String::with_capacity(512);
     out.push('{');
     let mut push = |k: &str, v: &str| -> Result<(), String> {
+        if k.contains('\0') {
+            return Err("metadata must not contain a NUL character".into());
+        }
         check_raw(v, 1)?;
         if out.len() > 1 {
             out.push(',');
@@ -225,16 +297,13 @@ fn metadata(
         out.push_str(v.trim());
         Ok(())
     };
-    for (k, v) in rest.iter() {
+    for (k, v) in rest {
         if !is_null(v) && !extra.iter().any(|(e, _)| *e == k) {
             push(k, v.get())?;
         }
     }
     for (k, v) in extra {
         push(k, v)?;
-    }
-    if k_contains_nul(rest) {
-        return Err("metadata must not contain a NUL character".into());
     }
     out.push('}');
     if out.len() == 2 {
@@ -263,10 +332,6 @@ fn push_key(out: &mut String, k: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn k_contains_nul(rest: &Fields<'_>) -> bool {
-    rest.iter().any(|(k, _)| k.contains('\0'))
-}
-
 /// The event id of a message id: the UUID itself, else a UUIDv5 of the app and the id (so the
 /// SDK's retries of the message are stored once); a fresh UUIDv7 when there is none.
 /// The second value says whether the id came from the client (the writer keeps a dedupe key).
@@ -275,12 +340,24 @@ pub fn event_id(app_id: &str, message_id: Option<&str>) -> (Uuid, bool) {
         None => (Uuid::now_v7(), false),
         Some(m) => match Uuid::try_parse(m) {
             Ok(id) if !id.is_nil() => (id, true),
-            _ => (
-                Uuid::new_v5(&SDK_NAMESPACE, format!("{app_id}:{m}").as_bytes()),
-                true,
-            ),
+            _ => (v5(app_id, m), true),
         },
     }
+}
+
+/// `UUIDv5(SDK_NAMESPACE, app_id + ":" + message_id)`, hashed in place by a SHA-1 that uses
+/// the CPU's SHA extensions where it has them.
+fn v5(app_id: &str, message_id: &str) -> Uuid {
+    use sha1::{Digest, Sha1};
+    let digest = Sha1::new()
+        .chain_update(SDK_NAMESPACE.as_bytes())
+        .chain_update(app_id.as_bytes())
+        .chain_update(b":")
+        .chain_update(message_id.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_sha1_bytes(bytes).into_uuid()
 }
 
 /// Event time from the message's time (skew-corrected by when it was sent), else now; within
@@ -329,93 +406,158 @@ struct ContextIds<'a> {
 }
 
 /// One Segment-format message. `route_type` is the type a single-message route or a Jitsu path
-/// names; it fills in a missing `type`.
+/// names; it fills in a missing `type`. One pass over the fields picks out those the mapping
+/// reads; the rest go to `metadata` as they came.
 pub fn segment(
-    raw: &RawValue,
+    msg: &Message<'_>,
     route_type: Option<&str>,
     shared: &SegmentShared,
     ctx: &Context<'_>,
 ) -> Result<QueuedEvent, String> {
-    let mut msg = fields(raw)?;
+    let fields = msg.object()?;
+    #[derive(Default)]
+    struct Known<'a> {
+        kind: Option<&'a RawValue>,
+        event: Option<&'a RawValue>,
+        message_id: Option<&'a RawValue>,
+        user_id: Option<&'a RawValue>,
+        anonymous_id: Option<&'a RawValue>,
+        context: Option<&'a RawValue>,
+        sent_at: Option<&'a RawValue>,
+        timestamp: Option<&'a RawValue>,
+        original_timestamp: Option<&'a RawValue>,
+        integrations: Option<&'a RawValue>,
+    }
+    let mut known = Known::default();
+    let mut rest: Vec<(&str, &RawValue)> = Vec::with_capacity(fields.len() + 2);
+    for (k, v) in fields {
+        // A name given twice keeps its last value (as `jsonb` does with the rest).
+        let slot = match k.0.as_ref() {
+            "type" => &mut known.kind,
+            "event" => &mut known.event,
+            "messageId" => &mut known.message_id,
+            "userId" => &mut known.user_id,
+            "anonymousId" => &mut known.anonymous_id,
+            "context" => &mut known.context,
+            "sentAt" => &mut known.sent_at,
+            "timestamp" => &mut known.timestamp,
+            "originalTimestamp" => &mut known.original_timestamp,
+            "integrations" => &mut known.integrations,
+            "writeKey" => continue,
+            other => {
+                rest.push((other, v));
+                continue;
+            }
+        };
+        *slot = Some(v);
+    }
     let mut extra: Vec<(&str, String)> = Vec::new();
-    let kind = match msg.get("type") {
-        Some(t) if !is_null(t) => match serde_json::from_str::<String>(t.get()) {
-            Ok(t) => t,
-            Err(_) => return Err("type must be a string".into()),
+    let kind = match known.kind.filter(|t| !is_null(t)) {
+        Some(t) => match serde_json::from_str::<&str>(t.get()) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => match serde_json::from_str::<String>(t.get()) {
+                Ok(s) => Cow::Owned(s),
+                Err(_) => return Err("type must be a string".into()),
+            },
         },
-        _ => match route_type {
+        None => match route_type {
             Some(t) => {
                 extra.push(("type", serde_json::to_string(t).map_err(|e| e.to_string())?));
-                t.to_owned()
+                Cow::Borrowed(t)
             }
             None => return Err("type is required".into()),
         },
     };
+    if let Some(t) = known.kind {
+        rest.push(("type", t));
+    }
     let Some(&(_, fixed_name)) = SEGMENT_TYPES.iter().find(|(t, _)| *t == kind) else {
         return Err(format!(
             "type {kind:?} is not one of track, identify, page, screen, group, alias"
         ));
     };
     let name = if kind == "track" {
-        match msg
-            .remove("event")
-            .map(|v| serde_json::from_str::<String>(v.get()))
-        {
+        match known.event.map(|v| serde_json::from_str::<String>(v.get())) {
             Some(Ok(e)) => EventName::parse(&e)?,
             _ => return Err("a track message needs an event name (\"event\")".into()),
         }
     } else {
+        if let Some(e) = known.event {
+            rest.push(("event", e));
+        }
         EventName::parse(fixed_name)?
     };
-    let message_id = text(msg.get("messageId"));
+    let message_id = text(known.message_id);
     let (event_id, client_id) = event_id(ctx.app_id, message_id.as_deref());
-    if message_id.as_deref().and_then(|m| Uuid::try_parse(m).ok()) == Some(event_id) {
-        // The id is the event's own: stored once, in `event_id`.
-        msg.remove("messageId");
-    }
-    let user = match text(msg.get("userId")) {
-        Some(u) => {
-            msg.remove("userId");
-            Some(u)
+    if let Some(m) = known.message_id {
+        if message_id.as_deref().and_then(|m| Uuid::try_parse(m).ok()) != Some(event_id) {
+            // Not the event's own id: kept, so the client's id is never lost.
+            rest.push(("messageId", m));
         }
-        None => text(msg.get("anonymousId")),
+    }
+    let user = match text(known.user_id) {
+        Some(u) => Some(u),
+        None => {
+            if let Some(u) = known.user_id {
+                rest.push(("userId", u));
+            }
+            text(known.anonymous_id)
+        }
     };
-    let session = msg
-        .get("context")
+    if let Some(a) = known.anonymous_id {
+        rest.push(("anonymousId", a));
+    }
+    let session = known
+        .context
         .and_then(|c| serde_json::from_str::<ContextIds<'_>>(c.get()).ok())
         .and_then(|c| text(c.session_id));
-    let sent = msg
-        .remove("sentAt")
+    let sent = known
+        .sent_at
         .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
         .and_then(|s| parse_time(&s));
-    let time_key = if text(msg.get("timestamp")).is_some() {
-        Some("timestamp")
-    } else if text(msg.get("originalTimestamp")).is_some() {
-        Some("originalTimestamp")
+    let (time, unused) = if text(known.timestamp).is_some() {
+        (
+            known.timestamp,
+            ("originalTimestamp", known.original_timestamp),
+        )
+    } else if text(known.original_timestamp).is_some() {
+        (known.original_timestamp, ("timestamp", known.timestamp))
     } else {
-        None
+        (None, ("timestamp", known.timestamp))
     };
-    let time = time_key
-        .and_then(|k| msg.remove(k))
-        .and_then(|v| serde_json::from_str::<String>(v.get()).ok());
-    let occurred = occurred_at(ctx, time.as_deref(), sent, true)?;
-    msg.remove("writeKey");
-    if let Some(env) = &shared.context {
-        // The envelope's context fills in what the message's own does not say (rare: no SDK
-        // here sends one), so this is the one place a nested value is parsed.
-        let mut merged: Map<String, Value> = match msg.get("context") {
-            Some(c) => serde_json::from_str(c.get()).unwrap_or_default(),
-            None => Map::new(),
-        };
-        for (k, v) in env {
-            merged.entry(k.clone()).or_insert_with(|| v.clone());
-        }
-        extra.push(("context", Value::Object(merged).to_string()));
+    if let (k, Some(v)) = unused {
+        rest.push((k, v));
     }
-    if let Some(i) = &shared.integrations {
-        if !msg.contains_key("integrations") {
-            extra.push(("integrations", i.to_string()));
+    if time.is_none() {
+        if let Some(v) = known.original_timestamp {
+            rest.push(("originalTimestamp", v));
         }
+    }
+    let time = time.and_then(|v| serde_json::from_str::<String>(v.get()).ok());
+    let occurred = occurred_at(ctx, time.as_deref(), sent, true)?;
+    match &shared.context {
+        Some(env) => {
+            // The envelope's context fills in what the message's own does not say (rare: no
+            // SDK here sends one), so this is the one place a nested value is parsed.
+            let mut merged: Map<String, Value> = match known.context {
+                Some(c) => serde_json::from_str(c.get()).unwrap_or_default(),
+                None => Map::new(),
+            };
+            for (k, v) in env {
+                merged.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            extra.push(("context", Value::Object(merged).to_string()));
+        }
+        None => {
+            if let Some(c) = known.context {
+                rest.push(("context", c));
+            }
+        }
+    }
+    match (known.integrations, &shared.integrations) {
+        (Some(i), _) => rest.push(("integrations", i)),
+        (None, Some(i)) => extra.push(("integrations", i.to_string())),
+        (None, None) => {}
     }
     Ok(QueuedEvent {
         event_id,
@@ -425,21 +567,32 @@ pub fn segment(
         received_at_us: ctx.received_at.timestamp_micros(),
         user_id: user_id(user)?,
         session_id: session_id(session)?,
-        metadata: metadata(&msg, &extra, ctx)?,
+        metadata: metadata(rest.iter().copied(), &extra, ctx)?,
         client_id,
     })
 }
 
 /// The key a PostHog event carries itself (posthog-js puts the project token in `properties`).
-pub fn posthog_key(raw: &RawValue) -> Option<String> {
-    let msg = fields(raw).ok()?;
+pub fn posthog_key(msg: &Message<'_>) -> Option<String> {
+    let msg = msg.sorted().ok()?;
     ["api_key", "token", "$token"]
         .iter()
         .find_map(|k| text(msg.get(k)))
         .or_else(|| {
-            let props: Fields<'_> = serde_json::from_str(msg.get("properties")?.get()).ok()?;
+            let props = Message::from_raw(msg.get("properties")?).sorted().ok()?;
             text(props.get("token"))
         })
+}
+
+/// A PostHog event's own `uuid`, to name it in a v1 answer.
+pub fn posthog_uuid(msg: &Message<'_>) -> Option<String> {
+    let (_, v) = msg
+        .object()
+        .ok()?
+        .iter()
+        .rev()
+        .find(|(k, _)| k.0 == "uuid")?;
+    serde_json::from_str::<String>(v.get()).ok()
 }
 
 /// The part of PostHog's `options` the mapping reads.
@@ -450,8 +603,8 @@ struct Options {
 }
 
 /// One PostHog event (v0 `/batch/`, `/e/`, ... or v1 `/i/v1/analytics/events`).
-pub fn posthog(raw: &RawValue, ctx: &Context<'_>) -> Result<QueuedEvent, String> {
-    let mut msg = fields(raw)?;
+pub fn posthog(msg: &Message<'_>, ctx: &Context<'_>) -> Result<QueuedEvent, String> {
+    let mut msg = msg.sorted()?;
     let mut extra: Vec<(&str, String)> = Vec::new();
     let name = match msg
         .remove("event")
@@ -473,7 +626,7 @@ pub fn posthog(raw: &RawValue, ctx: &Context<'_>) -> Result<QueuedEvent, String>
         .get("properties")
         .filter(|p| p.get().trim_start().starts_with('{'))
     {
-        let props: Fields<'_> = serde_json::from_str(p.get()).map_err(|e| e.to_string())?;
+        let props = Message::from_raw(p).sorted()?;
         prop_distinct = text(props.get("distinct_id"));
         prop_session = text(props.get("$session_id"));
         ignore_sent_at = props.get("$ignore_sent_at").map(|v| v.get().trim()) == Some("true");
@@ -532,7 +685,7 @@ pub fn posthog(raw: &RawValue, ctx: &Context<'_>) -> Result<QueuedEvent, String>
         received_at_us: ctx.received_at.timestamp_micros(),
         user_id: user_id(user)?,
         session_id: session_id(session)?,
-        metadata: metadata(&msg, &extra, ctx)?,
+        metadata: metadata(msg.iter(), &extra, ctx)?,
         client_id,
     })
 }

@@ -237,7 +237,7 @@ async fn authenticate(state: &AppState, keys: &[String]) -> Result<Grant, ApiErr
 #[derive(Deserialize, Default)]
 struct Envelope<'a> {
     #[serde(borrow, default)]
-    batch: Option<Vec<&'a RawValue>>,
+    batch: Option<Vec<map::Message<'a>>>,
     #[serde(borrow, default, rename = "writeKey")]
     write_key: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -256,7 +256,7 @@ struct Envelope<'a> {
 
 /// A request body as messages, with what its envelope says.
 struct Parsed<'a> {
-    messages: Vec<&'a RawValue>,
+    messages: Vec<map::Message<'a>>,
     key: Option<String>,
     sent_at: Option<DateTime<Utc>>,
     shared: map::SegmentShared,
@@ -302,7 +302,7 @@ fn unform(body: Bytes, query: Option<&str>) -> Result<Bytes, BodyError> {
 fn parse<'a>(api: Api, route: Route, body: &'a [u8]) -> Result<Parsed<'a>, BodyError> {
     let first = first_byte(body);
     if api == Api::PostHog && first == Some(b'[') {
-        let messages: Vec<&RawValue> = parse_json(body)?;
+        let messages: Vec<map::Message<'a>> = parse_json(body)?;
         return Ok(Parsed {
             messages,
             key: None,
@@ -333,7 +333,7 @@ fn parse<'a>(api: Api, route: Route, body: &'a [u8]) -> Result<Parsed<'a>, BodyE
     let messages = match (env.batch, single, api) {
         (Some(b), false, _) => b,
         (None, false, _) if api != Api::PostHog => return Err(BodyError::MissingBatch),
-        _ => vec![parse_json::<&RawValue>(body)?],
+        _ => vec![parse_json::<map::Message<'a>>(body)?],
     };
     let shared = if single {
         map::SegmentShared::default()
@@ -391,34 +391,25 @@ fn map_all(
         rejected: Vec::new(),
         refused_ids: Vec::new(),
     };
-    for (index, raw) in parsed.messages.iter().enumerate() {
+    for (index, msg) in parsed.messages.iter().enumerate() {
         let mut id = None;
         let result = (|| {
-            if raw.get().len() > ctx.max_event_bytes {
+            if msg.bytes > ctx.max_event_bytes {
                 return Err(format!(
                     "the message is {} bytes; at most {} are allowed",
-                    raw.get().len(),
-                    ctx.max_event_bytes
+                    msg.bytes, ctx.max_event_bytes
                 ));
             }
             match api {
-                Api::Segment | Api::Jitsu => map::segment(raw, route.kind, &parsed.shared, ctx),
+                Api::Segment | Api::Jitsu => map::segment(msg, route.kind, &parsed.shared, ctx),
                 Api::PostHog | Api::PostHogV1 => {
-                    #[derive(Deserialize)]
-                    struct Ids {
-                        #[serde(default)]
-                        uuid: Option<Value>,
-                    }
-                    id = serde_json::from_str::<Ids>(raw.get())
-                        .ok()
-                        .and_then(|i| i.uuid)
-                        .and_then(|u| u.as_str().map(str::to_owned));
-                    if let (Some(own), Some(req)) = (map::posthog_key(raw), request_key) {
+                    id = map::posthog_uuid(msg);
+                    if let (Some(own), Some(req)) = (map::posthog_key(msg), request_key) {
                         if own != req {
                             return Err("the event carries another key than the request".into());
                         }
                     }
-                    map::posthog(raw, ctx)
+                    map::posthog(msg, ctx)
                 }
             }
         })();
@@ -486,10 +477,7 @@ async fn handle(
         None => {
             if request_key.is_none() && api == Api::PostHog {
                 // posthog-js puts the token in each event.
-                request_key = parsed
-                    .messages
-                    .first()
-                    .and_then(|raw| map::posthog_key(raw));
+                request_key = parsed.messages.first().and_then(map::posthog_key);
             }
             let key = request_key.clone().ok_or(ApiError::MissingKey)?;
             authenticate(state, &[key]).await?

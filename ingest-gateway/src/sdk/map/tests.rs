@@ -21,6 +21,24 @@ fn obj(v: Value) -> Box<RawValue> {
     RawValue::from_string(v.to_string()).expect("raw")
 }
 
+// The mapping, from a message's raw text as the body parser reads it.
+fn segment(
+    raw: &RawValue,
+    route_type: Option<&str>,
+    shared: &SegmentShared,
+    ctx: &Context<'_>,
+) -> Result<QueuedEvent, String> {
+    super::segment(&Message::from_raw(raw), route_type, shared, ctx)
+}
+
+fn posthog(raw: &RawValue, ctx: &Context<'_>) -> Result<QueuedEvent, String> {
+    super::posthog(&Message::from_raw(raw), ctx)
+}
+
+fn posthog_key(raw: &RawValue) -> Option<String> {
+    super::posthog_key(&Message::from_raw(raw))
+}
+
 fn meta(e: &QueuedEvent) -> Value {
     serde_json::from_str(e.metadata.as_deref().expect("metadata")).expect("json")
 }
@@ -71,6 +89,11 @@ fn event_ids_are_stable_per_app_and_message_id() {
         a,
         event_id("app2", Some("node-next-1-x")).0,
         "another app, another id"
+    );
+    assert_eq!(
+        a,
+        Uuid::new_v5(&SDK_NAMESPACE, b"app1:node-next-1-x"),
+        "the UUIDv5 of the app and the message id"
     );
     let u = "01890000-0000-7000-8000-700000000000";
     assert_eq!(
@@ -288,6 +311,24 @@ fn a_field_given_twice_keeps_its_last_value() {
     let e = segment(&raw, None, &SegmentShared::default(), &ctx()).expect("maps");
     assert_eq!(e.event_name, "second");
     assert_eq!(meta(&e)["properties"], json!({"b": 2}));
+}
+
+#[test]
+fn a_message_knows_its_compact_size_and_whether_it_is_an_object() {
+    for v in [
+        json!({}),
+        json!({"a": 1}),
+        json!({"type": "track", "event": "e", "properties": {"p": [1, "x", {"q": null}]}}),
+        json!({"key with \"quotes\"": "v"}),
+    ] {
+        let text = v.to_string();
+        let raw = RawValue::from_string(text.clone()).expect("raw");
+        assert_eq!(Message::from_raw(&raw).bytes, text.len(), "{text}");
+    }
+    for text in ["[1,2]", "\"s\"", "3", "null", "true"] {
+        let raw = RawValue::from_string(text.to_owned()).expect("raw");
+        assert!(Message::from_raw(&raw).object().is_err(), "{text}");
+    }
 }
 
 #[test]
