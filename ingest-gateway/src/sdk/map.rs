@@ -230,8 +230,9 @@ fn text(v: Option<&RawValue>) -> Option<String> {
     }
 }
 
+/// (A raw value's text has no whitespace around it.)
 fn is_null(v: &RawValue) -> bool {
-    v.get().trim() == "null"
+    v.get() == "null"
 }
 
 /// Depth and NUL check of raw JSON text (which serde has already parsed once), without building
@@ -240,9 +241,13 @@ fn check_raw(text: &str, depth_at: usize) -> Result<(), String> {
     let (mut depth, mut in_str, mut escaped) = (depth_at, false, false);
     let bytes = text.as_bytes();
     // The quick proof, which holds for nearly every value: too few brackets to nest past the
-    // limit, and no `\u0000` anywhere. Otherwise the exact scan below decides.
-    let opens = bytes.iter().filter(|&&b| b == b'{' || b == b'[').count();
-    if depth_at + opens <= MAX_METADATA_DEPTH && memchr::memmem::find(bytes, b"\\u0000").is_none() {
+    // limit, and no escape at all (so no `\u0000`). Otherwise the exact scan below decides.
+    let (mut opens, mut escapes) = (0usize, 0usize);
+    for &b in bytes {
+        opens += usize::from(b == b'{' || b == b'[');
+        escapes += usize::from(b == b'\\');
+    }
+    if depth_at + opens <= MAX_METADATA_DEPTH && escapes == 0 {
         return Ok(());
     }
     for (i, &b) in bytes.iter().enumerate() {
@@ -294,7 +299,7 @@ fn metadata<'v>(
             out.push(',');
         }
         push_key(&mut out, k)?;
-        out.push_str(v.trim());
+        out.push_str(v);
         Ok(())
     };
     for (k, v) in rest {

@@ -262,8 +262,11 @@ struct Parsed<'a> {
     shared: map::SegmentShared,
 }
 
+/// UTF-8 is checked once for the whole body, so the parser borrows its strings unchecked.
 fn parse_json<'a, T: Deserialize<'a>>(text: &'a [u8]) -> Result<T, BodyError> {
-    serde_json::from_slice(text).map_err(|e| BodyError::InvalidJson(e.to_string()))
+    let text = std::str::from_utf8(text)
+        .map_err(|e| BodyError::InvalidJson(format!("the body is not UTF-8: {e}")))?;
+    serde_json::from_str(text).map_err(|e| BodyError::InvalidJson(e.to_string()))
 }
 
 fn first_byte(b: &[u8]) -> Option<u8> {
