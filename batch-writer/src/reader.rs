@@ -231,10 +231,12 @@ fn parse_entries(v: Value, shard: u16, out: &mut Vec<Entry>) {
             }
         }
         let content = match (version.as_deref(), payload) {
-            (Some(queue::FORMAT_VERSION), Some(p)) => match queue::decode(&p) {
-                Ok(events) => Ok(events),
-                Err(e) => Err((p, format!("undecodable payload: {e}"))),
-            },
+            (Some(v), Some(p)) if queue::READABLE_VERSIONS.contains(&v) => {
+                match queue::decode(&p) {
+                    Ok(events) => Ok(events),
+                    Err(e) => Err((p, format!("undecodable payload: {e}"))),
+                }
+            }
             (v, p) => Err((
                 p.unwrap_or_default(),
                 format!("unknown entry format (version {v:?})"),

@@ -427,18 +427,46 @@ async fn a_claimed_entry_held_by_an_open_transaction_is_not_written_twice() {
     cleanup(&prefix).await;
 }
 
+/// Upgrade: entries of format 1 (plain MessagePack, before payloads were compressed) still in
+/// a stream are written beside format 2 entries.
+#[tokio::test]
+async fn entries_queued_before_compression_are_still_written() {
+    let db = TestDb::migrated().await;
+    let prefix = prefix();
+    let keys = Keys::new(&prefix, 1);
+    let all = events(20);
+    let plain = rmp_serde::to_vec(&all[..10]).expect("msgpack");
+    push_payload(&keys, "1-1", "1", 10, plain).await;
+    push_with_id(&keys, "1-2", &all[10..]).await;
+    let _w = Daemon::start(BIN, &env(&db, &prefix, &[])).await;
+    assert_eq!(wait_rows(&db, 20, Duration::from_secs(30)).await, 20);
+    assert_exactly_once(&db, 20).await;
+    cleanup(&prefix).await;
+}
+
 /// Adds one entry with an explicit id to shard 0 of `keys`, counting its events as the push
 /// script does.
 async fn push_with_id(keys: &Keys, id: &str, events: &[shared::queue::QueuedEvent]) {
-    let mut c = redis().await;
     let payload = shared::queue::encode(events).expect("encode");
+    push_payload(
+        keys,
+        id,
+        shared::queue::FORMAT_VERSION,
+        events.len(),
+        payload,
+    )
+    .await;
+}
+
+async fn push_payload(keys: &Keys, id: &str, version: &str, n: usize, payload: Vec<u8>) {
+    let mut c = redis().await;
     let _: String = redis::cmd("XADD")
         .arg(keys.stream(0))
         .arg(id)
         .arg("v")
-        .arg(shared::queue::FORMAT_VERSION)
+        .arg(version)
         .arg("n")
-        .arg(events.len())
+        .arg(n)
         .arg("d")
         .arg(payload)
         .query_async(&mut c)
@@ -446,7 +474,7 @@ async fn push_with_id(keys: &Keys, id: &str, events: &[shared::queue::QueuedEven
         .expect("xadd");
     let _: i64 = redis::cmd("INCRBY")
         .arg(keys.depth(0))
-        .arg(events.len())
+        .arg(n)
         .query_async(&mut c)
         .await
         .expect("depth");
