@@ -6,8 +6,9 @@
 //!   one request costs one entry, not one entry per event. Events of one request repeat most of
 //!   their bytes (field names, SDK context), so an entry takes a fifth to a tenth of its
 //!   MessagePack size: Redis spends less CPU per event and holds that many more queued events
-//!   in the same memory. Entries of format 1 (plain MessagePack, before compression) are still
-//!   read.
+//!   in the same memory. A payload under 1 KiB (a single event) stays plain MessagePack; the
+//!   reader tells the two apart by zstd's magic number, so entries of format 1 (plain
+//!   MessagePack, before compression) are still read.
 //! - `{P:N}:depth`: the number of events in the stream not yet written (incremented with the add,
 //!   decremented with the acknowledgement, atomically, by the scripts below). The gateway's
 //!   backpressure and the writer's `sluice_queue_lag_events` read it.
@@ -151,10 +152,33 @@ pub fn entry_millis(id: &str) -> Option<u64> {
     id.split_once('-')?.0.parse().ok()
 }
 
-/// Encodes a group of events as one entry payload (format [`FORMAT_VERSION`]).
+/// Payloads shorter than this stay plain MessagePack: a single event gains little from
+/// compression and would pay for it.
+const COMPRESS_FROM_BYTES: usize = 1024;
+
+thread_local! {
+    /// One zstd context per thread, reused: making one costs more than compressing a request.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Encodes a group of events as one entry payload (format [`FORMAT_VERSION`]): zstd-compressed
+/// MessagePack, or plain MessagePack when it is short.
 pub fn encode(events: &[QueuedEvent]) -> Result<Vec<u8>, PayloadError> {
     let plain = rmp_serde::to_vec(events)?;
-    Ok(zstd::bulk::compress(&plain, ZSTD_LEVEL)?)
+    if plain.len() < COMPRESS_FROM_BYTES {
+        return Ok(plain);
+    }
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        let c = match &mut *c {
+            Some(c) => c,
+            slot => slot.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
+        };
+        Ok(c.compress(&plain)?)
+    })
 }
 
 /// Decodes an entry payload of either format (a zstd frame, else plain MessagePack).
@@ -167,7 +191,14 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<QueuedEvent>, PayloadError> {
         .flatten()
         .filter(|&n| n <= MAX_DECOMPRESSED_BYTES)
         .ok_or(PayloadError::Size)?;
-    let plain = zstd::bulk::decompress(bytes, size as usize)?;
+    let plain = DECOMPRESSOR.with(|d| -> Result<Vec<u8>, PayloadError> {
+        let mut d = d.borrow_mut();
+        let d = match &mut *d {
+            Some(d) => d,
+            slot => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        Ok(d.decompress(bytes, size as usize)?)
+    })?;
     Ok(rmp_serde::from_slice(&plain)?)
 }
 
@@ -294,12 +325,18 @@ mod tests {
             metadata: Some(r#"{"a":1}"#.into()),
             client_id: true,
         };
+        let one = encode(std::slice::from_ref(&e)).expect("encode");
+        assert!(!one.starts_with(&ZSTD_MAGIC), "a short payload stays plain");
+        assert_eq!(decode(&one).expect("decode"), vec![e.clone()]);
+        let many = vec![e.clone(); 20];
+        let bytes = encode(&many).expect("encode");
+        assert!(bytes.starts_with(&ZSTD_MAGIC), "a long one is compressed");
+        assert_eq!(decode(&bytes).expect("decode"), many);
         let bytes = encode(&[e.clone(), e.clone()]).expect("encode");
-        assert!(bytes.starts_with(&ZSTD_MAGIC), "format 2 is compressed");
         assert_eq!(decode(&bytes).expect("decode"), vec![e.clone(), e.clone()]);
         assert!(decode(b"\x01garbage").is_err());
         // Format 1 (plain MessagePack), still in a stream after an upgrade, reads as before.
-        let plain = rmp_serde::to_vec(&[e.clone()]).expect("msgpack");
+        let plain = rmp_serde::to_vec(std::slice::from_ref(&e)).expect("msgpack");
         assert_eq!(decode(&plain).expect("decode"), vec![e.clone()]);
         // A broken frame is an error, never a panic.
         let mut broken = bytes.clone();
