@@ -78,11 +78,6 @@ enum KeysCommand {
     },
 }
 
-/// The gateway allocates and frees a few small buffers per event on every core; mimalloc's
-/// per-thread free lists do that for less CPU than glibc's allocator (see docs/benchmarks.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
