@@ -387,14 +387,8 @@ fn parse_row(row: &tokio_postgres::Row) -> Option<([u8; 32], Grant)> {
 
 /// The key a request carries: `Authorization: Bearer`, `X-API-Key`, or `?api_key=`.
 pub fn presented_key<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
-    if let Some(v) = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let v = v.trim();
-        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
-            return Some(v[7..].trim());
-        }
+    if let Some(k) = bearer(headers) {
+        return Some(k);
     }
     if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(v.trim());
@@ -403,6 +397,16 @@ pub fn presented_key<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Opti
         .split('&')
         .find_map(|kv| kv.strip_prefix("api_key="))
         .filter(|k| !k.is_empty())
+}
+
+/// The token of `Authorization: Bearer <token>`.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim();
+    (v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ")).then(|| v[7..].trim())
 }
 
 #[cfg(test)]

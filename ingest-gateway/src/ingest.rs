@@ -19,15 +19,20 @@ pub async fn post_events(state: &AppState, req: Request<Incoming>) -> Response<F
     match handle(state, req).await {
         Ok(resp) => resp,
         Err(e) => {
-            let (_, _, _, reason) = e.parts();
-            let n = match &e {
-                ApiError::AllInvalid(r) => r.len() as u64,
-                _ => 1,
-            };
-            metrics::events_rejected("native", reason, n);
+            count_refusal("native", &e);
             e.into_response()
         }
     }
+}
+
+/// Counts the events of a refused request as rejected, under the route family `api`.
+pub fn count_refusal(api: &'static str, e: &ApiError) {
+    let (_, _, _, reason) = e.parts();
+    let n = match e {
+        ApiError::AllInvalid(r) => r.len() as u64,
+        _ => 1,
+    };
+    metrics::events_rejected(api, reason, n);
 }
 
 /// The app behind the request's key, which must be of kind `want`.
@@ -37,6 +42,11 @@ pub async fn authenticate(
     want: KeyKind,
 ) -> Result<Grant, ApiError> {
     let key = presented_key(req.headers(), req.uri().query()).ok_or(ApiError::MissingKey)?;
+    grant_for(state, key, want).await
+}
+
+/// The app behind `key`, which must be of kind `want`.
+pub async fn grant_for(state: &AppState, key: &str, want: KeyKind) -> Result<Grant, ApiError> {
     let grant = match state.keys.check(&state.pools.write, key).await {
         Ok(KeyCheck::Live(g)) => g,
         Ok(KeyCheck::Unknown) => return Err(ApiError::UnknownKey),

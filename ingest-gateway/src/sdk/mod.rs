@@ -27,7 +27,7 @@ use shared::queue::QueuedEvent;
 use shared::schema::partitions::retention_floor;
 
 use crate::apps::KeyKind;
-use crate::auth::{Grant, KeyCheck};
+use crate::auth::Grant;
 use crate::error::ApiError;
 use crate::routes::AppState;
 use crate::validate::{BodyError, Rejected};
@@ -132,16 +132,10 @@ pub fn route(path: &str) -> Option<Route> {
 }
 
 pub async fn post(state: &AppState, req: Request<Incoming>, route: Route) -> Response<Full<Bytes>> {
-    let api = route.api;
     match handle(state, req, route).await {
         Ok(resp) => resp,
         Err(e) => {
-            let (_, _, _, reason) = e.parts();
-            let n = match &e {
-                ApiError::AllInvalid(r) => r.len() as u64,
-                _ => 1,
-            };
-            metrics::events_rejected(api.label(), reason, n);
+            crate::ingest::count_refusal(route.api.label(), &e);
             e.into_sdk_response()
         }
     }
@@ -154,9 +148,7 @@ fn header_key(api: Api, headers: &HeaderMap) -> Vec<String> {
         .and_then(|v| v.to_str().ok())
         .map(str::trim);
     let basic = auth.and_then(basic_user);
-    let bearer = auth
-        .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "))
-        .map(|v| v[7..].trim().to_owned());
+    let bearer = crate::auth::bearer(headers).map(str::to_owned);
     let header = |name: &str| {
         headers
             .get(name)
@@ -209,26 +201,10 @@ fn basic_user(v: &str) -> Option<String> {
 async fn authenticate(state: &AppState, keys: &[String]) -> Result<Grant, ApiError> {
     let mut last = ApiError::MissingKey;
     for key in keys {
-        let grant = match state.keys.check(&state.pools.write, key).await {
-            Ok(KeyCheck::Live(g)) => g,
-            Ok(KeyCheck::Unknown) => {
-                last = ApiError::UnknownKey;
-                continue;
-            }
-            Ok(KeyCheck::Revoked) => {
-                last = ApiError::RevokedKey;
-                continue;
-            }
-            Ok(KeyCheck::Busy) => return Err(ApiError::KeyLookupBusy),
-            Err(e) => {
-                tracing::warn!(error = %e, "Cannot look an API key up.");
-                return Err(ApiError::DbUnavailable);
-            }
-        };
-        return match grant.kind {
-            KeyKind::Read => Err(ApiError::ReadKeyCannotIngest),
-            _ => Ok(grant),
-        };
+        match crate::ingest::grant_for(state, key, KeyKind::Ingest).await {
+            Err(e @ (ApiError::UnknownKey | ApiError::RevokedKey)) => last = e,
+            decided => return decided,
+        }
     }
     Err(last)
 }
