@@ -34,7 +34,7 @@ pub async fn connect_redis(
     config: &WriterConfig,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<shared::redis_conn::RedisConn>> {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = shared::retry::Backoff::standard();
     loop {
         match shared::redis_conn::connect(&config.redis.url, Duration::from_secs(5)).await {
             Ok(mut conn) => {
@@ -49,28 +49,24 @@ pub async fn connect_redis(
             }
             Err(e) => tracing::warn!(error = %e, "Cannot reach the queue's Redis; retrying."),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => return Ok(None),
+        if !backoff.wait(shutdown).await {
+            return Ok(None);
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
 /// This pipeline's number (see [`bookkeeping::register`]), retrying until PostgreSQL answers or
 /// `shutdown`.
 async fn register(db: &shared::db::Db, prefix: &str, shutdown: &CancellationToken) -> Option<u16> {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = shared::retry::Backoff::standard();
     loop {
         match bookkeeping::register(db, prefix).await {
             Ok(id) => return Some(id),
             Err(e) => tracing::warn!(error = %e, "Cannot register the stream prefix; retrying."),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => return None,
+        if !backoff.wait(shutdown).await {
+            return None;
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use shared::metrics;
 use shared::queue::{self, Keys, QueuedEvent};
 use shared::redis_conn::RedisConn;
+use shared::retry::Backoff;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
@@ -96,9 +97,14 @@ impl Ctx {
         self.stop_seen.get_or_init(Instant::now).elapsed() > self.config.shutdown_grace
     }
 
-    async fn backoff(&self, delay: &mut Duration) {
-        tokio::time::sleep(*delay).await;
-        *delay = (*delay * 2).min(Duration::from_secs(5));
+    /// Waits before a retry; during a shutdown, never past the end of its grace period (the
+    /// batch in hand is retried until then, not abandoned at the stop).
+    async fn backoff(&self, backoff: &mut Backoff) {
+        let deadline = self.shutdown.is_cancelled().then(|| {
+            let seen = *self.stop_seen.get_or_init(Instant::now);
+            tokio::time::Instant::from_std(seen + self.config.shutdown_grace)
+        });
+        backoff.sleep_at_most(deadline).await;
     }
 }
 
@@ -216,7 +222,7 @@ async fn read_loop(ctx: Arc<Ctx>, shard: u16, tx: mpsc::Sender<Entry>) {
     let cfg = &ctx.config;
     let claim_every = (cfg.claim_idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
     let block = Duration::from_millis(500);
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::standard();
     let mut reader: Option<Reader> = None;
     let mut last_claim: Option<Instant> = None;
     while !ctx.shutdown.is_cancelled() {
@@ -233,12 +239,12 @@ async fn read_loop(ctx: Arc<Ctx>, shard: u16, tx: mpsc::Sender<Entry>) {
                 .await
                 {
                     Ok(r) => {
-                        delay = Duration::from_millis(100);
+                        backoff.reset();
                         reader.insert(r)
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, shard, "Cannot reach the queue's Redis; retrying.");
-                        ctx.backoff(&mut delay).await;
+                        ctx.backoff(&mut backoff).await;
                         continue;
                     }
                 }
@@ -268,7 +274,7 @@ async fn read_loop(ctx: Arc<Ctx>, shard: u16, tx: mpsc::Sender<Entry>) {
                 Err(e) => {
                     tracing::warn!(error = %e, shard, "Read failed; reconnecting.");
                     reader = None;
-                    ctx.backoff(&mut delay).await;
+                    ctx.backoff(&mut backoff).await;
                     continue;
                 }
             }
@@ -453,7 +459,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), shared::db::DbError>>,
 {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::standard();
     loop {
         match f().await {
             Ok(()) => return true,
@@ -463,7 +469,7 @@ where
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Database step failed; retrying.");
-                ctx.backoff(&mut delay).await;
+                ctx.backoff(&mut backoff).await;
             }
         }
     }
@@ -482,7 +488,7 @@ async fn write_all<'a>(
 ) -> Option<(Written, Vec<Failure<'a>>)> {
     let mut total = Written::default();
     let mut failures = Vec::new();
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::standard();
     loop {
         match ctx.store.write(events, infos, Mode::Whole).await {
             Ok(w) => {
@@ -495,7 +501,7 @@ async fn write_all<'a>(
                 }
                 tracing::warn!(error = %e, "Batch write failed; retrying with backoff.");
                 infos.iter_mut().for_each(|i| i.suspect = true);
-                ctx.backoff(&mut delay).await;
+                ctx.backoff(&mut backoff).await;
             }
             Err(WriteError::Data(e)) => {
                 metrics::batch("split");
@@ -511,7 +517,7 @@ async fn write_all<'a>(
             continue;
         }
         let slice = &events[range.clone()];
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::standard();
         loop {
             match ctx.store.write(slice, infos, Mode::Split).await {
                 Ok(w) => {
@@ -523,7 +529,7 @@ async fn write_all<'a>(
                         return None;
                     }
                     tracing::warn!(error = %e, "Write failed; retrying with backoff.");
-                    ctx.backoff(&mut delay).await;
+                    ctx.backoff(&mut backoff).await;
                 }
                 Err(WriteError::Data(e)) if slice.len() == 1 => {
                     failures.push((slice[0].0, slice[0].1, e.to_string()));
@@ -549,7 +555,7 @@ async fn ack(ctx: &Ctx, entries: &[&Entry]) {
         by_shard.entry(e.shard).or_default().push(e);
     }
     for (shard, list) in by_shard {
-        let mut delay = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
             let mut inv = ctx.ack.key(ctx.keys.stream(shard));
             inv.key(ctx.keys.depth(shard)).arg(queue::GROUP);
@@ -565,7 +571,7 @@ async fn ack(ctx: &Ctx, entries: &[&Entry]) {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "Acknowledgement failed; retrying.");
-                    ctx.backoff(&mut delay).await;
+                    ctx.backoff(&mut backoff).await;
                 }
             }
         }

@@ -162,11 +162,11 @@ impl KeyCache {
         tasks.spawn("key_notifications", async move {
             let mut pg = shared::db::pg_config(&config.primary, &config);
             pg.application_name("sluice-gateway-listen");
-            let mut delay = Duration::from_millis(100);
+            let mut backoff = shared::retry::Backoff::standard();
             while !stop.is_cancelled() {
                 match shared::db::listen(&pg, &config, CHANNEL).await {
                     Ok((session, mut changes)) => {
-                        delay = Duration::from_millis(100);
+                        backoff.reset();
                         if let Err(e) = cache.reload(&primary).await {
                             tracing::warn!(error = %e, "Cannot reload API keys after listening again.");
                         }
@@ -200,11 +200,9 @@ impl KeyCache {
                         tracing::warn!(sqlstate, error = %e, "Cannot listen for key changes; retrying.")
                     }
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.cancelled() => return,
+                if !backoff.wait(&stop).await {
+                    return;
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         });
     }

@@ -80,13 +80,12 @@ impl Cache {
     pub fn spawn_connect(self: &Arc<Self>, stop: CancellationToken) {
         let me = self.clone();
         tokio::spawn(async move {
-            let mut delay = Duration::from_millis(100);
+            let mut backoff =
+                shared::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
             while !me.connect().await {
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.cancelled() => return,
+                if !backoff.wait(&stop).await {
+                    return;
                 }
-                delay = (delay * 2).min(Duration::from_secs(10));
             }
         });
     }

@@ -93,16 +93,14 @@ impl Queue {
         let q = self.clone();
         let stop = tasks.stop_token();
         tasks.spawn("queue_watch", async move {
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff = shared::retry::Backoff::standard();
             loop {
                 if let Ok(true) = q.connect().await {
                     break;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.cancelled() => return,
+                if !backoff.wait(&stop).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             shared::shutdown::every(Duration::from_millis(100), stop, || q.poll_depth()).await;
         });

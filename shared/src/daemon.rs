@@ -63,7 +63,8 @@ where
     Fut: std::future::Future<Output = Result<T, DbError>>,
 {
     metrics::db_connect_errors_zero(db.name());
-    let mut delay = Duration::from_millis(100);
+    let mut backoff =
+        crate::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
         let attempt = async {
             db.warm().await?;
@@ -87,13 +88,10 @@ where
             }
             Err(e) => return Err(e),
         }
-        // Jitter (half to all of the delay), so replicas refused together do not retry together.
-        let wait = delay.mul_f64(rand::random_range(0.5..=1.0));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.cancelled() => return Ok(None),
+        // Jittered, so replicas refused together do not retry together.
+        if !backoff.wait(shutdown).await {
+            return Ok(None);
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 

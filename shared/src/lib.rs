@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod ops;
 pub mod queue;
 pub mod redis_conn;
+pub mod retry;
 pub mod schema;
 pub mod secret;
 pub mod shutdown;

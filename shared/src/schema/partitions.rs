@@ -127,7 +127,7 @@ pub async fn existing(client: &Client) -> Result<Vec<Month>, DbError> {
 /// the statement timeout is lifted for it, since DDL may legitimately take long once it holds
 /// its lock.
 pub async fn with_lock_retry(client: &Client, op: &'static str, sql: &str) -> Result<(), DbError> {
-    let mut delay = std::time::Duration::from_millis(100);
+    let mut backoff = crate::retry::Backoff::standard();
     let set = "SET lock_timeout = '2s'";
     let reset = "RESET lock_timeout";
     client
@@ -141,8 +141,7 @@ pub async fn with_lock_retry(client: &Client, op: &'static str, sql: &str) -> Re
             Ok(()) => break Ok(()),
             Err(e) if e.code().map(|c| c.code()) == Some("55P03") && attempt < 10 => {
                 tracing::info!(op, attempt, "DDL lock busy; retrying.");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                backoff.sleep_at_most(None).await;
             }
             Err(e) => break Err(DbError::Query { op, source: e }),
         }
