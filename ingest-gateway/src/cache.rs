@@ -16,7 +16,13 @@ use shared::secret::Secret;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-type Flight = Arc<OnceCell<Result<String, String>>>;
+/// The computation behind a miss failed (the closure that ran it logged why); every request
+/// that waited on the same flight gets this too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the value could not be computed")]
+pub struct ComputeFailed;
+
+type Flight = Arc<OnceCell<Result<String, ComputeFailed>>>;
 
 pub struct Cache {
     url: Secret,
@@ -298,16 +304,15 @@ impl Cache {
     /// once it is older than `ttl` the first request to see it recomputes it while the others are
     /// still served the cached answer, so a busy key never expires into a burst of misses.
     /// Returns the value and whether it came from the cache.
-    pub async fn get_or_compute<F, Fut, E>(
+    pub async fn get_or_compute<F, Fut>(
         &self,
         key: &str,
         ttl: Duration,
         compute: F,
-    ) -> Result<(String, bool), E>
+    ) -> Result<(String, bool), ComputeFailed>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<String, E>>,
-        E: std::fmt::Display + From<String>,
+        Fut: Future<Output = Result<String, ComputeFailed>>,
     {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let cached = self.get_many(&[key.to_owned()]).await.pop().flatten();
@@ -333,7 +338,7 @@ impl Cache {
         let out = flight
             .get_or_init(|| async {
                 computed_here = true;
-                let r = compute().await.map_err(|e| e.to_string());
+                let r = compute().await;
                 if let Ok(v) = &r {
                     let fresh_until =
                         chrono::Utc::now().timestamp_millis() + ttl.as_millis() as i64;
@@ -351,7 +356,7 @@ impl Cache {
                 .remove(key);
         }
         self.record(false).await;
-        out.map(|v| (v, false)).map_err(E::from)
+        out.map(|v| (v, false))
     }
 }
 

@@ -42,8 +42,9 @@ pub enum ApiError {
 
 /// The cache's single-flight passes a computation's error on as text; the only computations are
 /// read queries, whose only failure is the database's.
-impl From<String> for ApiError {
-    fn from(_message: String) -> Self {
+/// A read that could not be computed is the database's failure.
+impl From<crate::cache::ComputeFailed> for ApiError {
+    fn from(_: crate::cache::ComputeFailed) -> Self {
         ApiError::DbUnavailable
     }
 }
@@ -182,7 +183,7 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",
                 Some(1),
-                "queue_unavailable",
+                "shutting_down",
             ),
             DbUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,

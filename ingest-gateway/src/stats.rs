@@ -172,7 +172,7 @@ async fn answer(
             };
             r.map_err(|e| {
                 tracing::warn!(error = %e, "Read query failed.");
-                ApiError::DbUnavailable
+                crate::cache::ComputeFailed
             })
         })
         .await?;

@@ -130,11 +130,11 @@ pub fn register(daemon: Daemon) {
     }
 }
 
-/// Reasons an event or a request is rejected; the only values of the `reason` label.
 /// The `api` label of the event counters: the wire format a request came in (`native` is
 /// `POST /v1/events`; the others are the SDK routes).
 pub const APIS: &[&str] = &["native", "segment", "posthog", "jitsu"];
 
+/// Reasons an event or a request is rejected; the only values of the `reason` label.
 pub const REJECT_REASONS: &[&str] = &[
     "invalid_event",
     "invalid_body",
@@ -148,6 +148,7 @@ pub const REJECT_REASONS: &[&str] = &[
     "queue_unavailable",
     "db_unavailable",
     "key_lookup_busy",
+    "shutting_down",
 ];
 
 fn register_gateway() {

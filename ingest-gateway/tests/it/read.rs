@@ -292,6 +292,46 @@ async fn bad_queries_get_400() {
 }
 
 #[tokio::test]
+async fn a_failed_computation_reaches_every_waiter_and_is_not_cached() {
+    use ingest_gateway::cache::ComputeFailed;
+    let cache = ingest_gateway::cache::Cache::new(
+        shared::secret::Secret::new(REDIS.into()),
+        &format!("test-{}", uuid::Uuid::new_v4().simple()),
+        Duration::from_secs(1),
+    );
+    assert!(cache.connect().await);
+    let key = format!("{}:v1:app:f", cache.prefix());
+    let calls = (0..5).map(|_| {
+        let (cache, key) = (cache.clone(), key.clone());
+        async move {
+            cache
+                .get_or_compute(&key, Duration::from_secs(30), || async {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Err(ComputeFailed)
+                })
+                .await
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    assert!(
+        answers.iter().all(|a| *a == Err(ComputeFailed)),
+        "{answers:?}"
+    );
+    let next = cache
+        .get_or_compute(&key, Duration::from_secs(30), || async {
+            Ok("after".to_owned())
+        })
+        .await;
+    assert_eq!(
+        next,
+        Ok(("after".to_owned(), false)),
+        "the failure was not cached"
+    );
+    let err: ingest_gateway::error::ApiError = ComputeFailed.into();
+    assert_eq!(err.parts().0, http::StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
 async fn concurrent_misses_of_one_key_compute_once() {
     let cache = ingest_gateway::cache::Cache::new(
         shared::secret::Secret::new(REDIS.into()),
@@ -305,15 +345,11 @@ async fn concurrent_misses_of_one_key_compute_once() {
         let (cache, computed, key) = (cache.clone(), computed.clone(), key.clone());
         async move {
             cache
-                .get_or_compute::<_, _, ingest_gateway::error::ApiError>(
-                    &key,
-                    Duration::from_secs(30),
-                    || async {
-                        computed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        Ok("answer".to_owned())
-                    },
-                )
+                .get_or_compute(&key, Duration::from_secs(30), || async {
+                    computed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Ok("answer".to_owned())
+                })
                 .await
                 .map(|(v, _)| v)
                 .ok()
@@ -327,9 +363,7 @@ async fn concurrent_misses_of_one_key_compute_once() {
     let k3 = format!("{}:v1:app:z", cache.prefix());
     let ttl = Duration::from_millis(1000);
     let first = cache
-        .get_or_compute::<_, _, ingest_gateway::error::ApiError>(&k3, ttl, || async {
-            Ok("v1".to_owned())
-        })
+        .get_or_compute(&k3, ttl, || async { Ok("v1".to_owned()) })
         .await
         .expect("first");
     assert_eq!(first, ("v1".to_owned(), false));
@@ -339,7 +373,7 @@ async fn concurrent_misses_of_one_key_compute_once() {
         let (cache, refreshes, k3) = (cache.clone(), refreshes.clone(), k3.clone());
         async move {
             cache
-                .get_or_compute::<_, _, ingest_gateway::error::ApiError>(&k3, ttl, || async {
+                .get_or_compute(&k3, ttl, || async {
                     refreshes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     Ok("v2".to_owned())
@@ -360,9 +394,7 @@ async fn concurrent_misses_of_one_key_compute_once() {
         "others were served the cached answer: {answers:?}"
     );
     let now = cache
-        .get_or_compute::<_, _, ingest_gateway::error::ApiError>(&k3, ttl, || async {
-            Ok("v3".to_owned())
-        })
+        .get_or_compute(&k3, ttl, || async { Ok("v3".to_owned()) })
         .await
         .expect("after");
     assert_eq!(
