@@ -74,6 +74,12 @@ impl Daemon {
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Upper bounds of `sluice_end_to_end_latency_seconds`: about 1.5x apart from 10 ms to 5 min.
+pub const E2E_BUCKETS: &[f64] = &[
+    0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
+    7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0,
+];
+
 /// Installs the process-wide Prometheus recorder once and returns its handle. Later calls return
 /// the same handle, so tests that start several daemons in one process share one registry.
 pub fn install() -> PrometheusHandle {
@@ -84,6 +90,10 @@ pub fn install() -> PrometheusHandle {
                     Matcher::Full(BATCH_SIZE.to_owned()),
                     &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 750.0, 1000.0],
                 )
+                .and_then(|b| {
+                    // Fine enough to read a p50 or p99 anywhere from 10 ms to a minute.
+                    b.set_buckets_for_metric(Matcher::Full(E2E_LATENCY.to_owned()), E2E_BUCKETS)
+                })
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Suffix("_seconds".to_owned()),
@@ -386,4 +396,24 @@ pub fn cache_hit() {
 
 pub fn cache_miss() {
     counter!(CACHE_MISSES).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_to_end_latency_has_its_fine_buckets() {
+        let handle = install();
+        end_to_end_latency(Duration::from_millis(12));
+        let text = handle.render();
+        for le in ["0.01", "0.015", "0.02", "45", "300"] {
+            let line = format!("{E2E_LATENCY}_bucket{{le=\"{le}\"}}");
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        assert!(
+            !text.contains(&format!("{E2E_LATENCY}_bucket{{le=\"0.0005\"}}")),
+            "not the generic seconds buckets"
+        );
+    }
 }

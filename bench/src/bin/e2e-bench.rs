@@ -430,6 +430,12 @@ async fn read_back(client: &tokio_postgres::Client) -> anyhow::Result<Vec<Queued
 
 /// Throughput (accepted and stored events/s) and end-to-end latency (p50, p99 of each second)
 /// over time, as SVG.
+/// An axis label: a whole number with thousands separators (`1,250,000`).
+fn thousands(v: f64) -> String {
+    use num_format::{Locale, ToFormattedString};
+    (v.round() as i64).to_formatted_string(&Locale::en)
+}
+
 fn chart(path: &str, samples: &[Sample]) -> anyhow::Result<()> {
     use plotters::prelude::*;
     let mut thr: Vec<(f64, f64, f64)> = Vec::new();
@@ -460,7 +466,10 @@ fn chart(path: &str, samples: &[Sample]) -> anyhow::Result<()> {
         .x_label_area_size(30)
         .y_label_area_size(70)
         .build_cartesian_2d(0.0..t_max, 0.0..y_max)?;
-    c.configure_mesh().x_desc("seconds").draw()?;
+    c.configure_mesh()
+        .x_desc("seconds")
+        .y_label_formatter(&|v| thousands(*v))
+        .draw()?;
     c.draw_series(LineSeries::new(thr.iter().map(|(t, a, _)| (*t, *a)), &BLUE))?
         .label("accepted")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
@@ -477,7 +486,10 @@ fn chart(path: &str, samples: &[Sample]) -> anyhow::Result<()> {
         .x_label_area_size(30)
         .y_label_area_size(70)
         .build_cartesian_2d(0.0..t_max, 0.0..l_max)?;
-    c.configure_mesh().x_desc("seconds").draw()?;
+    c.configure_mesh()
+        .x_desc("seconds")
+        .y_label_formatter(&|v| thousands(*v))
+        .draw()?;
     c.draw_series(LineSeries::new(
         lat.iter().map(|(t, p, _)| (*t, *p)),
         &GREEN,
@@ -498,6 +510,13 @@ fn chart(path: &str, samples: &[Sample]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn axis_labels_carry_thousands_separators() {
+        assert_eq!(thousands(1_250_000.4), "1,250,000");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(12_000.0), "12,000");
+    }
 
     const TEXT: &str = "sluice_events_written_total 120\n\
         sluice_end_to_end_latency_seconds_bucket{le=\"0.1\"} 50\n\
