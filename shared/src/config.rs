@@ -35,6 +35,8 @@ impl ConfigError {
 #[derive(Debug, Clone, Default)]
 pub struct Env {
     vars: HashMap<String, String>,
+    /// Every variable asked for, set or not (docs/configuration.md is checked against it).
+    asked: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Env {
@@ -42,6 +44,7 @@ impl Env {
     pub fn from_process() -> Self {
         Self {
             vars: std::env::vars().collect(),
+            asked: Default::default(),
         }
     }
 
@@ -54,11 +57,26 @@ impl Env {
                 .into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
+            asked: Default::default(),
         }
+    }
+
+    /// The names of every variable asked for so far, set or not.
+    pub fn asked(&self) -> Vec<String> {
+        self.asked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// The raw value; an empty value counts as unset.
     pub fn get(&self, var: &str) -> Option<&str> {
+        self.asked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(var.to_owned());
         self.vars
             .get(var)
             .map(String::as_str)

@@ -1,6 +1,7 @@
 //! Integration tests of the gateway against the real PostgreSQL and Redis.
 
 mod apps;
+mod configuration;
 mod daemon;
 mod helpers;
 mod ingest;
