@@ -11,6 +11,8 @@ use shared::db::{Db, DbError};
 pub enum KeyKind {
     Ingest,
     Read,
+    /// Privacy administration (erasure requests) only: never accepted for ingest or reads.
+    Admin,
 }
 
 impl KeyKind {
@@ -18,6 +20,7 @@ impl KeyKind {
         match self {
             KeyKind::Ingest => "ingest",
             KeyKind::Read => "read",
+            KeyKind::Admin => "admin",
         }
     }
 
@@ -25,6 +28,7 @@ impl KeyKind {
         match s {
             "ingest" => Some(KeyKind::Ingest),
             "read" => Some(KeyKind::Read),
+            "admin" => Some(KeyKind::Admin),
             _ => None,
         }
     }
@@ -32,16 +36,20 @@ impl KeyKind {
     /// The kind of a key shaped as this build makes them (its prefix, then 64 hex digits);
     /// `None` for anything else, which is never looked up.
     pub fn of_key(key: &str) -> Option<Self> {
-        [KeyKind::Ingest, KeyKind::Read].into_iter().find(|k| {
-            key.strip_prefix(k.prefix())
-                .is_some_and(|rest| rest.len() == 64 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
-        })
+        [KeyKind::Ingest, KeyKind::Read, KeyKind::Admin]
+            .into_iter()
+            .find(|k| {
+                key.strip_prefix(k.prefix()).is_some_and(|rest| {
+                    rest.len() == 64 && rest.bytes().all(|b| b.is_ascii_hexdigit())
+                })
+            })
     }
 
     fn prefix(self) -> &'static str {
         match self {
             KeyKind::Ingest => "sk_ingest_",
             KeyKind::Read => "sk_read_",
+            KeyKind::Admin => "sk_admin_",
         }
     }
 }

@@ -38,6 +38,14 @@ pub enum ApiError {
     DbUnavailable,
     #[error("too many unknown keys are being looked up; retry in a second")]
     KeyLookupBusy,
+    #[error("an admin key only administers privacy requests; use the app's ingest or read key")]
+    AdminKeyCannotIngestOrRead,
+    #[error("privacy requests need the app's admin key (ingest-gateway keys create --kind admin)")]
+    AdminKeyRequired,
+    #[error("{0}")]
+    InvalidErasure(String),
+    #[error("no such erasure request for this app")]
+    ErasureNotFound,
 }
 
 /// The cache's single-flight passes a computation's error on as text; the only computations are
@@ -81,6 +89,10 @@ impl ApiError {
             ApiError::ShuttingDown,
             ApiError::DbUnavailable,
             ApiError::KeyLookupBusy,
+            ApiError::AdminKeyCannotIngestOrRead,
+            ApiError::AdminKeyRequired,
+            ApiError::InvalidErasure(String::new()),
+            ApiError::ErasureNotFound,
         ]
     }
 
@@ -196,6 +208,25 @@ impl ApiError {
                 "key_lookup_busy",
                 Some(1),
                 "key_lookup_busy",
+            ),
+            AdminKeyCannotIngestOrRead => (StatusCode::FORBIDDEN, "admin_key", None, "forbidden"),
+            AdminKeyRequired => (
+                StatusCode::FORBIDDEN,
+                "admin_key_required",
+                None,
+                "forbidden",
+            ),
+            InvalidErasure(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_erasure",
+                None,
+                "invalid_body",
+            ),
+            ErasureNotFound => (
+                StatusCode::NOT_FOUND,
+                "erasure_not_found",
+                None,
+                "invalid_body",
             ),
         }
     }

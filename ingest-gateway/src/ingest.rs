@@ -58,18 +58,23 @@ pub async fn grant_for(state: &AppState, key: &str, want: KeyKind) -> Result<Gra
         }
     };
     match (want, grant.kind) {
-        (KeyKind::Ingest, KeyKind::Read) => Err(ApiError::ReadKeyCannotIngest),
-        (KeyKind::Read, KeyKind::Ingest) => Err(ApiError::IngestKeyCannotRead),
-        _ => Ok(grant),
+        (want, kind) if want == kind => Ok(grant),
+        (_, KeyKind::Admin) => Err(ApiError::AdminKeyCannotIngestOrRead),
+        (KeyKind::Admin, _) => Err(ApiError::AdminKeyRequired),
+        (KeyKind::Ingest, _) => Err(ApiError::ReadKeyCannotIngest),
+        (KeyKind::Read, _) => Err(ApiError::IngestKeyCannotRead),
     }
 }
 
-/// The app's rate limit, then the queue: what every ingest route does with its valid events.
+/// The app's rate limit, the suppression list, then the queue: what every ingest route does with
+/// its valid events. Returns how many were queued; the suppressed users' events are counted
+/// under `api` and dropped (the client hears them accepted).
 pub async fn enqueue(
     state: &AppState,
+    api: &'static str,
     grant: &Grant,
     events: &[shared::queue::QueuedEvent],
-) -> Result<(), ApiError> {
+) -> Result<usize, ApiError> {
     let limit = grant
         .rate_limit
         .unwrap_or(state.config.rate_limit_events_per_sec);
@@ -81,8 +86,14 @@ pub async fn enqueue(
     {
         return Err(ApiError::RateLimited { limit });
     }
-    state.queue.push(events).await?;
-    Ok(())
+    let (events, suppressed) = state.privacy.without_suppressed(&grant.app_id, events);
+    if suppressed > 0 {
+        metrics::events_suppressed(api, suppressed as u64);
+    }
+    if !events.is_empty() {
+        state.queue.push(&events).await?;
+    }
+    Ok(events.len())
 }
 
 async fn handle(
@@ -115,9 +126,9 @@ async fn handle(
     if decoded.valid.is_empty() {
         return Err(ApiError::AllInvalid(decoded.rejected));
     }
-    enqueue(state, &grant, &decoded.valid).await?;
+    let queued = enqueue(state, "native", &grant, &decoded.valid).await?;
     let accepted = decoded.valid.len();
-    metrics::events_accepted("native", accepted as u64);
+    metrics::events_accepted("native", queued as u64);
     if !decoded.rejected.is_empty() {
         metrics::events_rejected("native", "invalid_event", decoded.rejected.len() as u64);
     }

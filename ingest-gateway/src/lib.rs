@@ -15,6 +15,7 @@
 //! - [`error`]: every client error with its status and code.
 //! - [`reply`]: JSON responses.
 //! - [`page`]: `GET /`, the page that shows an app's events (static, served from the binary).
+//! - [`privacy`]: erasure requests and the suppression list.
 //! - [`apps`]: apps and API keys (`apps create`, `keys revoke`).
 
 pub mod apps;
@@ -25,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod ingest;
 pub mod page;
+pub mod privacy;
 pub mod queue;
 pub mod reply;
 pub mod routes;
@@ -93,12 +95,24 @@ pub async fn run(
     );
     cache.spawn_connect(background.clone());
     cache.spawn_gauges(config.cache_stats_interval, &tasks);
+    // Suppression lists are read before the first request is served; the poll keeps them.
+    let privacy = Arc::new(privacy::Privacy::default());
+    if let Err(e) = privacy.refresh(&pools.write).await {
+        tracing::warn!(error = %e, "Cannot read the suppression lists yet; polling.");
+    }
+    privacy.spawn_poll(
+        config.privacy_poll,
+        pools.write.clone(),
+        cache.clone(),
+        &tasks,
+    );
     let state = Arc::new(routes::AppState {
         config,
         pools: pools.clone(),
         keys,
         queue,
         cache,
+        privacy,
         shutdown: shutdown.clone(),
     });
     let ready_state = state.clone();

@@ -1,5 +1,5 @@
 use clap::{Parser, Subcommand};
-use ingest_gateway::{apps, GatewayConfig};
+use ingest_gateway::{apps, privacy, GatewayConfig};
 use shared::config::Env;
 use shared::db::Pools;
 
@@ -23,6 +23,16 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Erase users' events (and optionally suppress their future ones).
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// Follow erasure requests.
+    Erasures {
+        #[command(subcommand)]
+        command: ErasuresCommand,
+    },
     /// Inspect or clear the read API's cache.
     Cache {
         #[command(subcommand)]
@@ -42,6 +52,30 @@ enum CacheCommand {
 }
 
 #[derive(Subcommand)]
+enum UsersCommand {
+    /// Request the erasure of these users' events in the app (1 to 1,000 ids); prints the
+    /// request as JSON. The maintenance worker carries it out; follow it with `erasures list`.
+    Erase {
+        #[arg(long)]
+        app: String,
+        /// Also drop the app's later events of these users at the gateway.
+        #[arg(long)]
+        suppress: bool,
+        #[arg(required = true)]
+        user_ids: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ErasuresCommand {
+    /// An app's erasure requests, one JSON object a line, oldest first.
+    List {
+        #[arg(long)]
+        app: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum AppsCommand {
     /// Create an app; prints {"app_id", "name", "ingest_key", "read_key"} as JSON.
     Create {
@@ -57,6 +91,7 @@ enum AppsCommand {
 enum Kind {
     Ingest,
     Read,
+    Admin,
 }
 
 #[derive(Subcommand)]
@@ -149,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
             let kind = match kind {
                 Kind::Ingest => apps::KeyKind::Ingest,
                 Kind::Read => apps::KeyKind::Read,
+                Kind::Admin => apps::KeyKind::Admin,
             };
             let key = apps::create_key(&db, &app, kind).await?;
             println!("{}", serde_json::to_string(&key)?);
@@ -158,6 +194,34 @@ async fn main() -> anyhow::Result<()> {
         } => {
             for key in apps::list_keys(&db, &app).await? {
                 println!("{}", serde_json::to_string(&key)?);
+            }
+        }
+        Command::Users {
+            command:
+                UsersCommand::Erase {
+                    app,
+                    suppress,
+                    user_ids,
+                },
+        } => {
+            let known: bool = db
+                .query_one(
+                    "find app",
+                    "SELECT EXISTS (SELECT 1 FROM apps WHERE app_id = $1)",
+                    &[&app],
+                )
+                .await?
+                .get(0);
+            anyhow::ensure!(known, "no app {app:?}");
+            let ids = privacy::check_user_ids(&user_ids).map_err(anyhow::Error::msg)?;
+            let (erasure, _) = privacy::create_erasure(&db, &app, &ids, suppress).await?;
+            println!("{}", serde_json::to_string(&erasure)?);
+        }
+        Command::Erasures {
+            command: ErasuresCommand::List { app },
+        } => {
+            for erasure in privacy::list_erasures(&db, &app).await? {
+                println!("{}", serde_json::to_string(&erasure)?);
             }
         }
         Command::Cache { .. } => unreachable!("handled above"),

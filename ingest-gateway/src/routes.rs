@@ -44,6 +44,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/i/v1/analytics/events"),
     ("post", "/api/s/{type}"),
     ("post", "/api/s/s2s/{type}"),
+    ("post", "/v1/privacy/erasures"),
+    ("get", "/v1/privacy/erasures/{id}"),
 ];
 
 /// Error codes answered by the router itself, besides [`crate::error::ApiError`]'s.
@@ -61,6 +63,7 @@ pub struct AppState {
     pub keys: KeyCache,
     pub queue: Arc<Queue>,
     pub cache: Arc<crate::cache::Cache>,
+    pub privacy: Arc<crate::privacy::Privacy>,
     pub shutdown: CancellationToken,
 }
 
@@ -95,6 +98,15 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Fu
             crate::stats::handle(&state, req, crate::stats::Kind::Top).await,
         ),
         (_, "/v1/stats/daily" | "/v1/stats/top-events") => ("stats", method_not_allowed("GET")),
+        (&Method::POST, "/v1/privacy/erasures") => {
+            ("privacy", crate::privacy::post(&state, req).await)
+        }
+        (_, "/v1/privacy/erasures") => ("privacy", method_not_allowed("POST")),
+        (&Method::GET, p) if erasure_id(p).is_some() => {
+            let id = erasure_id(p).unwrap_or_default().to_owned();
+            ("privacy", crate::privacy::get(&state, req, &id).await)
+        }
+        (_, p) if erasure_id(p).is_some() => ("privacy", method_not_allowed("GET")),
         (&Method::GET | &Method::HEAD, "/") => ("page", crate::page::serve()),
         (_, "/") => ("page", method_not_allowed("GET, HEAD")),
         (&Method::GET | &Method::HEAD, "/healthz") => (
@@ -109,6 +121,12 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Fu
     }
     shared::metrics::http_request(route, resp.status().as_u16(), started.elapsed());
     resp
+}
+
+/// The `{id}` of `/v1/privacy/erasures/{id}`.
+fn erasure_id(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/privacy/erasures/")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
 fn add_cors(state: &AppState, origin: &str, resp: &mut Response<Full<Bytes>>) {

@@ -102,14 +102,16 @@ pub fn parse(kind: Kind, query: Option<&str>, max_days: u32) -> Result<Query, Ap
 
 /// The cache key: the app, the endpoint and the query; invalidating `{prefix}:v1:{app}:` clears
 /// one app.
-pub fn cache_key(prefix: &str, app: &str, kind: Kind, q: &Query) -> String {
+/// The cache key of an answer. `generation` is the number of the app's finished erasures: a
+/// finished erasure retires every answer computed before it.
+pub fn cache_key(prefix: &str, app: &str, generation: i64, kind: Kind, q: &Query) -> String {
     let name = q
         .event_name
         .as_deref()
         .map(|n| hex::encode(&Sha256::digest(n.as_bytes())[..8]))
         .unwrap_or_else(|| "-".into());
     format!(
-        "{prefix}:v1:{app}:{}:{}:{}:{name}:{}",
+        "{prefix}:v1:{app}:g{generation}:{}:{}:{}:{name}:{}",
         kind.name(),
         q.from,
         q.to,
@@ -160,7 +162,8 @@ async fn answer(
     } else {
         state.config.cache_ttl_closed
     };
-    let key = cache_key(state.cache.prefix(), &grant.app_id, kind, &q);
+    let generation = state.privacy.generation(&grant.app_id);
+    let key = cache_key(state.cache.prefix(), &grant.app_id, generation, kind, &q);
     let app = grant.app_id.to_string();
     let db = state.pools.read.clone();
     let (body, hit) = state
@@ -327,11 +330,12 @@ mod tests {
     #[test]
     fn cache_keys_carry_the_app_and_the_query() {
         let q = p(Kind::Daily, "from=2026-11-01&to=2026-11-28").expect("ok");
-        let a = cache_key("s:cache", "app_a", Kind::Daily, &q);
-        assert!(a.starts_with("s:cache:v1:app_a:daily:2026-11-01:2026-11-28:"));
-        assert_ne!(a, cache_key("s:cache", "app_b", Kind::Daily, &q));
-        assert_ne!(a, cache_key("s:cache", "app_a", Kind::Top, &q));
+        let a = cache_key("s:cache", "app_a", 0, Kind::Daily, &q);
+        assert!(a.starts_with("s:cache:v1:app_a:g0:daily:2026-11-01:2026-11-28:"));
+        assert_ne!(a, cache_key("s:cache", "app_b", 0, Kind::Daily, &q));
+        assert_ne!(a, cache_key("s:cache", "app_a", 0, Kind::Top, &q));
+        assert_ne!(a, cache_key("s:cache", "app_a", 1, Kind::Daily, &q));
         let named = p(Kind::Daily, "from=2026-11-01&to=2026-11-28&event_name=a:b").expect("ok");
-        assert!(!cache_key("s:cache", "app_a", Kind::Daily, &named).contains("a:b"));
+        assert!(!cache_key("s:cache", "app_a", 0, Kind::Daily, &named).contains("a:b"));
     }
 }

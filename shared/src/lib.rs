@@ -12,6 +12,7 @@
 //! - [`daemon`]: start-up and shutdown steps every daemon shares.
 //! - [`budget`]: each daemon's connection needs and the `max_connections` a deployment needs.
 //! - [`db`]: the write and read PostgreSQL pools, bounded, timed and health-checked.
+//! - [`privacy`]: the user digest and limits of erasure and suppression.
 //! - [`schema`]: embedded migrations, the migration runner, partitions and the version check.
 //! - [`testing`]: for tests only: per-test databases cloned from a migrated template.
 
@@ -21,6 +22,7 @@ pub mod daemon;
 pub mod db;
 pub mod metrics;
 pub mod ops;
+pub mod privacy;
 pub mod queue;
 pub mod redis_conn;
 pub mod retry;

@@ -12,6 +12,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const EVENTS_ACCEPTED: &str = "sluice_events_accepted_total";
 pub const EVENTS_REJECTED: &str = "sluice_events_rejected_total";
+pub const EVENTS_SUPPRESSED: &str = "sluice_events_suppressed_total";
 pub const EVENTS_WRITTEN: &str = "sluice_events_written_total";
 pub const DEAD_LETTER: &str = "sluice_dead_letter_total";
 pub const QUEUE_LAG: &str = "sluice_queue_lag_events";
@@ -166,7 +167,7 @@ pub const REJECT_REASONS: &[&str] = &[
 fn register_gateway() {
     describe_counter!(
         EVENTS_ACCEPTED,
-        "Events queued on Redis and answered as accepted, by wire format (api)."
+        "Events queued on Redis and answered as accepted, by wire format (api); suppressed users' events are counted in sluice_events_suppressed_total instead."
     );
     describe_counter!(
         EVENTS_REJECTED,
@@ -186,8 +187,13 @@ fn register_gateway() {
         "Full reloads of the gateway's key cache (at start, after the key-change session reconnects, every KEY_REFRESH_MS)."
     );
     counter!(KEY_RELOADS).absolute(0);
+    describe_counter!(
+        EVENTS_SUPPRESSED,
+        "Events of suppressed users (an erasure request with suppress): answered as accepted, never queued, by wire format (api)."
+    );
     for api in APIS {
         counter!(EVENTS_ACCEPTED, "api" => *api).absolute(0);
+        counter!(EVENTS_SUPPRESSED, "api" => *api).absolute(0);
         for reason in REJECT_REASONS {
             counter!(EVENTS_REJECTED, "api" => *api, "reason" => *reason).absolute(0);
         }
@@ -304,6 +310,12 @@ pub fn slow_query() {
 pub fn events_accepted(api: &'static str, n: u64) {
     debug_assert!(APIS.contains(&api), "unknown api {api}");
     counter!(EVENTS_ACCEPTED, "api" => api).increment(n);
+}
+
+/// Events dropped for a suppressed user; `api` must be one of [`APIS`].
+pub fn events_suppressed(api: &'static str, n: u64) {
+    debug_assert!(APIS.contains(&api), "unknown api {api}");
+    counter!(EVENTS_SUPPRESSED, "api" => api).increment(n);
 }
 
 /// `api` must be one of [`APIS`], `reason` one of [`REJECT_REASONS`].

@@ -476,8 +476,8 @@ async fn handle(
     if outcome.valid.is_empty() {
         return Err(ApiError::AllInvalid(outcome.rejected));
     }
-    crate::ingest::enqueue(state, &grant, &outcome.valid).await?;
-    metrics::events_accepted(api.label(), outcome.valid.len() as u64);
+    let queued = crate::ingest::enqueue(state, api.label(), &grant, &outcome.valid).await?;
+    metrics::events_accepted(api.label(), queued as u64);
     if !outcome.rejected.is_empty() {
         metrics::events_rejected(api.label(), "invalid_event", outcome.rejected.len() as u64);
     }

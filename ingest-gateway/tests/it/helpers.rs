@@ -30,7 +30,6 @@ pub struct Gateway {
     pub config: GatewayConfig,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
 pub struct Reply {
@@ -69,7 +68,6 @@ impl Gateway {
             ops_listener,
             shutdown.clone(),
         ));
-        let client = Client::builder(TokioExecutor::new()).build_http();
         let mut task = task;
         let up = shared::testing::wait_for(std::time::Duration::from_secs(10), || async {
             shared::testing::http_get(&addr.to_string(), "/healthz").await
@@ -90,7 +88,6 @@ impl Gateway {
             config,
             shutdown,
             task,
-            client,
         })
     }
 
@@ -105,32 +102,7 @@ impl Gateway {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Reply {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.addr));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = self
-            .client
-            .request(req.body(Full::new(body.into())).expect("request"))
-            .await
-            .expect("response");
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        let body = if bytes.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                panic!("not JSON ({status}): {}", String::from_utf8_lossy(&bytes))
-            })
-        };
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        request_at(&self.addr.to_string(), method, path, headers, body).await
     }
 
     /// POST /v1/events as JSON with the app's ingest key.
@@ -176,6 +148,65 @@ impl Gateway {
         let _ = self.task.await;
         cleanup(&self.prefix).await;
     }
+}
+
+/// One request to the gateway at `addr`.
+pub async fn request_at(
+    addr: &str,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(Full::new(body.into())).expect("request"))
+        .await
+        .expect("response");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let body = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("not JSON ({status}): {}", String::from_utf8_lossy(&bytes)))
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A second gateway on `first`'s database and streams: its address and its stop token.
+pub async fn second_gateway(first: &Gateway) -> (String, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let ops = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let stop = CancellationToken::new();
+    tokio::spawn(ingest_gateway::run(
+        first.config.clone(),
+        listener,
+        ops,
+        stop.clone(),
+    ));
+    let up = shared::testing::wait_for(std::time::Duration::from_secs(10), || {
+        shared::testing::http_get(&addr, "/healthz")
+    })
+    .await;
+    assert!(up.is_some(), "second gateway up");
+    (addr, stop)
 }
 
 pub async fn redis_conn() -> redis::aio::MultiplexedConnection {

@@ -5,9 +5,8 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 use shared::testing::{http_get, wait_for, TestDb};
-use tokio_util::sync::CancellationToken;
 
-use crate::helpers::Gateway;
+use crate::helpers::{second_gateway as second, Gateway};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ingest-gateway");
 
@@ -27,27 +26,6 @@ fn cli(db: &TestDb, args: &[&str]) -> serde_json::Value {
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
     serde_json::Value::Array(lines)
-}
-
-/// A second gateway on the first one's database and streams.
-async fn second(first: &Gateway) -> (String, CancellationToken) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let ops = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let stop = CancellationToken::new();
-    tokio::spawn(ingest_gateway::run(
-        first.config.clone(),
-        listener,
-        ops,
-        stop.clone(),
-    ));
-    let up = wait_for(Duration::from_secs(10), || http_get(&addr, "/healthz")).await;
-    assert!(up.is_some(), "second gateway up");
-    (addr, stop)
 }
 
 /// POSTs one event to `addr` with `key`: the status and the message.
@@ -152,7 +130,11 @@ async fn commits(db: &TestDb) -> i64 {
 
 #[tokio::test]
 async fn a_key_the_cache_does_not_know_is_looked_up_once() {
-    let g = Gateway::start(&[("KEY_REFRESH_MS", "3600000")]).await;
+    let g = Gateway::start(&[
+        ("KEY_REFRESH_MS", "3600000"),
+        ("PRIVACY_POLL_MS", "3600000"),
+    ])
+    .await;
     // The gateway has loaded its keys twice (at start, and once its key-change session
     // listened), so no reload can pick the key below up: only a lookup can.
     let ops = g.ops.to_string();
@@ -198,7 +180,11 @@ async fn a_key_the_cache_does_not_know_is_looked_up_once() {
 
 #[tokio::test]
 async fn a_flood_of_bad_keys_costs_a_bounded_number_of_database_queries() {
-    let g = Gateway::start(&[("KEY_REFRESH_MS", "3600000")]).await;
+    let g = Gateway::start(&[
+        ("KEY_REFRESH_MS", "3600000"),
+        ("PRIVACY_POLL_MS", "3600000"),
+    ])
+    .await;
     let addr = g.addr.to_string();
     let real = g.app.ingest_key.clone();
     assert_eq!(post(&addr, &real).await.0, 202);

@@ -8,6 +8,7 @@ mod ingest;
 mod keys;
 mod openapi;
 mod page;
+mod privacy;
 mod read;
 mod replica;
 mod sdk;

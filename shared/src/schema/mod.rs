@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_incremental_summary.sql",
         sql: include_str!("../../../migrations/0006_incremental_summary.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_privacy.sql",
+        sql: include_str!("../../../migrations/0007_privacy.sql"),
+    },
 ];
 
 /// The schema version this build expects.

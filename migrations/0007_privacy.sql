@@ -1,0 +1,70 @@
+-- Erasure requests and suppression (docs/privacy.md).
+--
+-- * A user is named by a digest: SHA-256 of the UTF-8 bytes of app_id, the byte 0x1f, user_id
+--   (`shared::privacy::user_digest`; in SQL `sha256(convert_to(app_id || chr(31) || user_id,
+--   'UTF8'))`). The suppression list holds digests only; an erasure holds the clear ids only
+--   while it runs (they are needed to find the rows) and forgets them when it is done.
+-- * The gateway records a request (and its suppressions) in one transaction; the maintenance
+--   worker's leader carries requests out one at a time, in bounded batches, each batch
+--   committing its deletions together with the counts it adds to `removed`, so a request that
+--   is resumed after a crash never counts a row twice.
+-- * `privacy_epochs` is what gateways poll: a change of `suppressions` makes them re-read the
+--   app's suppression list, a change of `erasures_done` retires the app's cached read answers.
+
+ALTER TABLE api_keys DROP CONSTRAINT api_keys_kind_check;
+ALTER TABLE api_keys ADD CONSTRAINT api_keys_kind_check CHECK (kind IN ('ingest', 'read', 'admin'));
+
+CREATE TABLE erasures (
+    erasure_id   uuid        PRIMARY KEY,
+    app_id       text        NOT NULL REFERENCES apps (app_id) ON DELETE CASCADE,
+    suppress     boolean     NOT NULL,
+    users        integer     NOT NULL CHECK (users BETWEEN 1 AND 1000),
+    status       text        NOT NULL DEFAULT 'pending'
+                             CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    -- Where a running request is: 'queue' (waiting for what was queued before it to be
+    -- written), 'delete', 'summary', 'cache'.
+    phase        text,
+    -- When the request entered its phase: the 'cache' phase waits from it, so gateways see the
+    -- bump of `privacy_epochs.erasures_done` before anyone sees the request done.
+    phase_at     timestamptz,
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    started_at   timestamptz,
+    finished_at  timestamptz,
+    -- Rows removed so far, per place: {"events": N, "quarantine": N, "dead_letters": N,
+    -- "summary_members": N}.
+    removed      jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    -- The last dead letter the 'delete' phase examined: dead letters are read in id order,
+    -- once, since those that mention none of the users stay (and would be read again).
+    dead_letters_after bigint NOT NULL DEFAULT 0,
+    attempts     integer     NOT NULL DEFAULT 0,
+    error        text
+);
+CREATE INDEX erasures_app_idx ON erasures (app_id, requested_at);
+CREATE INDEX erasures_open_idx ON erasures (requested_at) WHERE status IN ('pending', 'running');
+
+CREATE TABLE erasure_users (
+    erasure_id uuid  NOT NULL REFERENCES erasures (erasure_id) ON DELETE CASCADE,
+    user_hash  bytea NOT NULL CHECK (length(user_hash) = 32),
+    -- Cleared when the request is done.
+    user_id    text,
+    PRIMARY KEY (erasure_id, user_hash)
+);
+
+CREATE TABLE suppressed_users (
+    app_id     text        NOT NULL REFERENCES apps (app_id) ON DELETE CASCADE,
+    user_hash  bytea       NOT NULL CHECK (length(user_hash) = 32),
+    erasure_id uuid        REFERENCES erasures (erasure_id) ON DELETE SET NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (app_id, user_hash)
+);
+
+CREATE TABLE privacy_epochs (
+    app_id        text   PRIMARY KEY REFERENCES apps (app_id) ON DELETE CASCADE,
+    suppressions  bigint NOT NULL DEFAULT 0,
+    erasures_done bigint NOT NULL DEFAULT 0
+);
+
+-- "This app's rows of this user", cheap: an 8-byte key per event (a hash of app and user id)
+-- instead of two collated text columns; queries recheck app_id and user_id.
+CREATE INDEX analytics_events_user_idx ON analytics_events
+    (hashtextextended(app_id || chr(31) || user_id, 0)) WHERE user_id IS NOT NULL;
