@@ -165,6 +165,42 @@ pub async fn replay(
     Ok(replayed)
 }
 
+/// The (app, user) digest of an event's user, if it names one.
+fn user_of(e: &QueuedEvent) -> Option<[u8; 32]> {
+    e.user_id
+        .as_deref()
+        .map(|u| shared::privacy::user_digest(&e.app_id, u))
+}
+
+/// The digests among `events`' users that an open erasure request names or the suppression
+/// list holds: their events are never put back on the queue (docs/privacy.md).
+async fn erased_users(
+    tx: &tokio_postgres::Transaction<'_>,
+    events: &[QueuedEvent],
+) -> Result<Vec<Option<[u8; 32]>>, DbError> {
+    let digests: Vec<Vec<u8>> = events
+        .iter()
+        .filter_map(user_of)
+        .map(|d| d.to_vec())
+        .collect();
+    if digests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = tx
+        .query(
+            "SELECT u.user_hash FROM erasure_users u JOIN erasures e USING (erasure_id) \
+             WHERE e.status IN ('pending', 'running') AND u.user_hash = ANY($1) \
+             UNION SELECT user_hash FROM suppressed_users WHERE user_hash = ANY($1)",
+            &[&digests],
+        )
+        .await
+        .map_err(DbError::query("check erased users"))?;
+    Ok(rows
+        .iter()
+        .map(|r| <[u8; 32]>::try_from(r.get::<_, Vec<u8>>(0).as_slice()).ok())
+        .collect())
+}
+
 /// Replays dead letter `id` if no other replay holds it; returns the events re-queued.
 async fn replay_one(
     db: &Db,
@@ -190,6 +226,16 @@ async fn replay_one(
     };
     let payload: Vec<u8> = row.get(0);
     let mut events = queue::decode(&payload)?;
+    let erased = erased_users(&tx, &events).await?;
+    events.retain(|e| !erased.contains(&user_of(e)));
+    if events.is_empty() {
+        // Every event is of a user being erased or suppressed: the erasure removes the row.
+        tracing::info!(
+            id,
+            "Dead letter withheld: its user is being erased or is suppressed."
+        );
+        return Ok(0);
+    }
     for e in &mut events {
         e.client_id = true;
     }

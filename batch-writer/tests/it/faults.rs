@@ -607,3 +607,74 @@ async fn dead_letters_are_kept_once_and_replays_store_each_event_once() {
     w.stop().await;
     cleanup(&prefix).await;
 }
+
+/// A dead letter of a user under an open erasure request, or on the suppression list, is never
+/// put back on the queue (it would land after the erasure); other users' dead letters are.
+#[tokio::test]
+async fn dead_letters_of_erased_or_suppressed_users_are_not_replayed() {
+    use batch_writer::dead_letter;
+    use shared::privacy::user_digest;
+    let db = TestDb::migrated().await;
+    let prefix = prefix();
+    let keys = Keys::new(&prefix, 2);
+    let pool = shared::db::Pools::new(&db.config()).expect("pools").write;
+    let client = db.client().await;
+    client
+        .batch_execute("INSERT INTO apps (app_id, name) VALUES ('app_t', 't')")
+        .await
+        .expect("app");
+    let mut poison = events(3);
+    for (e, user) in poison.iter_mut().zip(["erased", "suppressed", "kept"]) {
+        e.user_id = Some(user.into());
+        let key = shared::queue::entry_ledger_key(0, 0, "1-0").expect("key");
+        dead_letter::store_event(&pool, e, "refused", &keys.stream(0), ("1-0", key), 5)
+            .await
+            .expect("store");
+    }
+    let id = uuid::Uuid::now_v7();
+    client
+        .execute(
+            "INSERT INTO erasures (erasure_id, app_id, suppress, users) VALUES ($1, 'app_t', false, 1)",
+            &[&id],
+        )
+        .await
+        .expect("erasure");
+    client
+        .execute(
+            "INSERT INTO erasure_users (erasure_id, user_hash, user_id) VALUES ($1, $2, 'erased')",
+            &[&id, &user_digest("app_t", "erased").to_vec()],
+        )
+        .await
+        .expect("erasure user");
+    client
+        .execute(
+            "INSERT INTO suppressed_users (app_id, user_hash) VALUES ('app_t', $1)",
+            &[&user_digest("app_t", "suppressed").to_vec()],
+        )
+        .await
+        .expect("suppression");
+    let mut conn = shared::redis_conn::connect(
+        &shared::secret::Secret::new(REDIS.to_owned()),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("redis");
+    let n = dead_letter::replay(&pool, &mut conn, &keys, None)
+        .await
+        .expect("replay");
+    assert_eq!(n, 1, "only the kept user's event");
+    let left: Vec<String> = client
+        .query(
+            "SELECT convert_from(payload, 'UTF8') FROM dead_letters",
+            &[],
+        )
+        .await
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM dead_letters").await,
+        2,
+        "the erased and suppressed users' rows stay for the erasure: {left:?}"
+    );
+    cleanup(&prefix).await;
+}
