@@ -65,6 +65,10 @@ CREATE TABLE privacy_epochs (
 );
 
 -- "This app's rows of this user", cheap: an 8-byte key per event (a hash of app and user id)
--- instead of two collated text columns; queries recheck app_id and user_id.
-CREATE INDEX analytics_events_user_idx ON analytics_events
+-- instead of two collated text columns; queries recheck app_id and user_id. Created on the parent
+-- only, so this migration never builds it over existing rows while holding the lock that blocks
+-- writers: partitions created from now on get it with their other indexes, and the maintenance
+-- worker's partitions job builds it CONCURRENTLY on each partition that existed before (an
+-- upgraded installation) and attaches it.
+CREATE INDEX analytics_events_user_idx ON ONLY analytics_events
     (hashtextextended(app_id || chr(31) || user_id, 0)) WHERE user_id IS NOT NULL;

@@ -94,5 +94,7 @@ pub async fn low_water_chore(db: &Db, redis: &mut RedisConn, keys: &Keys, pipeli
     }
 }
 
-/// How often writers report the low-water mark.
-pub const LOW_WATER_EVERY: Duration = Duration::from_secs(30);
+/// How often writers report the low-water mark. An erasure request waits for the mark to pass
+/// it (everything queued before it written), so this bounds that wait; a report costs one
+/// script per shard and one UPDATE.
+pub const LOW_WATER_EVERY: Duration = Duration::from_secs(5);

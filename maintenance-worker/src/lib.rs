@@ -1,11 +1,12 @@
 //! The maintenance worker: applies migrations, and, as a daemon, keeps partitions, retention,
-//! the summary view and planner statistics in order on its own cron schedules, with one replica
-//! acting at a time.
+//! the summary view and planner statistics in order on its own cron schedules and carries out
+//! erasure requests, with one replica acting at a time.
 //!
 //! - [`config`]: environment to [`MaintenanceConfig`], schedules parsed at start.
 //! - [`migrate`]: the `migrate` command.
 //! - [`jobs`]: the jobs, one file each, run under a per-job lock.
 //! - [`scheduler`]: cron-driven job loops.
+//! - [`erasure`]: erasure requests carried out, a phase at a time.
 //! - [`leader`]: leadership by advisory lock.
 //! - [`clock`]: the injectable "now" of the jobs.
 //! - [`stats`]: the `stats` report.
@@ -13,6 +14,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod erasure;
 pub mod jobs;
 pub mod leader;
 pub mod metrics;
@@ -137,7 +139,9 @@ pub async fn run(
     };
     startup.started(ready);
     daemon::spawn_upkeep(&db, &watched);
-    let tasks = scheduler::spawn(config.schedules.clone(), ctx, leader.clone(), &watched);
+    let erasures = erasure::ErasureCtx::new(ctx.clone(), watched.stop_token());
+    let mut tasks = scheduler::spawn(config.schedules.clone(), ctx, leader.clone(), &watched);
+    tasks.push(erasure::spawn(erasures, leader.clone(), &watched));
     leader.spawn(config.db.clone(), config.leader_retry, &watched);
     tracing::info!("Maintenance worker running.");
     shutdown.cancelled().await;

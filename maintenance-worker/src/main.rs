@@ -34,6 +34,18 @@ enum Command {
     /// Print table, partition and index sizes, row estimates, dead tuples, quarantine and the
     /// buffer cache hit ratio.
     Stats,
+    /// Erasure requests.
+    Erasures {
+        #[command(subcommand)]
+        command: ErasuresCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ErasuresCommand {
+    /// Advance the open requests, oldest first, until they are done or the oldest must wait
+    /// (for the queue, or a views fold running elsewhere); prints where each was left.
+    RunOnce,
 }
 
 #[tokio::main]
@@ -60,7 +72,11 @@ async fn main() -> anyhow::Result<()> {
         Some(c) => c,
     };
     config.db.primary.pool_min = 0;
-    config.db.primary.pool_max = 2;
+    // An erasure holds its lock while the views fold it runs holds two more.
+    config.db.primary.pool_max = match command {
+        Command::Erasures { .. } => 3,
+        _ => 2,
+    };
     let db = Pools::new(&config.db)?.write;
     shared::daemon::check_schema(&db).await?;
     match command {
@@ -84,6 +100,16 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Stats => print!("{}", maintenance_worker::stats::report(&db).await?),
+        Command::Erasures {
+            command: ErasuresCommand::RunOnce,
+        } => {
+            let ctx = maintenance_worker::job_ctx(&config, db, Clock::System);
+            let stop = shared::shutdown::on_signals();
+            let ctx = maintenance_worker::erasure::ErasureCtx::new(ctx, stop);
+            for p in maintenance_worker::erasure::run_open(&ctx).await? {
+                println!("{}", serde_json::to_string(&p)?);
+            }
+        }
         Command::Migrate => unreachable!("handled above"),
     }
     Ok(())

@@ -10,6 +10,8 @@ pub const PARTITIONS_AHEAD: &str = "sluice_partitions_ahead_months";
 pub const QUARANTINE_ROWS: &str = "sluice_quarantine_rows";
 pub const LEADER: &str = "sluice_maintenance_leader";
 pub const ROWS: &str = "sluice_maintenance_rows_total";
+pub const ERASURES: &str = "sluice_erasures_total";
+pub const ERASURE_ROWS: &str = "sluice_erasure_rows_total";
 
 pub fn register() {
     describe_histogram!(DURATION, "Maintenance job duration by job.");
@@ -24,9 +26,23 @@ pub fn register() {
         ROWS,
         "Rows each maintenance job touched (moved, pruned, folded, vacuumed or sampled)."
     );
+    describe_counter!(
+        ERASURES,
+        "Erasure requests finished, by outcome (done, failed)."
+    );
+    describe_counter!(
+        ERASURE_ROWS,
+        "Rows erasure requests removed, by place (events, quarantine, dead_letters, summary_members)."
+    );
     gauge!(LEADER).set(0.0);
     for job in crate::jobs::Job::ALL {
         counter!(ROWS, "job" => job.name()).absolute(0);
+    }
+    for outcome in ["done", "failed"] {
+        counter!(ERASURES, "outcome" => outcome).absolute(0);
+    }
+    for place in shared::privacy::PLACES {
+        counter!(ERASURE_ROWS, "place" => place).absolute(0);
     }
 }
 
@@ -41,6 +57,16 @@ pub fn job_finished(job: &'static str, success: bool, elapsed: Duration) {
 /// Rows `job` touched in one run.
 pub fn job_rows(job: &'static str, rows: u64) {
     counter!(ROWS, "job" => job).increment(rows);
+}
+
+/// An erasure request finished: `outcome` is "done" or "failed".
+pub fn erasure_finished(outcome: &'static str) {
+    counter!(ERASURES, "outcome" => outcome).increment(1);
+}
+
+/// Rows an erasure batch removed from `place` (one of `shared::privacy::PLACES`).
+pub fn erasure_rows(place: &'static str, rows: u64) {
+    counter!(ERASURE_ROWS, "place" => place).increment(rows);
 }
 
 pub fn partitions_ahead(months: u32) {

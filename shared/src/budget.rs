@@ -70,7 +70,7 @@ pub fn writer(concurrency: usize) -> PoolNeed {
 
 /// The maintenance worker's write pool: a job holds its lock on one connection and works on
 /// another, and two jobs often start together (partitions and views at the top of the hour),
-/// plus the readiness probe.
+/// plus the readiness probe. An erasure tick takes one of the two job slots and one connection.
 pub const MAINTENANCE: PoolNeed = PoolNeed {
     max: 5,
     warm: 1,

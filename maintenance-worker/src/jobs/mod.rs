@@ -91,6 +91,12 @@ const CONCURRENT_JOBS: usize = 2;
 
 static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_JOBS);
 
+/// One of the [`CONCURRENT_JOBS`] slots, for work beside the jobs that must stay within the
+/// pool's budget too (an erasure tick holds one while it works, on one connection).
+pub async fn slot() -> Option<tokio::sync::SemaphorePermit<'static>> {
+    SLOTS.acquire().await.ok()
+}
+
 /// Runs `job` under its advisory lock, records its metrics, and logs its outcome.
 pub async fn run(job: Job, ctx: &JobCtx) -> Result<Report, JobError> {
     let _slot = SLOTS.acquire().await;

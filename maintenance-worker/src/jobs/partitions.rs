@@ -1,7 +1,7 @@
 //! The partitions job: monthly partitions from the oldest retained month through
 //! `PARTITION_PREMAKE_MONTHS` ahead, by the clock; quarantined events moved into partitions that
 //! now exist (or discarded, counted, once past retention); the hot-data index kept on the recent
-//! partitions only.
+//! partitions only; the user index (migration 7) built on partitions that predate it.
 
 use chrono::{DateTime, Utc};
 use shared::db::{Db, DbError};
@@ -21,6 +21,7 @@ pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
     drop(client);
     let (moved, discarded) = drain_quarantine(&ctx.db, now, ctx.retention_months).await?;
     let (hot_added, hot_dropped) = hot_indexes(&ctx.db, now).await?;
+    let user_index_added = user_indexes(&ctx.db).await?;
     let ahead = months_ahead(&ctx.db, now).await?;
     Ok(serde_json::json!({
         "created": created.iter().map(|m| m.partition_name()).collect::<Vec<_>>(),
@@ -28,6 +29,7 @@ pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
         "quarantine_discarded": discarded,
         "hot_index_added": hot_added,
         "hot_index_dropped": hot_dropped,
+        "user_index_added": user_index_added,
         "months_ahead": ahead,
         "rows": moved + discarded,
     }))
@@ -173,4 +175,62 @@ async fn hot_indexes(db: &Db, now: DateTime<Utc>) -> Result<(Vec<String>, Vec<St
         }
     }
     Ok((added, dropped))
+}
+
+/// The user index of migration 7 on every partition. Partitions created after the migration get
+/// it with their other indexes; one that predates it (an upgraded installation) gets it built
+/// CONCURRENTLY, so writers are never blocked, and attached to the parent's index. An index left
+/// invalid by an interrupted build is rebuilt.
+async fn user_indexes(db: &Db) -> Result<Vec<String>, DbError> {
+    let client = db.get("user indexes").await?;
+    let existing = partitions::existing(&client).await?;
+    let attached: Vec<String> = client
+        .query(
+            "SELECT t.relname::text FROM pg_inherits h \
+             JOIN pg_index x ON x.indexrelid = h.inhrelid JOIN pg_class t ON t.oid = x.indrelid \
+             WHERE h.inhparent = 'analytics_events_user_idx'::regclass",
+            &[],
+        )
+        .await
+        .map_err(DbError::query("list user indexes"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    drop(client);
+    let mut added = Vec::new();
+    for m in existing {
+        let part = m.partition_name();
+        if attached.contains(&part) {
+            continue;
+        }
+        let name = format!("{part}_user_idx");
+        // An invalid leftover of an interrupted build would be kept by IF NOT EXISTS.
+        ddl(
+            db,
+            "drop invalid user index",
+            &format!(
+                "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = \
+                 to_regclass('{name}') AND NOT indisvalid) THEN DROP INDEX {name}; END IF; END $$"
+            ),
+        )
+        .await?;
+        ddl(
+            db,
+            "create user index",
+            &format!(
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {part} \
+                 (hashtextextended(app_id || chr(31) || user_id, 0)) WHERE user_id IS NOT NULL"
+            ),
+        )
+        .await?;
+        ddl(
+            db,
+            "attach user index",
+            &format!("ALTER INDEX analytics_events_user_idx ATTACH PARTITION {name}"),
+        )
+        .await?;
+        tracing::info!(partition = %part, "Built the user index on a partition.");
+        added.push(name);
+    }
+    Ok(added)
 }

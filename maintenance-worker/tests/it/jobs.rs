@@ -399,3 +399,69 @@ async fn count(db: &TestDb, sql: &str) -> i64 {
         .expect("count")
         .get(0)
 }
+
+/// An installation upgraded to migration 7 has partitions without the user index (the migration
+/// creates it on the parent only): the partitions job builds it on each and attaches it, once.
+#[tokio::test]
+async fn the_partitions_job_builds_the_user_index_on_partitions_that_predate_it() {
+    let db = TestDb::migrated().await;
+    let ctx = ctx(&db, Clock::System);
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "DROP INDEX analytics_events_user_idx; \
+             CREATE INDEX analytics_events_user_idx ON ONLY analytics_events \
+               (hashtextextended(app_id || chr(31) || user_id, 0)) WHERE user_id IS NOT NULL",
+        )
+        .await
+        .expect("an upgraded installation's state");
+    let state = || async {
+        let valid: bool = client
+            .query_one(
+                "SELECT indisvalid FROM pg_index WHERE indexrelid = 'analytics_events_user_idx'::regclass",
+                &[],
+            )
+            .await
+            .expect("parent")
+            .get(0);
+        let attached: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_inherits h JOIN pg_index x ON x.indexrelid = h.inhrelid \
+                 WHERE h.inhparent = 'analytics_events_user_idx'::regclass AND x.indisvalid",
+                &[],
+            )
+            .await
+            .expect("children")
+            .get(0);
+        (valid, attached)
+    };
+    let parts = months(&db).await.len() as i64;
+    assert!(parts > 1);
+    assert_eq!(state().await, (false, 0));
+    let r = jobs::run(Job::Partitions, &ctx).await.expect("run");
+    assert_eq!(
+        r.detail["user_index_added"].as_array().map(Vec::len),
+        Some(parts as usize)
+    );
+    assert_eq!(state().await, (true, parts));
+    let r = jobs::run(Job::Partitions, &ctx).await.expect("run");
+    assert_eq!(
+        r.detail["user_index_added"].as_array().map(Vec::len),
+        Some(0)
+    );
+    // A partition made from now on carries it from the start.
+    let plan: String = client
+        .query(
+            "EXPLAIN SELECT 1 FROM analytics_events WHERE occurred_at >= now() \
+             AND occurred_at < now() + interval '1 day' AND user_id IS NOT NULL \
+             AND hashtextextended(app_id || chr(31) || user_id, 0) = 42",
+            &[],
+        )
+        .await
+        .expect("explain")
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(plan.contains("_user_idx"), "{plan}");
+}

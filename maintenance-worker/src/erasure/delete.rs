@@ -1,0 +1,297 @@
+//! The `delete` phase of an erasure: the users' rows leave every place the pipeline keeps them,
+//! each batch one transaction that also adds its count to `erasures.removed`, so a request
+//! resumed after a crash never counts a row twice. The order leaves nothing behind:
+//!
+//! 1. `dead_letters`, read in id order from `dead_letters_after` and decoded here (MessagePack):
+//!    a row goes when one of its events is of the app and one of the users. Raw entries (no
+//!    event id) are decoded too; those that do not decode stay.
+//! 2. `events_quarantine`, before the partitions: the partitions job moves quarantined rows into
+//!    their month, and a row moved after the partition pass would be left behind.
+//! 3. Every partition of `analytics_events`, found by `analytics_events_user_idx`, deleted
+//!    through the parent (pruned to the partition by its bounds): the summary's statement
+//!    trigger fires only there, and it marks the days the fold must recompute.
+//! 4. The users' ids in `summary_members`.
+//!
+//! A place is done when a batch finds nothing there, so rows moved meanwhile are not missed.
+
+use std::collections::HashSet;
+
+use deadpool_postgres::{Object, Transaction};
+use shared::db::DbError;
+use shared::queue;
+use shared::schema::partitions::{self, Month};
+
+use super::{set_phase, Budget, ErasureError, Request, State, Step};
+use crate::metrics;
+
+/// Dead letters read per batch, at most: each is decoded here, and a raw entry holds up to 100
+/// events.
+const DEAD_LETTERS_PER_BATCH: i64 = 500;
+
+/// SQLSTATE undefined_table: retention dropped a partition between the listing and its pass.
+const UNDEFINED_TABLE: &str = "42P01";
+
+/// The places rows are removed from; their keys are `shared::privacy::PLACES`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Place {
+    Events,
+    Quarantine,
+    DeadLetters,
+    SummaryMembers,
+}
+
+impl Place {
+    /// The key in `erasures.removed` and the `place` label.
+    pub(super) fn key(self) -> &'static str {
+        match self {
+            Place::Events => "events",
+            Place::Quarantine => "quarantine",
+            Place::DeadLetters => "dead_letters",
+            Place::SummaryMembers => "summary_members",
+        }
+    }
+
+    fn op(self) -> &'static str {
+        match self {
+            Place::Events => "erase events",
+            Place::Quarantine => "erase quarantined events",
+            Place::DeadLetters => "erase dead letters",
+            Place::SummaryMembers => "erase summary members",
+        }
+    }
+}
+
+/// $1 app, $2 user ids, $3 batch size. The outer conditions recheck a row that changed meanwhile.
+const QUARANTINE: &str = "DELETE FROM events_quarantine \
+     WHERE app_id = $1 AND user_id = ANY($2) AND ctid = ANY(ARRAY(\
+       SELECT ctid FROM events_quarantine WHERE app_id = $1 AND user_id = ANY($2) LIMIT $3))";
+
+const MEMBERS: &str = "DELETE FROM summary_members \
+     WHERE app_id = $1 AND kind = 'u' AND member = ANY($2) AND ctid = ANY(ARRAY(\
+       SELECT ctid FROM summary_members WHERE app_id = $1 AND kind = 'u' AND member = ANY($2) \
+       LIMIT $3))";
+
+/// One batch of month `m`'s events: ctids found through the user index on the partition, deleted
+/// through the parent. The bounds come from the clock-computed month, never from input.
+fn events_sql(m: Month) -> String {
+    let (from, to) = (m.start().to_rfc3339(), m.plus(1).start().to_rfc3339());
+    format!(
+        "DELETE FROM analytics_events \
+         WHERE occurred_at >= '{from}' AND occurred_at < '{to}' \
+           AND app_id = $1 AND user_id = ANY($2) AND ctid = ANY(ARRAY(\
+             SELECT ctid FROM {part} \
+              WHERE hashtextextended(app_id || chr(31) || user_id, 0) = ANY(ARRAY(\
+                      SELECT hashtextextended($1::text || chr(31) || u, 0) \
+                        FROM unnest($2::text[]) u)) \
+                AND user_id IS NOT NULL AND app_id = $1 AND user_id = ANY($2) LIMIT $3))",
+        part = m.partition_name()
+    )
+}
+
+/// Runs batches until every place is empty of the users (then moves to `summary`), or the
+/// tick's budget is spent.
+pub(super) async fn run(
+    client: &mut Object,
+    req: &mut Request,
+    budget: &mut Budget<'_>,
+) -> Result<Step, ErasureError> {
+    if !dead_letters(client, req, budget).await?
+        || !drain(client, req, Place::Quarantine, QUARANTINE, budget).await?
+    {
+        return Ok(Step::Pause);
+    }
+    for m in partitions::existing(client).await? {
+        if !drain_partition(client, req, m, budget).await? {
+            return Ok(Step::Pause);
+        }
+    }
+    if !drain(client, req, Place::SummaryMembers, MEMBERS, budget).await? {
+        return Ok(Step::Pause);
+    }
+    set_phase(client, req, State::Delete, State::Summary).await
+}
+
+async fn drain_partition(
+    client: &mut Object,
+    req: &Request,
+    m: Month,
+    budget: &mut Budget<'_>,
+) -> Result<bool, ErasureError> {
+    match drain(client, req, Place::Events, &events_sql(m), budget).await {
+        Err(ErasureError::Db(e)) if e.sql_state() == Some(UNDEFINED_TABLE) => Ok(true),
+        other => other,
+    }
+}
+
+/// Deletes batches of `sql` until one finds nothing (true) or the budget is spent (false).
+async fn drain(
+    client: &mut Object,
+    req: &Request,
+    place: Place,
+    sql: &str,
+    budget: &mut Budget<'_>,
+) -> Result<bool, ErasureError> {
+    loop {
+        if budget.exhausted() {
+            return Ok(false);
+        }
+        let tx = client
+            .transaction()
+            .await
+            .map_err(DbError::query("begin erasure batch"))?;
+        let n = tx
+            .execute(sql, &[&req.app_id, &req.user_ids, &budget.rows])
+            .await
+            .map_err(DbError::query(place.op()))?;
+        if n == 0 {
+            return Ok(true);
+        }
+        count(&tx, req, place, n, None).await?;
+        tx.commit()
+            .await
+            .map_err(DbError::query("commit erasure batch"))?;
+        metrics::erasure_rows(place.key(), n);
+        budget.spend();
+    }
+}
+
+/// Adds `n` rows of `place` to the request's counts (and moves its dead-letter cursor), in the
+/// batch's transaction.
+async fn count(
+    tx: &Transaction<'_>,
+    req: &Request,
+    place: Place,
+    n: u64,
+    dead_letters_after: Option<i64>,
+) -> Result<(), ErasureError> {
+    let updated = tx
+        .execute(
+            "UPDATE erasures SET removed = removed || jsonb_build_object($2::text, \
+               coalesce((removed ->> $2::text)::bigint, 0) + $3::bigint), \
+             dead_letters_after = coalesce($4, dead_letters_after) \
+             WHERE erasure_id = $1 AND status = 'running' AND phase = 'delete'",
+            &[&req.id, &place.key(), &(n as i64), &dead_letters_after],
+        )
+        .await
+        .map_err(DbError::query("count erased rows"))?;
+    if updated != 1 {
+        return Err(ErasureError::Vanished(req.id));
+    }
+    Ok(())
+}
+
+/// Examines the dead letters after the cursor, a batch at a time, until none is left (true) or
+/// the budget is spent (false).
+async fn dead_letters(
+    client: &mut Object,
+    req: &mut Request,
+    budget: &mut Budget<'_>,
+) -> Result<bool, ErasureError> {
+    let limit = budget.rows.min(DEAD_LETTERS_PER_BATCH);
+    loop {
+        if budget.exhausted() {
+            return Ok(false);
+        }
+        let Some(last) = dead_letter_batch(client, req, limit).await? else {
+            return Ok(true);
+        };
+        req.dead_letters_after = last;
+        budget.spend();
+    }
+}
+
+/// One batch of dead letters; returns the last id examined, `None` when none was left.
+async fn dead_letter_batch(
+    client: &mut Object,
+    req: &Request,
+    limit: i64,
+) -> Result<Option<i64>, ErasureError> {
+    let rows = client
+        .query(
+            "SELECT id, payload FROM dead_letters \
+             WHERE id > $1 AND (app_id = $2 OR event_id IS NULL) ORDER BY id LIMIT $3",
+            &[&req.dead_letters_after, &req.app_id, &limit],
+        )
+        .await
+        .map_err(DbError::query("read dead letters"))?;
+    let Some(last) = rows.last().map(|r| r.get::<_, i64>(0)) else {
+        return Ok(None);
+    };
+    let users: HashSet<&str> = req.user_ids.iter().map(String::as_str).collect();
+    let doomed: Vec<i64> = rows
+        .iter()
+        .filter(|r| mentions(r.get(1), &req.app_id, &users))
+        .map(|r| r.get(0))
+        .collect();
+    let tx = client
+        .transaction()
+        .await
+        .map_err(DbError::query("begin erasure batch"))?;
+    let n = tx
+        .execute("DELETE FROM dead_letters WHERE id = ANY($1)", &[&doomed])
+        .await
+        .map_err(DbError::query(Place::DeadLetters.op()))?;
+    count(&tx, req, Place::DeadLetters, n, Some(last)).await?;
+    tx.commit()
+        .await
+        .map_err(DbError::query("commit erasure batch"))?;
+    metrics::erasure_rows(Place::DeadLetters.key(), n);
+    Ok(Some(last))
+}
+
+/// True when a dead letter's payload (one event, or a raw entry of several) holds an event of
+/// `app` by one of `users`. A payload that does not decode shows nobody's, so it stays.
+fn mentions(payload: &[u8], app: &str, users: &HashSet<&str>) -> bool {
+    queue::decode(payload).is_ok_and(|events| {
+        events
+            .iter()
+            .any(|e| e.app_id == app && e.user_id.as_deref().is_some_and(|u| users.contains(u)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::queue::QueuedEvent;
+
+    fn event(app: &str, user: Option<&str>) -> QueuedEvent {
+        QueuedEvent {
+            event_id: uuid::Uuid::nil(),
+            app_id: app.to_owned(),
+            event_name: "e".to_owned(),
+            occurred_at_us: 0,
+            received_at_us: 0,
+            user_id: user.map(str::to_owned),
+            session_id: None,
+            metadata: None,
+            client_id: false,
+        }
+    }
+
+    #[test]
+    fn place_keys_are_the_shared_ones() {
+        let keys = [
+            Place::Events,
+            Place::Quarantine,
+            Place::DeadLetters,
+            Place::SummaryMembers,
+        ]
+        .map(Place::key);
+        assert_eq!(keys, shared::privacy::PLACES);
+    }
+
+    #[test]
+    fn a_dead_letter_mentions_a_user_only_of_the_same_app() {
+        let users: HashSet<&str> = ["u1", "u2"].into();
+        let enc = |events: &[QueuedEvent]| queue::encode(events).expect("encode");
+        assert!(mentions(&enc(&[event("a", Some("u1"))]), "a", &users));
+        assert!(!mentions(&enc(&[event("b", Some("u1"))]), "a", &users));
+        assert!(!mentions(&enc(&[event("a", None)]), "a", &users));
+        // A raw entry of many events goes when any of them is the user's.
+        let many: Vec<_> = (0..60)
+            .map(|i| event("a", Some(if i == 59 { "u2" } else { "x" })))
+            .collect();
+        assert!(mentions(&enc(&many), "a", &users));
+        assert!(!mentions(b"\xc1 not messagepack", "a", &users));
+    }
+}

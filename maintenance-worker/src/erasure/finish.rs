@@ -1,0 +1,143 @@
+//! The end of an erasure: the summary folded, the gateways told to retire their cached answers
+//! (`privacy_epochs.erasures_done`), and the request done with its clear ids forgotten; or, after
+//! [`MAX_ATTEMPTS`] failed attempts, failed (its ids forgotten too).
+
+use deadpool_postgres::{Object, Transaction};
+use shared::db::DbError;
+use uuid::Uuid;
+
+use super::{ErasureCtx, ErasureError, Progress, Request, State, Step, MAX_ATTEMPTS};
+use crate::jobs::{self, Job, JobError};
+use crate::metrics;
+
+/// Folds the summary (recomputing the dirty days), then bumps the app's `erasures_done` and
+/// enters `cache`, in one transaction so the bump happens once.
+pub(super) async fn summary(
+    ctx: &ErasureCtx,
+    client: &mut Object,
+    req: &Request,
+) -> Result<Step, ErasureError> {
+    match jobs::run(Job::Views, &ctx.jobs).await {
+        Ok(_) => {}
+        Err(JobError::Busy(_)) => return Ok(Step::Wait),
+        Err(JobError::Db(e)) => return Err(e.into()),
+    }
+    let tx = client
+        .transaction()
+        .await
+        .map_err(DbError::query("begin erasure cache bump"))?;
+    tx.execute(
+        "INSERT INTO privacy_epochs (app_id, erasures_done) VALUES ($1, 1) \
+         ON CONFLICT (app_id) DO UPDATE SET erasures_done = privacy_epochs.erasures_done + 1",
+        &[&req.app_id],
+    )
+    .await
+    .map_err(DbError::query("bump erasures_done"))?;
+    let n = tx
+        .execute(
+            "UPDATE erasures SET phase = 'cache', phase_at = clock_timestamp() \
+             WHERE erasure_id = $1 AND status = 'running' AND phase = 'summary'",
+            &[&req.id],
+        )
+        .await
+        .map_err(DbError::query("advance erasure phase"))?;
+    if n != 1 {
+        return Err(ErasureError::Vanished(req.id));
+    }
+    tx.commit()
+        .await
+        .map_err(DbError::query("commit erasure cache bump"))?;
+    tracing::info!(erasure_id = %req.id, phase = "cache", "Erasure moved on.");
+    Ok(Step::Next(State::Cache))
+}
+
+/// Once the bump has been visible for the cache wait: done, the clear ids forgotten.
+pub(super) async fn cache(
+    ctx: &ErasureCtx,
+    client: &mut Object,
+    req: &Request,
+) -> Result<Step, ErasureError> {
+    let waited_ms: f64 = client
+        .query_one(
+            "SELECT coalesce(extract(epoch FROM clock_timestamp() - phase_at) * 1000, 0)::float8 \
+             FROM erasures WHERE erasure_id = $1",
+            &[&req.id],
+        )
+        .await
+        .map_err(DbError::query("read erasure phase time"))?
+        .get(0);
+    if waited_ms < ctx.cache_wait.as_millis() as f64 {
+        return Ok(Step::Wait);
+    }
+    let tx = client
+        .transaction()
+        .await
+        .map_err(DbError::query("begin erasure finish"))?;
+    let removed: Option<serde_json::Value> = tx
+        .query_opt(
+            "UPDATE erasures SET status = 'done', phase = NULL, phase_at = NULL, \
+             finished_at = now() WHERE erasure_id = $1 AND status = 'running' AND phase = 'cache' \
+             RETURNING removed",
+            &[&req.id],
+        )
+        .await
+        .map_err(DbError::query("finish erasure"))?
+        .map(|r| r.get(0));
+    let Some(removed) = removed else {
+        return Err(ErasureError::Vanished(req.id));
+    };
+    forget_ids(&tx, req.id).await?;
+    tx.commit()
+        .await
+        .map_err(DbError::query("commit erasure finish"))?;
+    metrics::erasure_finished("done");
+    tracing::info!(erasure_id = %req.id, %removed, "Erasure done.");
+    Ok(Step::Next(State::Done))
+}
+
+async fn forget_ids(tx: &Transaction<'_>, id: Uuid) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE erasure_users SET user_id = NULL WHERE erasure_id = $1",
+        &[&id],
+    )
+    .await
+    .map_err(DbError::query("forget erased user ids"))?;
+    Ok(())
+}
+
+/// Counts a failed attempt and keeps its error; the last allowed attempt fails the request
+/// (its clear ids forgotten). Returns the request failed, or the error to retry next tick.
+pub(super) async fn record_failure(
+    client: &mut Object,
+    req: &Request,
+    e: ErasureError,
+) -> Result<Progress, ErasureError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(DbError::query("begin erasure failure"))?;
+    let status: Option<String> = tx
+        .query_opt(
+            "UPDATE erasures SET attempts = attempts + 1, error = $2, \
+             status = CASE WHEN attempts + 1 >= $3 THEN 'failed' ELSE status END, \
+             phase = CASE WHEN attempts + 1 >= $3 THEN NULL ELSE phase END, \
+             finished_at = CASE WHEN attempts + 1 >= $3 THEN now() END \
+             WHERE erasure_id = $1 AND status IN ('pending', 'running') RETURNING status",
+            &[&req.id, &e.to_string(), &MAX_ATTEMPTS],
+        )
+        .await
+        .map_err(DbError::query("record erasure failure"))?
+        .map(|r| r.get(0));
+    if status.as_deref() == Some("failed") {
+        forget_ids(&tx, req.id).await?;
+    }
+    tx.commit()
+        .await
+        .map_err(DbError::query("commit erasure failure"))?;
+    if status.as_deref() != Some("failed") {
+        return Err(e);
+    }
+    metrics::erasure_finished("failed");
+    tracing::error!(erasure_id = %req.id, error = %e, attempts = MAX_ATTEMPTS, "Erasure failed.");
+    Ok(req.progress(State::Failed, false))
+}
