@@ -198,6 +198,9 @@ pub struct Erasure {
     pub erasure_id: Uuid,
     pub app_id: String,
     pub status: String,
+    /// Where a running request is: `queue`, `delete`, `summary` or `cache` (docs/privacy.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
     pub suppress: bool,
     pub users: i32,
     pub requested_at: DateTime<Utc>,
@@ -209,7 +212,7 @@ pub struct Erasure {
 }
 
 const ERASURE_COLUMNS: &str = "erasure_id, app_id, status, suppress, users, requested_at, \
-                               started_at, finished_at, removed, error";
+                               started_at, finished_at, removed, error, phase";
 
 impl Erasure {
     fn from_row(r: &tokio_postgres::Row) -> Self {
@@ -224,6 +227,7 @@ impl Erasure {
             finished_at: r.get(7),
             removed: r.get(8),
             error: r.get(9),
+            phase: r.get(10),
         }
     }
 }

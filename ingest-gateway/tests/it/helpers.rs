@@ -246,6 +246,16 @@ pub fn spawn_redis(port: u16, policy: &str) -> std::process::Child {
 
 /// A batch writer in this process draining `gw`'s streams into its database; cancel to stop.
 pub async fn writer(gw: &Gateway) -> tokio_util::sync::CancellationToken {
+    writer_task(gw).await.0
+}
+
+/// As [`writer`], with the task, to wait for the writer to have stopped.
+pub async fn writer_task(
+    gw: &Gateway,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let mut vars = gw.db.env_vars();
     vars.extend(
         [
@@ -262,6 +272,6 @@ pub async fn writer(gw: &Gateway) -> tokio_util::sync::CancellationToken {
         .await
         .expect("bind");
     let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(batch_writer::run(config, listener, stop.clone()));
-    stop
+    let task = tokio::spawn(batch_writer::run(config, listener, stop.clone()));
+    (stop, task)
 }
