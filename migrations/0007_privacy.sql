@@ -8,8 +8,9 @@
 --   worker's leader carries requests out one at a time, in bounded batches, each batch
 --   committing its deletions together with the counts it adds to `removed`, so a request that
 --   is resumed after a crash never counts a row twice.
--- * `privacy_epochs` is what gateways poll: a change of `suppressions` makes them re-read the
---   app's suppression list, a change of `erasures_done` retires the app's cached read answers.
+-- * `privacy_epochs` is what gateways follow (notified, and re-read as a safety net): a change
+--   of `suppressions` makes them re-read the app's suppression list, a change of
+--   `erasures_done` retires the app's cached read answers.
 
 ALTER TABLE api_keys DROP CONSTRAINT api_keys_kind_check;
 ALTER TABLE api_keys ADD CONSTRAINT api_keys_kind_check CHECK (kind IN ('ingest', 'read', 'admin'));
@@ -63,6 +64,17 @@ CREATE TABLE privacy_epochs (
     suppressions  bigint NOT NULL DEFAULT 0,
     erasures_done bigint NOT NULL DEFAULT 0
 );
+
+-- Every change of an app's epochs is pushed to the gateways, which LISTEN on their key-change
+-- session and re-read the epochs (their periodic re-read stays as the safety net).
+CREATE FUNCTION sluice_notify_privacy_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('sluice_privacy', NEW.app_id);
+  RETURN NULL;
+END $$;
+
+CREATE TRIGGER privacy_epochs_notify AFTER INSERT OR UPDATE ON privacy_epochs
+  FOR EACH ROW EXECUTE FUNCTION sluice_notify_privacy_change();
 
 -- "This app's rows of this user", cheap: an 8-byte key per event (a hash of app and user id)
 -- instead of two collated text columns; queries recheck app_id and user_id. Created on the parent

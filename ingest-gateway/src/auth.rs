@@ -156,7 +156,13 @@ impl KeyCache {
     /// Listens for key changes on the primary and applies each (looking the key up on
     /// `primary`); checks the session every [`LISTEN_PING`], and reconnects with backoff when
     /// it ends, reloading everything then.
-    pub fn spawn_listen(&self, config: DbConfig, primary: Db, tasks: &shared::tasks::Tasks) {
+    pub fn spawn_listen(
+        &self,
+        config: DbConfig,
+        primary: Db,
+        privacy: Arc<crate::privacy::Privacy>,
+        tasks: &shared::tasks::Tasks,
+    ) {
         let cache = self.clone();
         let stop = tasks.stop_token();
         tasks.spawn("key_notifications", async move {
@@ -164,18 +170,23 @@ impl KeyCache {
             pg.application_name("sluice-gateway-listen");
             let mut backoff = shared::retry::Backoff::standard();
             while !stop.is_cancelled() {
-                match shared::db::listen(&pg, &config, CHANNEL).await {
+                let channels = [CHANNEL, crate::privacy::CHANNEL];
+                match shared::db::listen(&pg, &config, &channels).await {
                     Ok((session, mut changes)) => {
                         backoff.reset();
                         if let Err(e) = cache.reload(&primary).await {
                             tracing::warn!(error = %e, "Cannot reload API keys after listening again.");
                         }
+                        privacy.refresh_logged(&primary).await;
                         let mut ping = tokio::time::interval(LISTEN_PING);
                         ping.tick().await;
                         loop {
                             tokio::select! {
                                 n = changes.recv() => match n {
-                                    Some(n) => cache.changed(&primary, n.payload()).await,
+                                    Some(n) if n.channel() == CHANNEL => {
+                                        cache.changed(&primary, n.payload()).await
+                                    }
+                                    Some(_) => privacy.refresh_logged(&primary).await,
                                     None => break,
                                 },
                                 _ = ping.tick() => {

@@ -50,7 +50,8 @@ pub struct GatewayConfig {
     pub stream_prefix: String,
     /// How often the in-memory key cache is reloaded: a revoked key stops working within this.
     pub key_refresh: Duration,
-    /// How often the suppression lists and erasure generations are read (`PRIVACY_POLL_MS`).
+    /// How often the suppression lists and erasure generations are re-read in case a
+    /// notification was lost (`PRIVACY_POLL_MS`).
     pub privacy_poll: Duration,
     /// Bound on every Redis call of a request; past it the client gets 503.
     pub redis_timeout: Duration,
@@ -113,7 +114,7 @@ impl GatewayConfig {
             stream_shards: config::stream_shards(env)?,
             stream_prefix: env.string("STREAM_PREFIX", "sluice"),
             key_refresh: env.millis("KEY_REFRESH_MS", 60_000, 100, 3_600_000)?,
-            privacy_poll: env.millis("PRIVACY_POLL_MS", 500, 50, 3_600_000)?,
+            privacy_poll: env.millis("PRIVACY_POLL_MS", 60_000, 100, 3_600_000)?,
             redis_timeout: env.millis("REDIS_TIMEOUT_MS", 2000, 10, 60_000)?,
             max_connections: env.bounded("MAX_CONNECTIONS", 20_000, 1, 1_000_000)? as usize,
             header_read_timeout: env.millis("HEADER_READ_TIMEOUT_MS", 10_000, 100, 600_000)?,

@@ -87,7 +87,6 @@ pub async fn run(
     queue.spawn_watch(&tasks);
     // On the primary, like every key read: a replica may still show a key just revoked.
     keys.spawn_refresh(pools.write.clone(), config.key_refresh, &tasks);
-    keys.spawn_listen(config.db.clone(), pools.write.clone(), &tasks);
     let cache = cache::Cache::new(
         config.redis.cache_url.clone(),
         &config.stream_prefix,
@@ -95,7 +94,8 @@ pub async fn run(
     );
     cache.spawn_connect(background.clone());
     cache.spawn_gauges(config.cache_stats_interval, &tasks);
-    // Suppression lists are read before the first request is served; the poll keeps them.
+    // Suppression lists are read before the first request is served; notifications (on the
+    // key-change session) and the poll keep them.
     let privacy = Arc::new(privacy::Privacy::default());
     if let Err(e) = privacy.refresh(&pools.write).await {
         tracing::warn!(error = %e, "Cannot read the suppression lists yet; polling.");
@@ -104,6 +104,12 @@ pub async fn run(
         config.privacy_poll,
         pools.write.clone(),
         cache.clone(),
+        &tasks,
+    );
+    keys.spawn_listen(
+        config.db.clone(),
+        pools.write.clone(),
+        privacy.clone(),
         &tasks,
     );
     let state = Arc::new(routes::AppState {

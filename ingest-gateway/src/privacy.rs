@@ -5,12 +5,15 @@
 //!   worker carries it out. `GET /v1/privacy/erasures/{id}` and `erasures list` read it back.
 //!   Only an app's admin key reaches these routes, and only for that app's requests.
 //! - Every gateway keeps each app's suppression list (digests, never clear ids) in memory and
-//!   drops those users' events before they are queued, answering them as accepted. It polls
-//!   `privacy_epochs` every `PRIVACY_POLL_MS` (500 ms): a new suppression reaches every gateway
-//!   within a second; the gateway that took the request applies it before answering.
+//!   drops those users' events before they are queued, answering them as accepted. A trigger on
+//!   `privacy_epochs` sends `NOTIFY sluice_privacy` when a change commits; every gateway hears it
+//!   on its key-change session ([`crate::auth`]) and re-reads the epochs, so a new suppression
+//!   reaches every gateway within milliseconds (the gateway that took the request applies it
+//!   before answering). The epochs are also read every `PRIVACY_POLL_MS` [60000] and after the
+//!   listening session reconnects, in case a notification was lost.
 //! - `privacy_epochs.erasures_done` is part of the read cache's keys ([`Privacy::generation`]), so
 //!   a finished erasure retires the app's cached answers on every gateway at once; the retired
-//!   entries are deleted from Redis as well.
+//!   entries are deleted from Redis by the poll.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -32,6 +35,9 @@ use crate::apps::KeyKind;
 use crate::error::ApiError;
 use crate::routes::AppState;
 use crate::validate::MAX_ID_BYTES;
+
+/// The NOTIFY channel of suppression and erasure changes (see migration 7).
+pub const CHANNEL: &str = "sluice_privacy";
 
 /// The largest erasure request body: 1,000 ids of 200 bytes, each byte escaped as `\\u00XX`.
 pub const MAX_ERASURE_BODY: usize = 2 * 1024 * 1024;
@@ -133,6 +139,13 @@ impl Privacy {
             }
         }
         Ok(retired)
+    }
+
+    /// [`Privacy::refresh`] on a notification, its errors logged (the poll tries again).
+    pub async fn refresh_logged(&self, db: &Db) {
+        if let Err(e) = self.refresh(db).await {
+            tracing::warn!(error = %e, "Cannot read the suppression lists.");
+        }
     }
 
     /// One app's suppression list and its epoch, read in one statement (one snapshot).

@@ -46,11 +46,11 @@ pub const TICK: Duration = Duration::from_secs(1);
 pub const BATCH_ROWS: i64 = 5_000;
 
 /// How far past a request every queue's low-water mark must be: suppression reaching every
-/// gateway (they poll every 500 ms) and the clocks of Redis and PostgreSQL differing.
+/// gateway (notified within milliseconds) and the clocks of Redis and PostgreSQL differing.
 pub const QUEUE_MARGIN: Duration = Duration::from_secs(2);
 
-/// How long the bump of `erasures_done` is visible before the request is done: more than a
-/// gateway's poll period (500 ms), so whoever sees "done" and then reads the stats API is
+/// How long the bump of `erasures_done` is visible before the request is done: ample for every
+/// gateway to hear its notification, so whoever sees "done" and then reads the stats API is
 /// answered without the erased users.
 pub const CACHE_WAIT: Duration = Duration::from_millis(1200);
 

@@ -286,12 +286,12 @@ pub async fn connect_one(
     Ok((client, task))
 }
 
-/// A session that LISTENs on `channel` (outside the pools: it is held for good). Notifications
+/// A session that LISTENs on `channels` (outside the pools: it is held for good). Notifications
 /// arrive on the receiver, which closes when the session ends (the caller reconnects).
 pub async fn listen(
     pg: &tokio_postgres::Config,
     config: &DbConfig,
-    channel: &'static str,
+    channels: &[&'static str],
 ) -> Result<
     (
         tokio_postgres::Client,
@@ -321,8 +321,9 @@ pub async fn listen(
             }
         }
     });
+    let sql: Vec<String> = channels.iter().map(|c| format!("LISTEN {c};")).collect();
     client
-        .batch_execute(&format!("LISTEN {channel}"))
+        .batch_execute(&sql.concat())
         .await
         .map_err(DbError::query("listen"))?;
     Ok((client, rx))
