@@ -69,9 +69,20 @@ pub async fn run(
     );
     // The pool on the primary ("write") is opened on first use: key lookups and reloads.
     let pools = Pools::new(&config.db)?;
-    let load_keys = || auth::KeyCache::load(&pools.read);
-    let Some(keys) = daemon::connect_then(&pools.read, &startup, &shutdown, load_keys).await?
-    else {
+    // Keys and suppression lists are read before the first request is served; notifications
+    // (on the key-change session) and the periodic re-reads keep them.
+    let cache = cache::Cache::new(
+        config.redis.cache_url.clone(),
+        &config.stream_prefix,
+        config.cache_timeout,
+    );
+    let privacy = Arc::new(privacy::Privacy::new(Some(cache.clone())));
+    let load = || async {
+        let keys = auth::KeyCache::load(&pools.read).await?;
+        privacy.refresh(&pools.write).await?;
+        Ok(keys)
+    };
+    let Some(keys) = daemon::connect_then(&pools.read, &startup, &shutdown, load).await? else {
         ops.stop().await;
         return Ok(());
     };
@@ -87,25 +98,9 @@ pub async fn run(
     queue.spawn_watch(&tasks);
     // On the primary, like every key read: a replica may still show a key just revoked.
     keys.spawn_refresh(pools.write.clone(), config.key_refresh, &tasks);
-    let cache = cache::Cache::new(
-        config.redis.cache_url.clone(),
-        &config.stream_prefix,
-        config.cache_timeout,
-    );
     cache.spawn_connect(background.clone());
     cache.spawn_gauges(config.cache_stats_interval, &tasks);
-    // Suppression lists are read before the first request is served; notifications (on the
-    // key-change session) and the poll keep them.
-    let privacy = Arc::new(privacy::Privacy::default());
-    if let Err(e) = privacy.refresh(&pools.write).await {
-        tracing::warn!(error = %e, "Cannot read the suppression lists yet; polling.");
-    }
-    privacy.spawn_poll(
-        config.privacy_poll,
-        pools.write.clone(),
-        cache.clone(),
-        &tasks,
-    );
+    privacy.spawn_poll(config.privacy_poll, pools.write.clone(), &tasks);
     keys.spawn_listen(
         config.db.clone(),
         pools.write.clone(),

@@ -45,19 +45,46 @@ pub const MAX_ERASURE_BODY: usize = 2 * 1024 * 1024;
 /// What one app's privacy state is on this gateway.
 #[derive(Default, Clone)]
 struct AppPrivacy {
-    /// `privacy_epochs.suppressions` when `suppressed` was read.
+    /// `privacy_epochs.suppressions` of the snapshot `suppressed` was read from.
     suppressions: i64,
     erasures_done: i64,
     suppressed: Arc<HashSet<[u8; 32]>>,
+    /// Digests this gateway committed itself, with their epoch, not yet in a snapshot read
+    /// since: a re-read of an older snapshot keeps them.
+    local: Vec<(i64, [u8; 32])>,
+}
+
+impl AppPrivacy {
+    /// The list as read at `epoch`, if newer than what is held, plus the digests committed here
+    /// after that snapshot.
+    fn apply_snapshot(&mut self, epoch: i64, mut set: HashSet<[u8; 32]>) {
+        if epoch <= self.suppressions {
+            return;
+        }
+        self.local.retain(|(e, _)| *e > epoch);
+        set.extend(self.local.iter().map(|(_, d)| *d));
+        self.suppressions = epoch;
+        self.suppressed = Arc::new(set);
+    }
 }
 
 /// Every app's suppression list and erasure generation, as last read.
-#[derive(Default)]
 pub struct Privacy {
     apps: RwLock<HashMap<String, AppPrivacy>>,
+    /// Where the answers a finished erasure retired are deleted.
+    cache: Option<Arc<crate::cache::Cache>>,
 }
 
 impl Privacy {
+    /// The lists of every app, empty until [`Privacy::refresh`]; retired answers are deleted
+    /// from `cache`.
+    pub fn new(cache: Option<Arc<crate::cache::Cache>>) -> Self {
+        Self {
+            apps: RwLock::default(),
+            cache,
+        }
+    }
+
     /// The app's suppressed user digests, when it has any.
     fn suppressed(&self, app_id: &str) -> Option<Arc<HashSet<[u8; 32]>>> {
         let apps = self.apps.read().unwrap_or_else(|p| p.into_inner());
@@ -99,20 +126,21 @@ impl Privacy {
         (Cow::Owned(kept), dropped)
     }
 
-    /// Applies a suppression this gateway just committed (epoch `epoch`) before answering, so
-    /// the client's next request is already filtered here.
+    /// Applies a suppression this gateway just committed (at epoch `epoch`) before answering, so
+    /// the client's next request is already filtered here. The epoch read stays where it is:
+    /// other requests may have committed the epochs between, and the next re-read brings them.
     fn add_local(&self, app_id: &str, epoch: i64, digests: &[[u8; 32]]) {
         let mut apps = self.apps.write().unwrap_or_else(|p| p.into_inner());
         let app = apps.entry(app_id.to_owned()).or_default();
         let mut set: HashSet<[u8; 32]> = (*app.suppressed).clone();
         set.extend(digests.iter().copied());
         app.suppressed = Arc::new(set);
-        app.suppressions = app.suppressions.max(epoch);
+        app.local.extend(digests.iter().map(|d| (epoch, *d)));
     }
 
     /// Reads `privacy_epochs` and re-reads the suppression list of every app whose epoch moved
-    /// forward. Returns the apps whose erasure generation moved.
-    pub async fn refresh(&self, db: &Db) -> Result<Vec<String>, DbError> {
+    /// forward; deletes the cached answers of every app whose erasure generation moved.
+    pub async fn refresh(&self, db: &Db) -> Result<(), DbError> {
         let rows = db
             .query(
                 "read privacy epochs",
@@ -120,35 +148,53 @@ impl Privacy {
                 &[],
             )
             .await?;
-        let mut retired = Vec::new();
         for r in rows {
             let (app_id, suppressions, done): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
             let known = {
                 let apps = self.apps.read().unwrap_or_else(|p| p.into_inner());
-                apps.get(&app_id).cloned()
+                apps.get(&app_id).map(|a| (a.suppressions, a.erasures_done))
             };
-            let known = known.unwrap_or_default();
-            if suppressions > known.suppressions {
+            let (known_suppressions, known_done) = known.unwrap_or_default();
+            if suppressions > known_suppressions {
                 self.reload_app(db, &app_id).await?;
             }
-            if done > known.erasures_done {
-                let mut apps = self.apps.write().unwrap_or_else(|p| p.into_inner());
-                let app = apps.entry(app_id.clone()).or_default();
-                app.erasures_done = app.erasures_done.max(done);
-                retired.push(app_id);
+            if done > known_done {
+                {
+                    let mut apps = self.apps.write().unwrap_or_else(|p| p.into_inner());
+                    let app = apps.entry(app_id.clone()).or_default();
+                    app.erasures_done = app.erasures_done.max(done);
+                }
+                self.delete_retired(&app_id).await;
             }
         }
-        Ok(retired)
+        Ok(())
     }
 
-    /// [`Privacy::refresh`] on a notification, its errors logged (the poll tries again).
-    pub async fn refresh_logged(&self, db: &Db) {
-        if let Err(e) = self.refresh(db).await {
-            tracing::warn!(error = %e, "Cannot read the suppression lists.");
+    /// Deletes the app's cached answers of earlier generations (unreachable already: this only
+    /// frees the cache of what they said).
+    async fn delete_retired(&self, app_id: &str) {
+        if let Some(cache) = &self.cache {
+            let prefix = format!("{}:v1:{app_id}:", cache.prefix());
+            let _ = cache.invalidate_prefix(&prefix).await;
         }
     }
 
-    /// One app's suppression list and its epoch, read in one statement (one snapshot).
+    /// [`Privacy::refresh`], its errors logged and retried a few times a second apart (the poll
+    /// is the last resort).
+    pub async fn refresh_logged(&self, db: &Db) {
+        for attempt in 1..=3 {
+            match self.refresh(db).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e, "Cannot read the suppression lists.");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// One app's suppression list and its epoch, read in one statement (one snapshot). The
+    /// digests this gateway committed after that snapshot are kept.
     async fn reload_app(&self, db: &Db, app_id: &str) -> Result<(), DbError> {
         let row = db
             .query_one(
@@ -167,39 +213,21 @@ impl Privacy {
             .filter_map(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
             .collect();
         let mut apps = self.apps.write().unwrap_or_else(|p| p.into_inner());
-        let app = apps.entry(app_id.to_owned()).or_default();
-        if epoch > app.suppressions {
-            app.suppressions = epoch;
-            app.suppressed = Arc::new(set);
-        }
+        apps.entry(app_id.to_owned())
+            .or_default()
+            .apply_snapshot(epoch, set);
         Ok(())
     }
 
-    /// Polls every `every`; deletes the cached answers a finished erasure retired.
-    pub fn spawn_poll(
-        self: &Arc<Self>,
-        every: Duration,
-        db: Db,
-        cache: Arc<crate::cache::Cache>,
-        tasks: &shared::tasks::Tasks,
-    ) {
+    /// Re-reads every `every` in case a notification was lost.
+    pub fn spawn_poll(self: &Arc<Self>, every: Duration, db: Db, tasks: &shared::tasks::Tasks) {
         let privacy = self.clone();
         let stop = tasks.stop_token();
         tasks.spawn(
             "privacy_poll",
             shared::shutdown::every(every, stop, move || {
-                let (privacy, db, cache) = (privacy.clone(), db.clone(), cache.clone());
-                async move {
-                    match privacy.refresh(&db).await {
-                        Ok(retired) => {
-                            for app in retired {
-                                let prefix = format!("{}:v1:{app}:", cache.prefix());
-                                let _ = cache.invalidate_prefix(&prefix).await;
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "Cannot read the suppression lists."),
-                    }
-                }
+                let (privacy, db) = (privacy.clone(), db.clone());
+                async move { privacy.refresh_logged(&db).await }
             }),
         );
     }
@@ -371,6 +399,13 @@ struct ErasureBody {
     suppress: bool,
 }
 
+/// The app of the request's admin key, taken from a header only: a key in the query string
+/// ends up in proxies' and servers' access logs.
+async fn admin(state: &AppState, req: &Request<Incoming>) -> Result<crate::auth::Grant, ApiError> {
+    let key = crate::auth::presented_key(req.headers(), None).ok_or(ApiError::MissingKey)?;
+    crate::ingest::grant_for(state, key, KeyKind::Admin).await
+}
+
 /// `POST /v1/privacy/erasures`.
 pub async fn post(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match post_inner(state, req).await {
@@ -386,7 +421,7 @@ async fn post_inner(
     if state.shutdown.is_cancelled() {
         return Err(ApiError::ShuttingDown);
     }
-    let grant = crate::ingest::authenticate(state, &req, KeyKind::Admin).await?;
+    let grant = admin(state, &req).await?;
     let gzip = crate::body::check_headers(req.headers())?;
     let (parts, incoming) = req.into_parts();
     let bytes = crate::body::read(
@@ -423,7 +458,7 @@ async fn post_inner(
 /// `GET /v1/privacy/erasures/{id}`.
 pub async fn get(state: &AppState, req: Request<Incoming>, id: &str) -> Response<Full<Bytes>> {
     let answer = async {
-        let grant = crate::ingest::authenticate(state, &req, KeyKind::Admin).await?;
+        let grant = admin(state, &req).await?;
         let id = Uuid::try_parse(id).map_err(|_| ApiError::ErasureNotFound)?;
         let erasure = get_erasure(&state.pools.write, &grant.app_id, id)
             .await
@@ -479,8 +514,29 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_older_than_a_local_suppression_keeps_it_and_a_newer_one_replaces_all() {
+        let d = |u: &str| user_digest("app", u);
+        let mut app = AppPrivacy {
+            suppressions: 4,
+            ..AppPrivacy::default()
+        };
+        // This gateway committed epoch 6 (x); another committed epoch 5 (y) meanwhile.
+        app.suppressed = Arc::new([d("x")].into());
+        app.local.push((6, d("x")));
+        app.apply_snapshot(5, [d("y")].into());
+        assert_eq!(app.suppressions, 5);
+        assert!(app.suppressed.contains(&d("x")) && app.suppressed.contains(&d("y")));
+        // A stale snapshot changes nothing; the one of epoch 6 holds both and drops the local.
+        app.apply_snapshot(5, HashSet::new());
+        assert_eq!(app.suppressed.len(), 2);
+        app.apply_snapshot(6, [d("x"), d("y")].into());
+        assert!(app.local.is_empty());
+        assert_eq!((app.suppressions, app.suppressed.len()), (6, 2));
+    }
+
+    #[test]
     fn suppressed_users_events_are_dropped_and_others_borrowed() {
-        let p = Privacy::default();
+        let p = Privacy::new(None);
         let events = vec![event(Some("gone")), event(Some("kept")), event(None)];
         let (kept, n) = p.without_suppressed("app", &events);
         assert!(matches!(kept, Cow::Borrowed(_)));

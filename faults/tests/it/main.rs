@@ -1,5 +1,6 @@
 mod budget;
 mod cluster;
+mod erasure;
 mod prometheus;
 mod security;
 mod up;

@@ -81,6 +81,16 @@ async fn only_admin_keys_reach_the_privacy_routes_and_they_reach_nothing_else() 
     }
     let r = erase(&addr, "sk_admin_unknown", body).await;
     assert_eq!(r.status, 401);
+    // Never from the query string, which access logs keep.
+    let r = request_at(
+        &addr,
+        Method::POST,
+        &format!("/v1/privacy/erasures?api_key={admin}"),
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await;
+    assert_eq!(code(&r), (401, Some("missing_key")), "{}", r.body);
 
     let r = post_events(&addr, &admin, r#"{"event_name":"e"}"#.into()).await;
     assert_eq!(code(&r), (403, Some("admin_key")), "{}", r.body);
