@@ -37,11 +37,23 @@ CREATE TABLE erasures (
     -- The last dead letter the 'delete' phase examined: dead letters are read in id order,
     -- once, since those that mention none of the users stay (and would be read again).
     dead_letters_after bigint NOT NULL DEFAULT 0,
+    -- The days (UTC) of the events the 'delete' phase removed: where the users' summary members
+    -- can be.
+    days         date[]      NOT NULL DEFAULT '{}',
+    -- The primary's WAL position after the summary fold: gateways' read replicas must have
+    -- replayed it before the cache generation moves.
+    fold_lsn     pg_lsn,
     attempts     integer     NOT NULL DEFAULT 0,
     error        text
 );
 CREATE INDEX erasures_app_idx ON erasures (app_id, requested_at);
 CREATE INDEX erasures_open_idx ON erasures (requested_at) WHERE status IN ('pending', 'running');
+
+-- The queue's low-water mark in PostgreSQL's clock: now() minus the age of the oldest entry
+-- still queued (its age by Redis's clock), so a Redis clock running ahead or behind does not
+-- move it. Erasures wait for it. (`queue_low_water` stays in Redis's clock: it is compared with
+-- stream entry ids.)
+ALTER TABLE stream_pipelines ADD COLUMN queue_low_water_db timestamptz;
 
 CREATE TABLE erasure_users (
     erasure_id uuid  NOT NULL REFERENCES erasures (erasure_id) ON DELETE CASCADE,

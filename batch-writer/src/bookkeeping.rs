@@ -53,30 +53,54 @@ if first[1] then id = first[1][1] end
 return {id, t[1], t[2]}
 ";
 
-/// The queue's low-water mark, in milliseconds since the epoch (Redis server time).
-pub async fn queue_low_water(redis: &mut RedisConn, keys: &Keys) -> redis::RedisResult<u64> {
+/// The queue's low-water mark: the oldest entry's time, and how old it was when read, both in
+/// milliseconds of Redis's clock (an empty shard counts as an entry made at the read).
+pub async fn queue_low_water(redis: &mut RedisConn, keys: &Keys) -> redis::RedisResult<LowWater> {
     let script = redis::Script::new(FIRST_AND_TIME);
-    let mut low = u64::MAX;
+    let mut low = LowWater {
+        ms: u64::MAX,
+        age_ms: 0,
+    };
     for shard in 0..keys.shards() {
         let (id, secs, micros): (String, u64, u64) =
             script.key(keys.stream(shard)).invoke_async(redis).await?;
-        let ms = queue::entry_millis(&id).unwrap_or(secs * 1000 + micros / 1000);
-        low = low.min(ms);
+        let now = secs * 1000 + micros / 1000;
+        let ms = queue::entry_millis(&id).unwrap_or(now);
+        if ms < low.ms {
+            low = LowWater {
+                ms,
+                age_ms: now.saturating_sub(ms),
+            };
+        }
     }
     Ok(low)
+}
+
+/// A low-water mark as read from Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LowWater {
+    /// The oldest queued entry's time, Redis's clock, ms since the epoch.
+    pub ms: u64,
+    /// Its age when read.
+    pub age_ms: u64,
 }
 
 /// Records a low-water mark read now, replacing the last one: a mark read earlier and recorded
 /// later (two writers) is merely cautious. A mark ahead of PostgreSQL's clock by more than the
 /// prune job's margin (a Redis clock running fast) is recorded as that bound, so it cannot hold
 /// the cutoff ahead of the keys a backlog still needs.
-pub async fn report_low_water(db: &Db, pipeline: u16, ms: u64) -> Result<(), DbError> {
-    let at = DateTime::<Utc>::from_timestamp_millis(ms as i64).unwrap_or(DateTime::<Utc>::MIN_UTC);
+/// The same mark in PostgreSQL's clock (`queue_low_water_db`: now() minus the entry's age) goes
+/// beside it, for erasures.
+pub async fn report_low_water(db: &Db, pipeline: u16, low: LowWater) -> Result<(), DbError> {
+    let at =
+        DateTime::<Utc>::from_timestamp_millis(low.ms as i64).unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let age_ms = low.age_ms.min(i64::MAX as u64) as i64;
     db.execute(
         "report queue low water",
         "UPDATE stream_pipelines SET queue_low_water = least($2, now() + interval '10 minutes'), \
+         queue_low_water_db = now() - make_interval(secs => $3::bigint / 1000.0), \
          low_water_at = now() WHERE pipeline_id = $1",
-        &[&(pipeline as i16), &at],
+        &[&(pipeline as i16), &at, &age_ms],
     )
     .await?;
     Ok(())
@@ -85,8 +109,8 @@ pub async fn report_low_water(db: &Db, pipeline: u16, ms: u64) -> Result<(), DbE
 /// Reads and records the low-water mark; errors are logged (the mark just stays older).
 pub async fn low_water_chore(db: &Db, redis: &mut RedisConn, keys: &Keys, pipeline: u16) {
     match queue_low_water(redis, keys).await {
-        Ok(ms) => {
-            if let Err(e) = report_low_water(db, pipeline, ms).await {
+        Ok(low) => {
+            if let Err(e) = report_low_water(db, pipeline, low).await {
                 tracing::warn!(error = %e, "Cannot record the queue's low-water mark.");
             }
         }

@@ -45,9 +45,10 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// Rows one batch deletes, at most; each batch is one short transaction.
 pub const BATCH_ROWS: i64 = 5_000;
 
-/// How far past a request every queue's low-water mark must be: suppression reaching every
-/// gateway (notified within milliseconds) and the clocks of Redis and PostgreSQL differing.
-pub const QUEUE_MARGIN: Duration = Duration::from_secs(2);
+/// How far past a request every queue's low-water mark must be: a push a gateway started before
+/// the request and Redis took late (within the gateway's Redis timeout), and a suppression
+/// reaching every gateway (notified within milliseconds). The mark is in PostgreSQL's clock.
+pub const QUEUE_MARGIN: Duration = Duration::from_secs(5);
 
 /// How long the bump of `erasures_done` is visible before the request is done: ample for every
 /// gateway to hear its notification, so whoever sees "done" and then reads the stats API is
@@ -159,6 +160,8 @@ struct Request {
     raw_phase: Option<String>,
     requested_at: DateTime<Utc>,
     dead_letters_after: i64,
+    /// The days of the events removed so far (where the users' summary members can be).
+    days: Vec<chrono::NaiveDate>,
     user_ids: Vec<String>,
 }
 
@@ -294,7 +297,7 @@ async fn advance_oldest(
 async fn load_oldest(client: &Object) -> Result<Option<Request>, DbError> {
     let Some(row) = client
         .query_opt(
-            "SELECT erasure_id, app_id, status, phase, requested_at, dead_letters_after \
+            "SELECT erasure_id, app_id, status, phase, requested_at, dead_letters_after, days \
              FROM erasures WHERE status IN ('pending', 'running') \
              ORDER BY requested_at, erasure_id LIMIT 1",
             &[],
@@ -330,6 +333,7 @@ async fn load_oldest(client: &Object) -> Result<Option<Request>, DbError> {
         raw_phase,
         requested_at: row.get(4),
         dead_letters_after: row.get(5),
+        days: row.get(6),
         user_ids,
     }))
 }
@@ -418,7 +422,7 @@ async fn queue(client: &Object, req: &Request) -> Result<Step, ErasureError> {
     let behind: i64 = client
         .query_one(
             "SELECT count(*) FROM stream_pipelines \
-             WHERE queue_low_water IS NULL OR queue_low_water < $1",
+             WHERE queue_low_water_db IS NULL OR queue_low_water_db < $1",
             &[&after],
         )
         .await

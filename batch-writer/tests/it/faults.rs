@@ -517,6 +517,22 @@ async fn two_pipelines_sharing_a_database_never_skip_each_others_entries() {
     })
     .await;
     assert!(marked.is_some(), "both pipelines recorded a low-water mark");
+    // With the queues empty, the mark in PostgreSQL's clock is the moment of the report (the
+    // next report after the drain, within LOW_WATER_EVERY).
+    let fresh = shared::testing::wait_for(Duration::from_secs(15), || async {
+        let n = count(
+            &db,
+            "SELECT count(*) FROM stream_pipelines \
+             WHERE queue_low_water_db BETWEEN low_water_at - interval '1 second' AND low_water_at",
+        )
+        .await;
+        (n == 2).then_some(())
+    })
+    .await;
+    assert!(
+        fresh.is_some(),
+        "the marks in PostgreSQL's clock follow the empty queues"
+    );
     a.stop().await;
     b.stop().await;
     cleanup(&pa).await;

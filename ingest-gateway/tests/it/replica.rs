@@ -87,6 +87,7 @@ async fn a_streaming_replica_serves_the_reads_and_its_loss_is_a_clear_503() {
     })
     .await;
     assert!(seen.is_some(), "the replica served the new rows");
+    erasure_waits_for_the_replica(&gw, port, &path, &auth).await;
 
     replica.stop();
     let started = std::time::Instant::now();
@@ -107,4 +108,60 @@ async fn a_streaming_replica_serves_the_reads_and_its_loss_is_a_clear_503() {
     assert!(r.headers.contains_key("retry-after"));
     assert!(started.elapsed() < Duration::from_secs(15));
     gw.stop().await;
+}
+
+/// An erasure's summary fold must reach the replica before the cache generation moves: with
+/// the replica's replay paused, the request waits in `summary`; resumed, it finishes, and the
+/// stats read from the replica right after `done` no longer count the user.
+async fn erasure_waits_for_the_replica(gw: &Gateway, port: u16, path: &str, auth: &str) {
+    use maintenance_worker::erasure::{self, ErasureCtx, State};
+    let jobs = maintenance_worker::jobs::JobCtx {
+        db: shared::db::Pools::new(&gw.db.config())
+            .expect("pools")
+            .write,
+        clock: maintenance_worker::clock::Clock::System,
+        retention_months: 12,
+        premake_months: 6,
+        dedupe_window: Duration::from_secs(86_400),
+    };
+    let ctx = ErasureCtx::new(jobs.clone(), tokio_util::sync::CancellationToken::new());
+    ingest_gateway::privacy::create_erasure(&jobs.db, &gw.app.app_id, &["u1".into()], false)
+        .await
+        .expect("request");
+    let (replica, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("replica");
+    tokio::spawn(conn);
+    replica
+        .batch_execute("SELECT pg_wal_replay_pause()")
+        .await
+        .expect("pause");
+    let held = shared::testing::wait_for(Duration::from_secs(20), || async {
+        let p = erasure::tick(&ctx).await.expect("tick")?;
+        (p.state == State::Summary && p.waiting).then_some(())
+    })
+    .await;
+    replica
+        .batch_execute("SELECT pg_wal_replay_resume()")
+        .await
+        .expect("resume");
+    assert!(
+        held.is_some(),
+        "the request waits for the replica in summary"
+    );
+    let done = shared::testing::wait_for(Duration::from_secs(20), || async {
+        let p = erasure::tick(&ctx).await.expect("tick")?;
+        (p.state == State::Done).then_some(())
+    })
+    .await;
+    assert!(done.is_some(), "done once the replica replayed the fold");
+    let r = gw
+        .request(Method::GET, path, &[("authorization", auth)], "")
+        .await;
+    assert_eq!(r.body["events"][0]["events"], 6, "{}", r.body);
 }

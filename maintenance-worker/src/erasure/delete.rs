@@ -10,7 +10,8 @@
 //! 3. Every partition of `analytics_events`, found by `analytics_events_user_idx`, deleted
 //!    through the parent (pruned to the partition by its bounds): the summary's statement
 //!    trigger fires only there, and it marks the days the fold must recompute.
-//! 4. The users' ids in `summary_members`.
+//! 4. The users' ids in `summary_members`, on the days of the events removed (recorded with
+//!    each batch in `erasures.days`).
 //!
 //! A place is done when a batch finds nothing there, so rows moved meanwhile are not missed.
 
@@ -61,59 +62,117 @@ impl Place {
     }
 }
 
-/// $1 app, $2 user ids, $3 batch size. The outer conditions recheck a row that changed meanwhile.
-const QUARANTINE: &str = "DELETE FROM events_quarantine \
-     WHERE app_id = $1 AND user_id = ANY($2) AND ctid = ANY(ARRAY(\
-       SELECT ctid FROM events_quarantine WHERE app_id = $1 AND user_id = ANY($2) LIMIT $3))";
+/// One batch of a place: the candidates (`c`, at most $3), those deleted (`d`, rechecked: a row
+/// may have moved meanwhile), and the days (UTC) of the deleted events. A place is done when a
+/// batch finds no candidate, not when it deletes nothing: a batch whose candidates all moved
+/// meanwhile (the quarantine move) says nothing about the rows after them.
+fn batch_sql(candidates: &str, delete: &str, day: &str) -> String {
+    format!(
+        "WITH c AS ({candidates} LIMIT $3), \
+         d AS ({delete} AND ctid = ANY(ARRAY(SELECT ctid FROM c)) RETURNING {day} AS day) \
+         SELECT (SELECT count(*) FROM c), (SELECT count(*) FROM d), \
+                ARRAY(SELECT DISTINCT day FROM d WHERE day IS NOT NULL)"
+    )
+}
 
-const MEMBERS: &str = "DELETE FROM summary_members \
-     WHERE app_id = $1 AND kind = 'u' AND member = ANY($2) AND ctid = ANY(ARRAY(\
-       SELECT ctid FROM summary_members WHERE app_id = $1 AND kind = 'u' AND member = ANY($2) \
-       LIMIT $3))";
+/// $1 app, $2 user ids, $3 batch size.
+fn quarantine_sql() -> String {
+    batch_sql(
+        "SELECT ctid FROM events_quarantine WHERE app_id = $1 AND user_id = ANY($2)",
+        "DELETE FROM events_quarantine WHERE app_id = $1 AND user_id = ANY($2)",
+        "NULL::date",
+    )
+}
 
-/// One batch of month `m`'s events: ctids found through the user index on the partition, deleted
-/// through the parent. The bounds come from the clock-computed month, never from input.
+/// $1 app, $2 user ids, $3 batch size, $4 the days the request's events were on: the users'
+/// members can only be on those days (the primary key's `(app_id, day)` prefix finds them).
+fn members_sql() -> String {
+    batch_sql(
+        "SELECT ctid FROM summary_members \
+         WHERE app_id = $1 AND day = ANY($4) AND kind = 'u' AND member = ANY($2)",
+        "DELETE FROM summary_members \
+         WHERE app_id = $1 AND day = ANY($4) AND kind = 'u' AND member = ANY($2)",
+        "NULL::date",
+    )
+}
+
+/// One batch of month `m`'s events: candidates found through the user index on the partition,
+/// deleted through the parent (pruned to the partition by the month's bounds), so the summary's
+/// statement trigger marks their days. The bounds come from the clock-computed month, never
+/// from input.
 fn events_sql(m: Month) -> String {
     let (from, to) = (m.start().to_rfc3339(), m.plus(1).start().to_rfc3339());
-    format!(
-        "DELETE FROM analytics_events \
-         WHERE occurred_at >= '{from}' AND occurred_at < '{to}' \
-           AND app_id = $1 AND user_id = ANY($2) AND ctid = ANY(ARRAY(\
-             SELECT ctid FROM {part} \
+    batch_sql(
+        &format!(
+            "SELECT ctid FROM {part} \
               WHERE hashtextextended(app_id || chr(31) || user_id, 0) = ANY(ARRAY(\
                       SELECT hashtextextended($1::text || chr(31) || u, 0) \
                         FROM unnest($2::text[]) u)) \
-                AND user_id IS NOT NULL AND app_id = $1 AND user_id = ANY($2) LIMIT $3))",
-        part = m.partition_name()
+                AND user_id IS NOT NULL AND app_id = $1 AND user_id = ANY($2)",
+            part = m.partition_name()
+        ),
+        &format!(
+            "DELETE FROM analytics_events \
+              WHERE occurred_at >= '{from}' AND occurred_at < '{to}' \
+                AND app_id = $1 AND user_id = ANY($2)"
+        ),
+        "(occurred_at AT TIME ZONE 'UTC')::date",
     )
 }
 
 /// Runs batches until every place is empty of the users (then moves to `summary`), or the
-/// tick's budget is spent.
+/// tick's budget is spent. The views job's lock is held meanwhile, so no fold recomputes the
+/// users' days between the event and member passes (which would make the members' count
+/// inexact); a fold running now makes the phase wait.
 pub(super) async fn run(
     client: &mut Object,
     req: &mut Request,
     budget: &mut Budget<'_>,
 ) -> Result<Step, ErasureError> {
+    let views = crate::jobs::Job::Views.lock_key();
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&views])
+        .await
+        .map_err(DbError::query("take the views lock"))?
+        .get(0);
+    if !locked {
+        return Ok(Step::Wait);
+    }
+    let out = passes(client, req, budget).await;
+    let unlocked = client
+        .query_one("SELECT pg_advisory_unlock($1)", &[&views])
+        .await;
+    if let Err(e) = unlocked {
+        return Err(DbError::query("release the views lock")(e).into());
+    }
+    match out? {
+        true => set_phase(client, req, State::Delete, State::Summary).await,
+        false => Ok(Step::Pause),
+    }
+}
+
+/// Every place in order; false when the budget ran out first.
+async fn passes(
+    client: &mut Object,
+    req: &mut Request,
+    budget: &mut Budget<'_>,
+) -> Result<bool, ErasureError> {
     if !dead_letters(client, req, budget).await?
-        || !drain(client, req, Place::Quarantine, QUARANTINE, budget).await?
+        || !drain(client, req, Place::Quarantine, &quarantine_sql(), budget).await?
     {
-        return Ok(Step::Pause);
+        return Ok(false);
     }
     for m in partitions::existing(client).await? {
         if !drain_partition(client, req, m, budget).await? {
-            return Ok(Step::Pause);
+            return Ok(false);
         }
     }
-    if !drain(client, req, Place::SummaryMembers, MEMBERS, budget).await? {
-        return Ok(Step::Pause);
-    }
-    set_phase(client, req, State::Delete, State::Summary).await
+    drain(client, req, Place::SummaryMembers, &members_sql(), budget).await
 }
 
 async fn drain_partition(
     client: &mut Object,
-    req: &Request,
+    req: &mut Request,
     m: Month,
     budget: &mut Budget<'_>,
 ) -> Result<bool, ErasureError> {
@@ -123,14 +182,16 @@ async fn drain_partition(
     }
 }
 
-/// Deletes batches of `sql` until one finds nothing (true) or the budget is spent (false).
+/// Runs batches of `sql` (see [`batch_sql`]) until one finds no candidate (true) or the budget
+/// is spent (false). Each batch commits its deletions with their count and days.
 async fn drain(
     client: &mut Object,
-    req: &Request,
+    req: &mut Request,
     place: Place,
     sql: &str,
     budget: &mut Budget<'_>,
 ) -> Result<bool, ErasureError> {
+    let members = place == Place::SummaryMembers;
     loop {
         if budget.exhausted() {
             return Ok(false);
@@ -139,18 +200,29 @@ async fn drain(
             .transaction()
             .await
             .map_err(DbError::query("begin erasure batch"))?;
-        let n = tx
-            .execute(sql, &[&req.app_id, &req.user_ids, &budget.rows])
-            .await
-            .map_err(DbError::query(place.op()))?;
-        if n == 0 {
+        let row = if members {
+            tx.query_one(sql, &[&req.app_id, &req.user_ids, &budget.rows, &req.days])
+                .await
+        } else {
+            tx.query_one(sql, &[&req.app_id, &req.user_ids, &budget.rows])
+                .await
+        }
+        .map_err(DbError::query(place.op()))?;
+        let (found, n, days): (i64, i64, Vec<chrono::NaiveDate>) =
+            (row.get(0), row.get(1), row.get(2));
+        if found == 0 {
             return Ok(true);
         }
-        count(&tx, req, place, n, None).await?;
+        count(&tx, req, place, n as u64, None, &days).await?;
         tx.commit()
             .await
             .map_err(DbError::query("commit erasure batch"))?;
-        metrics::erasure_rows(place.key(), n);
+        for d in days {
+            if !req.days.contains(&d) {
+                req.days.push(d);
+            }
+        }
+        metrics::erasure_rows(place.key(), n as u64);
         budget.spend();
     }
 }
@@ -163,14 +235,22 @@ async fn count(
     place: Place,
     n: u64,
     dead_letters_after: Option<i64>,
+    days: &[chrono::NaiveDate],
 ) -> Result<(), ErasureError> {
     let updated = tx
         .execute(
             "UPDATE erasures SET removed = removed || jsonb_build_object($2::text, \
                coalesce((removed ->> $2::text)::bigint, 0) + $3::bigint), \
-             dead_letters_after = coalesce($4, dead_letters_after) \
+             dead_letters_after = coalesce($4, dead_letters_after), \
+             days = ARRAY(SELECT DISTINCT d FROM unnest(days || $5::date[]) AS d ORDER BY 1) \
              WHERE erasure_id = $1 AND status = 'running' AND phase = 'delete'",
-            &[&req.id, &place.key(), &(n as i64), &dead_letters_after],
+            &[
+                &req.id,
+                &place.key(),
+                &(n as i64),
+                &dead_letters_after,
+                &days,
+            ],
         )
         .await
         .map_err(DbError::query("count erased rows"))?;
@@ -231,7 +311,7 @@ async fn dead_letter_batch(
         .execute("DELETE FROM dead_letters WHERE id = ANY($1)", &[&doomed])
         .await
         .map_err(DbError::query(Place::DeadLetters.op()))?;
-    count(&tx, req, Place::DeadLetters, n, Some(last)).await?;
+    count(&tx, req, Place::DeadLetters, n, Some(last), &[]).await?;
     tx.commit()
         .await
         .map_err(DbError::query("commit erasure batch"))?;

@@ -2,6 +2,8 @@
 //! (`privacy_epochs.erasures_done`), and the request done with its clear ids forgotten; or, after
 //! [`MAX_ATTEMPTS`] failed attempts, failed (its ids forgotten too).
 
+use std::time::Duration;
+
 use deadpool_postgres::{Object, Transaction};
 use shared::db::DbError;
 use uuid::Uuid;
@@ -10,17 +12,44 @@ use super::{ErasureCtx, ErasureError, Progress, Request, State, Step, MAX_ATTEMP
 use crate::jobs::{self, Job, JobError};
 use crate::metrics;
 
-/// Folds the summary (recomputing the dirty days), then bumps the app's `erasures_done` and
-/// enters `cache`, in one transaction so the bump happens once.
+/// How long the summary phase waits at most for streaming replicas to replay the fold; a
+/// replica the worker's role cannot see the position of (it lacks `pg_monitor`) is waited
+/// for this long.
+pub const REPLICA_WAIT: Duration = Duration::from_secs(30);
+
+/// Folds the summary (recomputing the dirty days) and records the WAL position after it; once
+/// every streaming replica has replayed that far (gateways read stats there), bumps the app's
+/// `erasures_done` and enters `cache`, in one transaction so the bump happens once.
 pub(super) async fn summary(
     ctx: &ErasureCtx,
     client: &mut Object,
     req: &Request,
 ) -> Result<Step, ErasureError> {
-    match jobs::run(Job::Views, &ctx.jobs).await {
-        Ok(_) => {}
-        Err(JobError::Busy(_)) => return Ok(Step::Wait),
-        Err(JobError::Db(e)) => return Err(e.into()),
+    let folded: bool = client
+        .query_one(
+            "SELECT fold_lsn IS NOT NULL FROM erasures WHERE erasure_id = $1",
+            &[&req.id],
+        )
+        .await
+        .map_err(DbError::query("read erasure fold"))?
+        .get(0);
+    if !folded {
+        match jobs::run(Job::Views, &ctx.jobs).await {
+            Ok(_) => {}
+            Err(JobError::Busy(_)) => return Ok(Step::Wait),
+            Err(JobError::Db(e)) => return Err(e.into()),
+        }
+        client
+            .execute(
+                "UPDATE erasures SET fold_lsn = pg_current_wal_lsn(), phase_at = clock_timestamp() \
+                 WHERE erasure_id = $1 AND status = 'running' AND phase = 'summary'",
+                &[&req.id],
+            )
+            .await
+            .map_err(DbError::query("record erasure fold"))?;
+    }
+    if !replicas_caught_up(client, req).await? {
+        return Ok(Step::Wait);
     }
     let tx = client
         .transaction()
@@ -49,6 +78,25 @@ pub(super) async fn summary(
         .map_err(DbError::query("commit erasure cache bump"))?;
     tracing::info!(erasure_id = %req.id, phase = "cache", "Erasure moved on.");
     Ok(Step::Next(State::Cache))
+}
+
+/// Every streaming replica has replayed the fold, or [`REPLICA_WAIT`] has passed since it.
+async fn replicas_caught_up(client: &Object, req: &Request) -> Result<bool, ErasureError> {
+    let (behind, waited): (i64, bool) = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_stat_replication r \
+                      WHERE r.replay_lsn IS NULL OR r.replay_lsn < e.fold_lsn), \
+                    clock_timestamp() - e.phase_at > $2::bigint * interval '1 ms' \
+               FROM erasures e WHERE e.erasure_id = $1",
+            &[&req.id, &(REPLICA_WAIT.as_millis() as i64)],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .map_err(DbError::query("read replicas' replay"))?;
+    if behind > 0 && waited {
+        tracing::warn!(erasure_id = %req.id, replicas = behind, "Replicas have not replayed the erasure's summary (or their position cannot be read: grant pg_monitor); going on.");
+    }
+    Ok(behind == 0 || waited)
 }
 
 /// Once the bump has been visible for the cache wait: done, the clear ids forgotten.

@@ -268,7 +268,7 @@ async fn a_request_waits_for_what_was_queued_before_it() {
     setup(&c).await;
     event(&c, "app", "u1", "view", Utc::now()).await;
     c.batch_execute(
-        "INSERT INTO stream_pipelines (pipeline_id, stream_prefix, queue_low_water) \
+        "INSERT INTO stream_pipelines (pipeline_id, stream_prefix, queue_low_water_db) \
          VALUES (7, 'a', now() - interval '1 minute'), (8, 'b', NULL)",
     )
     .await
@@ -281,8 +281,8 @@ async fn a_request_waits_for_what_was_queued_before_it() {
     }
     // One pipeline past the request is not enough; the one that never reported holds it too.
     c.execute(
-        "UPDATE stream_pipelines SET queue_low_water = \
-         (SELECT requested_at FROM erasures WHERE erasure_id = $1) + interval '2 seconds' \
+        "UPDATE stream_pipelines SET queue_low_water_db = \
+         (SELECT requested_at FROM erasures WHERE erasure_id = $1) + interval '5 seconds' \
          WHERE pipeline_id = 7",
         &[&id],
     )
@@ -291,8 +291,8 @@ async fn a_request_waits_for_what_was_queued_before_it() {
     let p = erasure::tick(&ctx).await.expect("tick").expect("open");
     assert_eq!((p.state, p.waiting), (State::Queue, true));
     c.execute(
-        "UPDATE stream_pipelines SET queue_low_water = \
-         (SELECT requested_at FROM erasures WHERE erasure_id = $1) + interval '3 seconds'",
+        "UPDATE stream_pipelines SET queue_low_water_db = \
+         (SELECT requested_at FROM erasures WHERE erasure_id = $1) + interval '6 seconds'",
         &[&id],
     )
     .await
