@@ -27,6 +27,7 @@ const CONTRACT: &[&str] = &[
     "sluice_db_pool_connections",
     "sluice_cache_hits_total",
     "sluice_cache_misses_total",
+    "sluice_events_suppressed_total",
 ];
 
 /// Label names whose values come from small fixed sets (or are Prometheus's own).
@@ -46,6 +47,7 @@ const BOUNDED_LABELS: &[&str] = &[
     "task",
     "sqlstate",
     "route",
+    "place",
     "status",
     "alertname",
     "alertstate",
