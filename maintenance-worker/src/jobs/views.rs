@@ -18,33 +18,33 @@ WITH d AS (DELETE FROM summary_pending RETURNING *)
 INSERT INTO sluice_fold SELECT app_id, day, event_name, events, users, sessions FROM d;
 WITH d AS (DELETE FROM summary_dirty RETURNING *)
 INSERT INTO sluice_dirty SELECT DISTINCT app_id, day FROM d;
+ANALYZE sluice_fold;
+ANALYZE sluice_dirty;
 ";
 
 /// Dirty days: recomputed whole from the partitions (the pending rows of those days are part of
-/// what the recomputation reads, so they are dropped from the fold).
+/// what the recomputation reads, so they are dropped from the fold). The days' rows are read
+/// once, each day by its range of the `(app_id, occurred_at)` index (the temp tables were just
+/// analyzed, so the planner knows how few days there are), then counted three ways.
 const RECOMPUTE: &str = "
 DELETE FROM sluice_fold f USING sluice_dirty d WHERE f.app_id = d.app_id AND f.day = d.day;
 DELETE FROM daily_analytics_summary s USING sluice_dirty d
  WHERE s.app_id = d.app_id AND s.day = d.day;
 DELETE FROM summary_members m USING sluice_dirty d WHERE m.app_id = d.app_id AND m.day = d.day;
+CREATE TEMP TABLE sluice_day_rows ON COMMIT DROP AS
+SELECT e.app_id, d.day, e.event_name, e.user_id, e.session_id
+  FROM sluice_dirty d JOIN analytics_events e ON e.app_id = d.app_id
+   AND e.occurred_at >= d.day::timestamp AT TIME ZONE 'UTC'
+   AND e.occurred_at < (d.day + 1)::timestamp AT TIME ZONE 'UTC';
 INSERT INTO summary_members (app_id, day, event_name, kind, member)
-SELECT DISTINCT e.app_id, d.day, e.event_name, 'u', e.user_id
-  FROM sluice_dirty d JOIN analytics_events e ON e.app_id = d.app_id
-   AND e.occurred_at >= d.day::timestamp AT TIME ZONE 'UTC'
-   AND e.occurred_at < (d.day + 1)::timestamp AT TIME ZONE 'UTC'
- WHERE e.user_id IS NOT NULL
+SELECT DISTINCT app_id, day, event_name, 'u', user_id FROM sluice_day_rows
+ WHERE user_id IS NOT NULL
 UNION ALL
-SELECT DISTINCT e.app_id, d.day, e.event_name, 's', e.session_id
-  FROM sluice_dirty d JOIN analytics_events e ON e.app_id = d.app_id
-   AND e.occurred_at >= d.day::timestamp AT TIME ZONE 'UTC'
-   AND e.occurred_at < (d.day + 1)::timestamp AT TIME ZONE 'UTC'
- WHERE e.session_id IS NOT NULL;
+SELECT DISTINCT app_id, day, event_name, 's', session_id FROM sluice_day_rows
+ WHERE session_id IS NOT NULL;
 INSERT INTO daily_analytics_summary
-SELECT e.app_id, d.day, e.event_name, count(*), count(DISTINCT e.user_id),
-       count(DISTINCT e.session_id)
-  FROM sluice_dirty d JOIN analytics_events e ON e.app_id = d.app_id
-   AND e.occurred_at >= d.day::timestamp AT TIME ZONE 'UTC'
-   AND e.occurred_at < (d.day + 1)::timestamp AT TIME ZONE 'UTC'
+SELECT app_id, day, event_name, count(*), count(DISTINCT user_id), count(DISTINCT session_id)
+  FROM sluice_day_rows
  GROUP BY 1, 2, 3;
 ";
 
