@@ -88,6 +88,40 @@ END $$;
 CREATE TRIGGER privacy_epochs_notify AFTER INSERT OR UPDATE ON privacy_epochs
   FOR EACH ROW EXECUTE FUNCTION sluice_notify_privacy_change();
 
+-- Events an erasure deleted, per statement and (app, day, event name): the erasure takes them out
+-- of the summary itself (its count, its ids no other event of that day and name has), so its cost
+-- follows the erased users' rows instead of recomputing whole days of the app. A delete made with
+-- `sluice.erasure_id` set (the erasure's batches) is recorded here instead of marking its days
+-- dirty.
+CREATE TABLE summary_erased (
+    erasure_id uuid   NOT NULL,
+    app_id     text   NOT NULL,
+    day        date   NOT NULL,
+    event_name text   NOT NULL,
+    events     bigint NOT NULL,
+    users      text[] NOT NULL,
+    sessions   text[] NOT NULL
+);
+CREATE INDEX summary_erased_erasure_idx ON summary_erased (erasure_id);
+
+CREATE OR REPLACE FUNCTION sluice_summary_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  erasure text := nullif(current_setting('sluice.erasure_id', true), '');
+BEGIN
+  IF erasure IS NULL THEN
+    INSERT INTO summary_dirty (app_id, day)
+    SELECT DISTINCT app_id, (occurred_at AT TIME ZONE 'UTC')::date FROM sluice_old_rows;
+  ELSE
+    INSERT INTO summary_erased (erasure_id, app_id, day, event_name, events, users, sessions)
+    SELECT erasure::uuid, app_id, (occurred_at AT TIME ZONE 'UTC')::date, event_name, count(*),
+           coalesce(array_agg(DISTINCT user_id) FILTER (WHERE user_id IS NOT NULL), '{}'),
+           coalesce(array_agg(DISTINCT session_id) FILTER (WHERE session_id IS NOT NULL), '{}')
+      FROM sluice_old_rows
+     GROUP BY 2, 3, 4;
+  END IF;
+  RETURN NULL;
+END $$;
+
 -- "This app's rows of this user", cheap: an 8-byte key per event (a hash of app and user id)
 -- instead of two collated text columns; queries recheck app_id and user_id. Created on the parent
 -- only, so this migration never builds it over existing rows while holding the lock that blocks

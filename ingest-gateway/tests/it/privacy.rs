@@ -569,7 +569,7 @@ async fn an_erasure_reaches_the_queue_the_summary_and_the_cached_stats() {
     assert_eq!((p.state, p.waiting), (State::Queue, true));
     assert_eq!(status_of(&addr, &admin, &id).await.body["phase"], "queue");
     let (stop, task) = crate::helpers::writer_task(&gw).await;
-    let done = wait_for(Duration::from_secs(40), || async {
+    let done = wait_for(Duration::from_secs(90), || async {
         let p = erasure::tick(&ctx).await.expect("tick")?;
         (p.state == State::Done).then_some(())
     })

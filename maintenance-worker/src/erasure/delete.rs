@@ -10,8 +10,9 @@
 //! 3. Every partition of `analytics_events`, found by `analytics_events_user_idx`, deleted
 //!    through the parent (pruned to the partition by its bounds): the summary's statement
 //!    trigger fires only there, and it marks the days the fold must recompute.
-//! 4. The users' ids in `summary_members`, on the days of the events removed (recorded with
-//!    each batch in `erasures.days`).
+//! The summary's members and counts are the `summary` phase's (`jobs::views::fold`): the event
+//! batches run with `sluice.erasure_id` set, so the summary's delete trigger records what they
+//! deleted in `summary_erased` instead of marking days for recomputation.
 //!
 //! A place is done when a batch finds nothing there, so rows moved meanwhile are not missed.
 
@@ -57,7 +58,7 @@ impl Place {
             Place::Events => "erase events",
             Place::Quarantine => "erase quarantined events",
             Place::DeadLetters => "erase dead letters",
-            Place::SummaryMembers => "erase summary members",
+            Place::SummaryMembers => "take the erasure out of the summary",
         }
     }
 }
@@ -80,18 +81,6 @@ fn quarantine_sql() -> String {
     batch_sql(
         "SELECT ctid FROM events_quarantine WHERE app_id = $1 AND user_id = ANY($2)",
         "DELETE FROM events_quarantine WHERE app_id = $1 AND user_id = ANY($2)",
-        "NULL::date",
-    )
-}
-
-/// $1 app, $2 user ids, $3 batch size, $4 the days the request's events were on: the users'
-/// members can only be on those days (the primary key's `(app_id, day)` prefix finds them).
-fn members_sql() -> String {
-    batch_sql(
-        "SELECT ctid FROM summary_members \
-         WHERE app_id = $1 AND day = ANY($4) AND kind = 'u' AND member = ANY($2)",
-        "DELETE FROM summary_members \
-         WHERE app_id = $1 AND day = ANY($4) AND kind = 'u' AND member = ANY($2)",
         "NULL::date",
     )
 }
@@ -121,9 +110,9 @@ fn events_sql(m: Month) -> String {
 }
 
 /// Runs batches until every place is empty of the users (then moves to `summary`), or the
-/// tick's budget is spent. The views job's lock is held meanwhile, so no fold recomputes the
-/// users' days between the event and member passes (which would make the members' count
-/// inexact); a fold running now makes the phase wait.
+/// tick's budget is spent. The views job's lock is held meanwhile (and scheduled folds wait while
+/// a request is in this phase or the next): a fold recomputing one of the users' days between
+/// their deletion and the summary phase would take their events out twice.
 pub(super) async fn run(
     client: &mut Object,
     req: &mut Request,
@@ -167,7 +156,7 @@ async fn passes(
             return Ok(false);
         }
     }
-    drain(client, req, Place::SummaryMembers, &members_sql(), budget).await
+    Ok(true)
 }
 
 async fn drain_partition(
@@ -191,7 +180,6 @@ async fn drain(
     sql: &str,
     budget: &mut Budget<'_>,
 ) -> Result<bool, ErasureError> {
-    let members = place == Place::SummaryMembers;
     loop {
         if budget.exhausted() {
             return Ok(false);
@@ -200,14 +188,20 @@ async fn drain(
             .transaction()
             .await
             .map_err(DbError::query("begin erasure batch"))?;
-        let row = if members {
-            tx.query_one(sql, &[&req.app_id, &req.user_ids, &budget.rows, &req.days])
-                .await
-        } else {
-            tx.query_one(sql, &[&req.app_id, &req.user_ids, &budget.rows])
-                .await
+        if place == Place::Events {
+            // The summary's delete trigger records these events for the erasure to take out of
+            // the summary itself, instead of marking their days for recomputation.
+            tx.execute(
+                "SELECT set_config('sluice.erasure_id', $1, true)",
+                &[&req.id.to_string()],
+            )
+            .await
+            .map_err(DbError::query("mark the batch as the erasure's"))?;
         }
-        .map_err(DbError::query(place.op()))?;
+        let row = tx
+            .query_one(sql, &[&req.app_id, &req.user_ids, &budget.rows])
+            .await
+            .map_err(DbError::query(place.op()))?;
         let (found, n, days): (i64, i64, Vec<chrono::NaiveDate>) =
             (row.get(0), row.get(1), row.get(2));
         if found == 0 {

@@ -9,7 +9,7 @@ use shared::db::DbError;
 use uuid::Uuid;
 
 use super::{ErasureCtx, ErasureError, Progress, Request, State, Step, MAX_ATTEMPTS};
-use crate::jobs::{self, Job, JobError};
+use crate::jobs::{views, Job};
 use crate::metrics;
 
 /// How long the summary phase waits at most for streaming replicas to replay the fold; a
@@ -34,10 +34,8 @@ pub(super) async fn summary(
         .map_err(DbError::query("read erasure fold"))?
         .get(0);
     if !folded {
-        match jobs::run(Job::Views, &ctx.jobs).await {
-            Ok(_) => {}
-            Err(JobError::Busy(_)) => return Ok(Step::Wait),
-            Err(JobError::Db(e)) => return Err(e.into()),
+        if !fold(ctx, client, req).await? {
+            return Ok(Step::Wait);
         }
         client
             .execute(
@@ -78,6 +76,32 @@ pub(super) async fn summary(
         .map_err(DbError::query("commit erasure cache bump"))?;
     tracing::info!(erasure_id = %req.id, phase = "cache", "Erasure moved on.");
     Ok(Step::Next(State::Cache))
+}
+
+/// The views fold with this erasure's events taken out of the summary, under the views job's
+/// lock (false: a fold is running elsewhere, try again).
+async fn fold(ctx: &ErasureCtx, client: &Object, req: &Request) -> Result<bool, ErasureError> {
+    let key = Job::Views.lock_key();
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+        .await
+        .map_err(DbError::query("take the views lock"))?
+        .get(0);
+    if !locked {
+        return Ok(false);
+    }
+    let erased = views::Erased {
+        erasure_id: req.id,
+        app_id: &req.app_id,
+    };
+    let out = views::fold(&ctx.jobs.db, Some(erased)).await;
+    let _ = client
+        .query_one("SELECT pg_advisory_unlock($1)", &[&key])
+        .await;
+    let detail = out?;
+    let members = detail["erased_user_members"].as_u64().unwrap_or(0);
+    metrics::erasure_rows(super::delete::Place::SummaryMembers.key(), members);
+    Ok(true)
 }
 
 /// Every streaming replica has replayed the fold, or [`REPLICA_WAIT`] has passed since it.

@@ -5,7 +5,7 @@
 //! partitions. One REPEATABLE READ transaction: the pending rows it deletes are the ones it
 //! folds, and readers see the summary before or after, never between (and are never blocked).
 
-use shared::db::DbError;
+use shared::db::{Db, DbError};
 
 use super::JobCtx;
 
@@ -89,22 +89,105 @@ SELECT (SELECT count(*) FROM sluice_fold),
        (SELECT count(*) FROM sluice_dirty)
 ";
 
+/// The erasure being summarized ([`fold`]): its events, less those of days recomputed by this
+/// fold (already without them), and its users' and sessions' ids per day and event name. $1 the
+/// erasure, $2 its app.
+const ERASED_TAKE: &str = "
+INSERT INTO sluice_erased
+SELECT day, event_name, sum(events)::bigint FROM summary_erased e
+ WHERE erasure_id = $1 AND app_id = $2
+   AND NOT EXISTS (SELECT 1 FROM sluice_dirty d WHERE d.app_id = e.app_id AND d.day = e.day)
+ GROUP BY 1, 2";
+
+const ERASED_IDS: &str = "
+INSERT INTO sluice_erased_ids
+SELECT e.day, e.event_name, 'u', u FROM summary_erased e, unnest(e.users) AS u
+ WHERE erasure_id = $1 AND app_id = $2
+   AND NOT EXISTS (SELECT 1 FROM sluice_dirty d WHERE d.app_id = e.app_id AND d.day = e.day)
+UNION
+SELECT e.day, e.event_name, 's', x FROM summary_erased e, unnest(e.sessions) AS x
+ WHERE erasure_id = $1 AND app_id = $2
+   AND NOT EXISTS (SELECT 1 FROM sluice_dirty d WHERE d.app_id = e.app_id AND d.day = e.day)";
+
+/// Ids no remaining event of that day and name carries (a user's later events keep them): users
+/// probed by the user index, sessions by the day's range of `(app_id, event_name, occurred_at)`.
+const ERASED_GONE: &str = "
+INSERT INTO sluice_gone
+SELECT i.* FROM sluice_erased_ids i
+ WHERE i.kind = 'u' AND NOT EXISTS (
+   SELECT 1 FROM analytics_events e
+    WHERE hashtextextended(e.app_id || chr(31) || e.user_id, 0)
+          = hashtextextended($1::text || chr(31) || i.member, 0)
+      AND e.user_id IS NOT NULL AND e.app_id = $1 AND e.user_id = i.member
+      AND e.event_name = i.event_name
+      AND e.occurred_at >= i.day::timestamp AT TIME ZONE 'UTC'
+      AND e.occurred_at < (i.day + 1)::timestamp AT TIME ZONE 'UTC')
+UNION ALL
+SELECT i.* FROM sluice_erased_ids i
+ WHERE i.kind = 's' AND NOT EXISTS (
+   SELECT 1 FROM analytics_events e
+    WHERE e.app_id = $1 AND e.event_name = i.event_name
+      AND e.occurred_at >= i.day::timestamp AT TIME ZONE 'UTC'
+      AND e.occurred_at < (i.day + 1)::timestamp AT TIME ZONE 'UTC'
+      AND e.session_id = i.member)";
+
+/// The gone ids leave `summary_members`, and each (day, event name) loses the erased events and
+/// the ids gone; rows left with no event go. Returns the user members removed. $1 the app.
+const ERASED_APPLY: &str = "
+WITH d AS (
+    DELETE FROM summary_members m USING sluice_gone g
+     WHERE m.app_id = $1 AND m.day = g.day AND m.event_name = g.event_name
+       AND m.kind = g.kind AND m.member = g.member
+    RETURNING m.day, m.event_name, m.kind
+), c AS (
+    SELECT day, event_name, count(*) FILTER (WHERE kind = 'u') AS u,
+           count(*) FILTER (WHERE kind = 's') AS s
+      FROM d GROUP BY 1, 2
+), up AS (
+    UPDATE daily_analytics_summary s
+       SET events = s.events - e.events,
+           unique_users = s.unique_users - coalesce(c.u, 0),
+           unique_sessions = s.unique_sessions - coalesce(c.s, 0)
+      FROM sluice_erased e LEFT JOIN c USING (day, event_name)
+     WHERE s.app_id = $1 AND s.day = e.day AND s.event_name = e.event_name
+    RETURNING 1
+)
+SELECT coalesce((SELECT sum(u) FROM c), 0)::bigint, (SELECT count(*) FROM up)";
+
 pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
-    let mut client = ctx.db.get("views job").await?;
-    // An erasure deleting rows recounts the summary itself once done (its members' count would
-    // be off if a fold recomputed its days meanwhile); readers add the pending rows, so the
-    // answers stay exact while the fold waits.
-    let erasing: bool = client
+    // An erasure between its deletions and its summary adjusts the summary itself: a fold
+    // recomputing one of its days meanwhile would take its events out twice. Readers add the
+    // pending rows, so their answers stay exact while the fold waits.
+    let erasing: bool = ctx
+        .db
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM erasures WHERE status = 'running' AND phase = 'delete')",
+            "look for an erasure deleting",
+            "SELECT EXISTS (SELECT 1 FROM erasures \
+             WHERE status = 'running' AND phase IN ('delete', 'summary'))",
             &[],
         )
-        .await
-        .map_err(DbError::query("look for an erasure deleting"))?
+        .await?
         .get(0);
     if erasing {
         return Ok(serde_json::json!({"deferred_for_erasure": true, "rows": 0}));
     }
+    fold(&ctx.db, None).await
+}
+
+/// What an erasure's summary step needs of the fold.
+#[derive(Debug, Clone, Copy)]
+pub struct Erased<'a> {
+    pub erasure_id: uuid::Uuid,
+    pub app_id: &'a str,
+}
+
+/// One fold. With `erased`, in the same transaction and after the fold (so every event the
+/// erasure deleted is counted in the summary, folded or not before): the erasure's events are
+/// taken out of the summary, with its users' and sessions' ids that no remaining event of that
+/// day and name carries, its `summary_erased` rows go, and the user members removed are added
+/// to its `removed` counts. The caller holds the views job's lock.
+pub async fn fold(db: &Db, erased: Option<Erased<'_>>) -> Result<serde_json::Value, DbError> {
+    let mut client = db.get("views job").await?;
     let started: chrono::DateTime<chrono::Utc> = client
         .query_one("SELECT clock_timestamp()", &[])
         .await
@@ -131,6 +214,10 @@ pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
         .map_err(DbError::query("fold pending summary rows"))?;
     let (pending, members, upserted, dirty): (i64, i64, i64, i64) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
+    let erased_members = match erased {
+        Some(e) => take_out(&tx, e).await?,
+        None => 0,
+    };
     tx.execute(
         "UPDATE view_refreshes SET refreshed_at = clock_timestamp(), covers_before = $1 \
          WHERE view_name = 'daily_analytics_summary'",
@@ -145,6 +232,57 @@ pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
         "new_members": members,
         "summary_rows_upserted": upserted,
         "days_recomputed": dirty,
+        "erased_user_members": erased_members,
         "rows": pending + members + upserted,
     }))
+}
+
+/// The erasure's part of [`fold`]; returns the user members it removed.
+async fn take_out(tx: &tokio_postgres::Transaction<'_>, e: Erased<'_>) -> Result<i64, DbError> {
+    let (id, app) = (&e.erasure_id, &e.app_id);
+    tx.batch_execute(
+        "CREATE TEMP TABLE sluice_erased (day date, event_name text, events bigint) ON COMMIT DROP;
+         CREATE TEMP TABLE sluice_erased_ids (day date, event_name text, kind \"char\", member text)
+           ON COMMIT DROP;
+         CREATE TEMP TABLE sluice_gone (day date, event_name text, kind \"char\", member text)
+           ON COMMIT DROP;",
+    )
+    .await
+    .map_err(DbError::query("prepare the erasure's summary"))?;
+    tx.execute(ERASED_TAKE, &[id, app])
+        .await
+        .map_err(DbError::query("take the erasure's events"))?;
+    tx.execute(ERASED_IDS, &[id, app])
+        .await
+        .map_err(DbError::query("take the erasure's ids"))?;
+    tx.batch_execute("ANALYZE sluice_erased; ANALYZE sluice_erased_ids")
+        .await
+        .map_err(DbError::query("analyze the erasure's ids"))?;
+    tx.execute(ERASED_GONE, &[app])
+        .await
+        .map_err(DbError::query("find the erasure's gone ids"))?;
+    let row = tx
+        .query_one(ERASED_APPLY, &[app])
+        .await
+        .map_err(DbError::query("take the erasure out of the summary"))?;
+    let users: i64 = row.get(0);
+    tx.execute(
+        "DELETE FROM daily_analytics_summary s USING sluice_erased e \
+         WHERE s.app_id = $1 AND s.day = e.day AND s.event_name = e.event_name AND s.events <= 0",
+        &[app],
+    )
+    .await
+    .map_err(DbError::query("drop emptied summary rows"))?;
+    tx.execute("DELETE FROM summary_erased WHERE erasure_id = $1", &[id])
+        .await
+        .map_err(DbError::query("forget the erasure's events"))?;
+    tx.execute(
+        "UPDATE erasures SET removed = removed || jsonb_build_object('summary_members', \
+           coalesce((removed ->> 'summary_members')::bigint, 0) + $2::bigint) \
+         WHERE erasure_id = $1",
+        &[id, &users],
+    )
+    .await
+    .map_err(DbError::query("count the erasure's summary members"))?;
+    Ok(users)
 }
