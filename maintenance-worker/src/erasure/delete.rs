@@ -9,12 +9,14 @@
 //!    their month, and a row moved after the partition pass would be left behind.
 //! 3. Every partition of `analytics_events`, found by `analytics_events_user_idx`, deleted
 //!    through the parent (pruned to the partition by its bounds): the summary's statement
-//!    trigger fires only there, and it marks the days the fold must recompute.
+//!    trigger fires only there.
+//!
 //! The summary's members and counts are the `summary` phase's (`jobs::views::fold`): the event
 //! batches run with `sluice.erasure_id` set, so the summary's delete trigger records what they
 //! deleted in `summary_erased` instead of marking days for recomputation.
 //!
-//! A place is done when a batch finds nothing there, so rows moved meanwhile are not missed.
+//! A place is done when a batch finds no candidate (not when it deletes nothing), so rows moved
+//! meanwhile are not missed.
 
 use std::collections::HashSet;
 
