@@ -357,6 +357,74 @@ pub async fn fixed_rate_with(
     LoadResult::new(latencies, &accepted, &failures, started.elapsed())
 }
 
+/// A load that runs until `stop`: at `rate` requests per second when it is above zero, else as
+/// fast as `connections` concurrent requests go. A refused request (a full queue answers 503)
+/// makes its connection wait `backoff` before the next, as an SDK would, so a load bounded by
+/// the gateway's high water costs little CPU in refusals. Returns the accepted events and the
+/// failures so far, readable while it runs, and the task (which ends soon after `stop`).
+pub fn until_stopped(
+    target: &Target,
+    bodies: &[Bytes],
+    events_per_body: u64,
+    rate: f64,
+    connections: usize,
+    backoff: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> (Arc<AtomicU64>, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let accepted = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let send = {
+        let (accepted, failures) = (accepted.clone(), failures.clone());
+        let target = target.clone();
+        move |body: Bytes| {
+            let (t, accepted, failures) = (target.clone(), accepted.clone(), failures.clone());
+            async move {
+                match t.send(body, events_per_body).await {
+                    Some(n) => {
+                        accepted.fetch_add(n, Ordering::Relaxed);
+                    }
+                    None => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
+            }
+        }
+    };
+    let bodies = bodies.to_vec();
+    let task = tokio::spawn(async move {
+        if rate > 0.0 {
+            let started = Instant::now();
+            let mut i = 0u64;
+            loop {
+                let at = started + Duration::from_secs_f64(i as f64 / rate);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = stop.cancelled() => return,
+                }
+                tokio::spawn(send(bodies[i as usize % bodies.len()].clone()));
+                i += 1;
+            }
+        }
+        let tasks: Vec<_> = (0..connections)
+            .map(|c| {
+                let (send, bodies, stop) = (send.clone(), bodies.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut i = c;
+                    while !stop.is_cancelled() {
+                        send(bodies[i % bodies.len()].clone()).await;
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    (accepted, failures, task)
+}
+
 /// Raw pipelined XADD rate of a Redis: `conns` connections, `depth` commands a pipeline, one
 /// 200-byte field, for `duration`. The ceiling any gateway can reach on that Redis.
 pub async fn raw_xadd(

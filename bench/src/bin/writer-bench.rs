@@ -3,7 +3,13 @@
 //! binary COPY of the same rows and the original design's 1000-row multi-row INSERT, each into an
 //! identical table of its own database.
 //!
+//! `--index-ab` measures instead what the user index of migration 7 (`analytics_events_user_idx`,
+//! which erasures find a user's rows by) costs the drain: the same events drained alternately
+//! with and without it (`--pairs` pairs, in the order with, without, without, with, ...), each
+//! drain into a fresh database, so the ratio comes from one run on one machine state.
+//!
 //! `cargo run --release -p sluice-bench --bin writer-bench -- --events 1000000`
+//! `target/release/writer-bench --events 1000000 --index-ab`
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +37,17 @@ struct Args {
     /// Drain with the summary trigger off, to measure what it costs the writer.
     #[arg(long)]
     no_summary_trigger: bool,
+    /// Drain with the user index of migration 7 dropped (on every partition), to measure what
+    /// it costs the writer.
+    #[arg(long)]
+    no_user_index: bool,
+    /// Drain alternately with and without the user index instead of the baselines, and report
+    /// the ratio.
+    #[arg(long)]
+    index_ab: bool,
+    /// Pairs of drains of `--index-ab`.
+    #[arg(long, default_value_t = 2)]
+    pairs: usize,
     /// Where to write the figures as JSON.
     #[arg(long)]
     json: Option<String>,
@@ -51,29 +68,16 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
 
+    if args.index_ab {
+        return index_ab(&events, &args).await;
+    }
+
     eprintln!("Raw binary COPY baseline...");
     let raw_db = TestDb::migrated().await;
     let raw = baseline::raw_copy(&raw_db.client().await, &events).await?;
 
-    eprintln!("Filling the streams...");
-    let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let keys = Keys::new(&prefix, args.shards);
-    fill(&keys, &events).await?;
-
     eprintln!("Draining with the batch writer...");
-    let w_db = TestDb::migrated().await;
-    if args.no_summary_trigger {
-        baseline::without_summary_trigger(&w_db.client().await).await?;
-    }
-    let drain = drain(&w_db, &prefix, &args).await?;
-    let stored: i64 = w_db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM analytics_events", &[])
-        .await?
-        .get(0);
-    anyhow::ensure!(stored as usize == n, "writer stored {stored} of {n}");
-    cleanup(&prefix).await;
+    let drain = drain_fresh(&events, &args, !args.no_user_index).await?;
 
     eprintln!("Multi-row INSERT baseline...");
     let ins_db = TestDb::migrated().await;
@@ -90,9 +94,19 @@ async fn main() -> anyhow::Result<()> {
         ],
         vec![
             format!(
-                "batch-writer drain ({} COPY streams, dedupe on, {} ids)",
+                "batch-writer drain ({} COPY streams, dedupe on, {} ids{}{})",
                 args.writers,
-                if args.client_ids { "client" } else { "gateway" }
+                if args.client_ids { "client" } else { "gateway" },
+                if args.no_summary_trigger {
+                    ", no summary trigger"
+                } else {
+                    ""
+                },
+                if args.no_user_index {
+                    ", no user index"
+                } else {
+                    ""
+                },
             ),
             n.to_string(),
             format!("{:.2}", drain.as_secs_f64()),
@@ -126,10 +140,149 @@ async fn main() -> anyhow::Result<()> {
             "writers": args.writers,
             "client_ids": args.client_ids,
             "batch_size": args.batch_size,
+            "summary_trigger": !args.no_summary_trigger,
+            "user_index": !args.no_user_index,
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
     }
     Ok(())
+}
+
+/// Queues `events`, drains them with the writer into a fresh database (with the user index or
+/// without it) and checks that every one was stored; returns the drain's time.
+async fn drain_fresh(
+    events: &[shared::queue::QueuedEvent],
+    args: &Args,
+    user_index: bool,
+) -> anyhow::Result<Duration> {
+    let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let keys = Keys::new(&prefix, args.shards);
+    fill(&keys, events).await?;
+    let w_db = TestDb::migrated().await;
+    let client = w_db.client().await;
+    if args.no_summary_trigger {
+        baseline::without_summary_trigger(&client).await?;
+    }
+    if !user_index {
+        // A partitioned index: dropping the parent's drops every partition's.
+        client
+            .batch_execute("DROP INDEX analytics_events_user_idx")
+            .await?;
+    }
+    let indexed = user_indexed_partitions(&client).await?;
+    anyhow::ensure!(
+        (indexed > 0) == user_index,
+        "the user index is on {indexed} partitions (wanted it {})",
+        if user_index { "on" } else { "off" }
+    );
+    let took = drain(&w_db, &prefix, args).await;
+    cleanup(&prefix).await;
+    let took = took?;
+    let stored: i64 = client
+        .query_one("SELECT count(*) FROM analytics_events", &[])
+        .await?
+        .get(0);
+    anyhow::ensure!(
+        stored as usize == events.len(),
+        "writer stored {stored} of {}",
+        events.len()
+    );
+    Ok(took)
+}
+
+/// Partitions whose user index is attached to the parent's `analytics_events_user_idx` (0 when
+/// the parent's is gone).
+async fn user_indexed_partitions(client: &tokio_postgres::Client) -> anyhow::Result<i64> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM pg_inherits \
+             WHERE inhparent = to_regclass('analytics_events_user_idx')",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// `--index-ab`: drains with and without the user index, alternating (with, without, without,
+/// with, ...), and prints each drain and the median ratio.
+async fn index_ab(events: &[shared::queue::QueuedEvent], args: &Args) -> anyhow::Result<()> {
+    let n = events.len();
+    let mut runs: Vec<(bool, f64)> = Vec::new();
+    for pair in 0..args.pairs {
+        let order = if pair % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for with in order {
+            eprintln!(
+                "Drain {} of {}: user index {}...",
+                runs.len() + 1,
+                args.pairs * 2,
+                if with { "on" } else { "off" }
+            );
+            let took = drain_fresh(events, args, with).await?;
+            runs.push((with, n as f64 / took.as_secs_f64()));
+        }
+    }
+    let rates = |with: bool| -> Vec<f64> {
+        let mut v: Vec<f64> = runs.iter().filter(|r| r.0 == with).map(|r| r.1).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let (on, off) = (rates(true), rates(false));
+    // Each pair's ratio, from the two drains next to each other in time.
+    let pair_ratios: Vec<f64> = runs.chunks(2).map(index_ratio).collect();
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, (with, rate))| {
+            vec![
+                (i + 1).to_string(),
+                if *with { "on" } else { "off" }.to_owned(),
+                n.to_string(),
+                format!("{rate:.0}"),
+            ]
+        })
+        .collect();
+    print_table(&["drain", "user index", "rows", "writer rows/s"], &rows);
+    let ratios: Vec<String> = pair_ratios.iter().map(|r| format!("{r:.3}")).collect();
+    println!(
+        "with / without the user index: median {:.0} / {:.0} rows/s = {:.3}; each pair: {}",
+        median(&on),
+        median(&off),
+        median(&on) / median(&off),
+        ratios.join(", ")
+    );
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({
+            "events": n,
+            "writers": args.writers,
+            "client_ids": args.client_ids,
+            "summary_trigger": !args.no_summary_trigger,
+            "drains": runs.iter().map(|(w, r)| serde_json::json!({"user_index": w, "rows_per_sec": r})).collect::<Vec<_>>(),
+            "median_with": median(&on),
+            "median_without": median(&off),
+            "pair_ratios": pair_ratios,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+    }
+    Ok(())
+}
+
+/// The with/without ratio of one pair of drains, whichever order they ran in.
+fn index_ratio(pair: &[(bool, f64)]) -> f64 {
+    let of = |with: bool| pair.iter().find(|r| r.0 == with).map_or(f64::NAN, |r| r.1);
+    of(true) / of(false)
+}
+
+/// The median of sorted values (the mean of the middle two for an even count).
+fn median(sorted: &[f64]) -> f64 {
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 async fn conn() -> anyhow::Result<redis::aio::MultiplexedConnection> {
