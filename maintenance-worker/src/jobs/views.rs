@@ -109,19 +109,24 @@ SELECT e.day, e.event_name, 's', x FROM summary_erased e, unnest(e.sessions) AS 
  WHERE erasure_id = $1 AND app_id = $2
    AND NOT EXISTS (SELECT 1 FROM sluice_dirty d WHERE d.app_id = e.app_id AND d.day = e.day)";
 
-/// Ids no remaining event of that day and name carries (a user's later events keep them): users
-/// probed by the user index, sessions by the day's range of `(app_id, event_name, occurred_at)`.
+/// Ids no remaining event of that day and name carries (a user's later events keep them): each
+/// user probed by the user index (a LATERAL with LIMIT, so the probe stays a parameterized index
+/// scan whatever the statistics say; as a plain NOT EXISTS the planner chose a hash anti join
+/// over the whole table), sessions by a join the planner picks (one probe of the day's
+/// `(app_id, event_name, occurred_at)` range per session, or one scan of the app's rows).
 const ERASED_GONE: &str = "
 INSERT INTO sluice_gone
 SELECT i.* FROM sluice_erased_ids i
- WHERE i.kind = 'u' AND NOT EXISTS (
-   SELECT 1 FROM analytics_events e
-    WHERE hashtextextended(e.app_id || chr(31) || e.user_id, 0)
-          = hashtextextended($1::text || chr(31) || i.member, 0)
-      AND e.user_id IS NOT NULL AND e.app_id = $1 AND e.user_id = i.member
-      AND e.event_name = i.event_name
-      AND e.occurred_at >= i.day::timestamp AT TIME ZONE 'UTC'
-      AND e.occurred_at < (i.day + 1)::timestamp AT TIME ZONE 'UTC')
+  LEFT JOIN LATERAL (
+    SELECT 1 AS hit FROM analytics_events e
+     WHERE hashtextextended(e.app_id || chr(31) || e.user_id, 0)
+           = hashtextextended($1::text || chr(31) || i.member, 0)
+       AND e.user_id IS NOT NULL AND e.app_id = $1 AND e.user_id = i.member
+       AND e.event_name = i.event_name
+       AND e.occurred_at >= i.day::timestamp AT TIME ZONE 'UTC'
+       AND e.occurred_at < (i.day + 1)::timestamp AT TIME ZONE 'UTC'
+     LIMIT 1) k ON true
+ WHERE i.kind = 'u' AND k.hit IS NULL
 UNION ALL
 SELECT i.* FROM sluice_erased_ids i
  WHERE i.kind = 's' AND NOT EXISTS (
