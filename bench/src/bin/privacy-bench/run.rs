@@ -113,6 +113,8 @@ impl Run {
         let db = pool(&args.db)?;
         let ingest = apps::create_key(&db, &l.app_id, KeyKind::Ingest).await?;
         let admin = apps::create_key(&db, &l.app_id, KeyKind::Admin).await?;
+        // A queue an interrupted run left behind would be drained into this database.
+        shared::testing::redis_cleanup(REDIS, &args.db).await;
         let addr = format!("127.0.0.1:{}", shared::testing::free_port());
         let daemons = Daemons::start(&daemon_env(&addr, args), args.writers).await?;
         wait_no_open_erasure(c, Duration::from_secs(args.max_erasure_seconds)).await?;
