@@ -107,17 +107,7 @@ impl Gateway {
 
     /// POST /v1/events as JSON with the app's ingest key.
     pub async fn post(&self, body: impl Into<Bytes>) -> Reply {
-        let auth = format!("Bearer {}", self.app.ingest_key);
-        self.request(
-            Method::POST,
-            "/v1/events",
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/json"),
-            ],
-            body,
-        )
-        .await
+        post_at(&self.addr.to_string(), &self.app.ingest_key, body).await
     }
 
     /// Every event queued on any shard so far.
@@ -148,6 +138,22 @@ impl Gateway {
         let _ = self.task.await;
         cleanup(&self.prefix).await;
     }
+}
+
+/// POST /v1/events as JSON to the gateway at `addr` with `key`.
+pub async fn post_at(addr: &str, key: &str, body: impl Into<Bytes>) -> Reply {
+    let auth = format!("Bearer {key}");
+    request_at(
+        addr,
+        Method::POST,
+        "/v1/events",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .await
 }
 
 /// One request to the gateway at `addr`.

@@ -12,7 +12,7 @@ use shared::db::Pools;
 use shared::privacy::user_digest;
 use shared::testing::wait_for;
 
-use crate::helpers::{request_at, second_gateway, Gateway, Reply};
+use crate::helpers::{post_at, request_at, second_gateway, Gateway, Reply};
 
 async fn admin_key(gw: &Gateway, app: &str) -> String {
     let pools = Pools::new(&gw.config.db).expect("pools");
@@ -49,21 +49,6 @@ async fn status_of(addr: &str, key: &str, id: &str) -> Reply {
     .await
 }
 
-async fn post_events(addr: &str, key: &str, body: String) -> Reply {
-    let auth = format!("Bearer {key}");
-    request_at(
-        addr,
-        Method::POST,
-        "/v1/events",
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
-        body,
-    )
-    .await
-}
-
 fn code(r: &Reply) -> (u16, Option<&str>) {
     (r.status, r.body["error"].as_str())
 }
@@ -92,7 +77,7 @@ async fn only_admin_keys_reach_the_privacy_routes_and_they_reach_nothing_else() 
     .await;
     assert_eq!(code(&r), (401, Some("missing_key")), "{}", r.body);
 
-    let r = post_events(&addr, &admin, r#"{"event_name":"e"}"#.into()).await;
+    let r = post_at(&addr, &admin, r#"{"event_name":"e"}"#.to_owned()).await;
     assert_eq!(code(&r), (403, Some("admin_key")), "{}", r.body);
     let today = Utc::now().date_naive();
     let auth = format!("Bearer {admin}");
@@ -297,7 +282,7 @@ async fn suppressed_users_events_are_accepted_and_never_queued_on_any_gateway() 
     // The gateway that took the request filters at once.
     let batch = r#"[{"event_name":"a","user_id":"gone"},{"event_name":"b","user_id":"kept"},
                     {"event_name":"c"}]"#;
-    let r = post_events(&a1, &key, batch.into()).await;
+    let r = post_at(&a1, &key, batch.to_owned()).await;
     assert_eq!(
         (r.status, r.body["accepted"].as_u64()),
         (202, Some(3)),
@@ -322,7 +307,7 @@ async fn suppressed_users_events_are_accepted_and_never_queued_on_any_gateway() 
     let reached = loop {
         let id = uuid::Uuid::now_v7();
         let body = format!(r#"{{"event_name":"probe","user_id":"gone","event_id":"{id}"}}"#);
-        let r = post_events(&g2, &key, body).await;
+        let r = post_at(&g2, &key, body).await;
         assert_eq!(r.status, 202, "{}", r.body);
         if !g1.queued().await.iter().any(|e| e.event_id == id) {
             break asked.elapsed();
@@ -337,18 +322,18 @@ async fn suppressed_users_events_are_accepted_and_never_queued_on_any_gateway() 
 
     // Another app's user of the same id is not suppressed; a gateway started later filters
     // from its first request.
-    let r = post_events(
+    let r = post_at(
         &a1,
         &other.ingest_key,
-        r#"{"event_name":"x","user_id":"gone"}"#.into(),
+        r#"{"event_name":"x","user_id":"gone"}"#.to_owned(),
     )
     .await;
     assert_eq!(r.status, 202);
     let (g3, stop3) = second_gateway(&g1).await;
-    let r = post_events(
+    let r = post_at(
         &g3,
         &key,
-        r#"{"event_name":"late","user_id":"gone"}"#.into(),
+        r#"{"event_name":"late","user_id":"gone"}"#.to_owned(),
     )
     .await;
     assert_eq!(r.status, 202);
@@ -502,7 +487,7 @@ async fn an_erasure_reaches_the_queue_the_summary_and_the_cached_stats() {
     first.extend(events("other", 4, None));
     let (stop, task) = crate::helpers::writer_task(&gw).await;
     assert_eq!(
-        post_events(&addr, &gw.app.ingest_key, format!("[{}]", first.join(",")))
+        post_at(&addr, &gw.app.ingest_key, format!("[{}]", first.join(",")))
             .await
             .status,
         202
@@ -550,7 +535,7 @@ async fn an_erasure_reaches_the_queue_the_summary_and_the_cached_stats() {
         .expect("writer stopped cleanly");
     let queued = events("victim", 3, None).join(",");
     assert_eq!(
-        post_events(&addr, &gw.app.ingest_key, format!("[{queued}]"))
+        post_at(&addr, &gw.app.ingest_key, format!("[{queued}]"))
             .await
             .status,
         202
