@@ -12,10 +12,10 @@ use super::JobCtx;
 /// Takes this fold's share: the pending rows and dirty days visible to its snapshot.
 const TAKE: &str = "
 CREATE TEMP TABLE sluice_fold (app_id text, day date, event_name text, events bigint,
-                               users text[], sessions text[]) ON COMMIT DROP;
+                               users text[], sessions text[], owners text[]) ON COMMIT DROP;
 CREATE TEMP TABLE sluice_dirty (app_id text, day date) ON COMMIT DROP;
 WITH d AS (DELETE FROM summary_pending RETURNING *)
-INSERT INTO sluice_fold SELECT app_id, day, event_name, events, users, sessions FROM d;
+INSERT INTO sluice_fold SELECT app_id, day, event_name, events, users, sessions, owners FROM d;
 WITH d AS (DELETE FROM summary_dirty RETURNING *)
 INSERT INTO sluice_dirty SELECT DISTINCT app_id, day FROM d;
 ANALYZE sluice_fold;
@@ -36,16 +36,39 @@ SELECT e.app_id, d.day, e.event_name, e.user_id, e.session_id
   FROM sluice_dirty d JOIN analytics_events e ON e.app_id = d.app_id
    AND e.occurred_at >= d.day::timestamp AT TIME ZONE 'UTC'
    AND e.occurred_at < (d.day + 1)::timestamp AT TIME ZONE 'UTC';
-INSERT INTO summary_members (app_id, day, event_name, kind, member)
-SELECT DISTINCT app_id, day, event_name, 'u', user_id FROM sluice_day_rows
+INSERT INTO summary_members (app_id, day, event_name, kind, member, owner)
+SELECT DISTINCT app_id, day, event_name, 'u', user_id, NULL::text FROM sluice_day_rows
  WHERE user_id IS NOT NULL
 UNION ALL
-SELECT DISTINCT app_id, day, event_name, 's', session_id FROM sluice_day_rows
- WHERE session_id IS NOT NULL;
+SELECT app_id, day, event_name, 's', session_id,
+       CASE WHEN count(user_id) = count(*) AND min(user_id COLLATE \"C\") = max(user_id COLLATE \"C\")
+            THEN min(user_id COLLATE \"C\") END
+  FROM sluice_day_rows
+ WHERE session_id IS NOT NULL
+ GROUP BY 1, 2, 3, 5;
 INSERT INTO daily_analytics_summary
 SELECT app_id, day, event_name, count(*), count(DISTINCT user_id), count(DISTINCT session_id)
   FROM sluice_day_rows
  GROUP BY 1, 2, 3;
+";
+
+/// The fold's sessions, one row per (app, day, event name, session) with its owner across the
+/// pending rows (migration 0008: NULL as soon as one pending row saw several users, none, or is
+/// older than the owners); members that already have another owner lose it. Each probe of
+/// `summary_members` is a primary-key lookup, like the fold's own insert.
+const OWNERS: &str = "
+CREATE TEMP TABLE sluice_fold_sessions ON COMMIT DROP AS
+SELECT f.app_id, f.day, f.event_name, x.member,
+       CASE WHEN bool_and(x.owner IS NOT NULL) AND min(x.owner) = max(x.owner)
+            THEN min(x.owner) END AS owner
+  FROM sluice_fold f, unnest(f.sessions, coalesce(f.owners, '{}')) AS x(member, owner)
+ WHERE x.member IS NOT NULL
+ GROUP BY 1, 2, 3, 4;
+ANALYZE sluice_fold_sessions;
+UPDATE summary_members m SET owner = NULL
+  FROM sluice_fold_sessions f
+ WHERE m.app_id = f.app_id AND m.day = f.day AND m.event_name = f.event_name AND m.kind = 's'
+   AND m.member = f.member AND m.owner IS NOT NULL AND m.owner IS DISTINCT FROM f.owner;
 ";
 
 /// The fold proper: new ids into `summary_members` (counted as they go in), then one upsert per
@@ -61,9 +84,8 @@ WITH agg AS (
     ON CONFLICT DO NOTHING
     RETURNING app_id, day, event_name
 ), ns AS (
-    INSERT INTO summary_members (app_id, day, event_name, kind, member)
-    SELECT DISTINCT f.app_id, f.day, f.event_name, 's'::\"char\", s
-      FROM sluice_fold f, unnest(f.sessions) AS s
+    INSERT INTO summary_members (app_id, day, event_name, kind, member, owner)
+    SELECT app_id, day, event_name, 's'::\"char\", member, owner FROM sluice_fold_sessions
     ON CONFLICT DO NOTHING
     RETURNING app_id, day, event_name
 ), nuc AS (
@@ -109,11 +131,15 @@ SELECT e.day, e.event_name, 's', x FROM summary_erased e, unnest(e.sessions) AS 
  WHERE erasure_id = $1 AND app_id = $2
    AND NOT EXISTS (SELECT 1 FROM sluice_dirty d WHERE d.app_id = e.app_id AND d.day = e.day)";
 
-/// Ids no remaining event of that day and name carries (a user's later events keep them): each
-/// user probed by the user index (a LATERAL with LIMIT, so the probe stays a parameterized index
-/// scan whatever the statistics say; as a plain NOT EXISTS the planner chose a hash anti join
-/// over the whole table), sessions by a join the planner picks (one probe of the day's
-/// `(app_id, event_name, occurred_at)` range per session, or one scan of the app's rows).
+/// Ids no remaining event of that day and name carries (a user's later events keep them). Each
+/// user is probed by the user index (a LATERAL with LIMIT, so the probe stays a parameterized
+/// index scan whatever the statistics say; as a plain NOT EXISTS the planner chose a hash anti
+/// join over the whole table). A session whose owner (migration 0008) is one of the erased users
+/// of that day and name had only that user's events there, all deleted: it is gone unless that
+/// user's events that landed since carry it, one probe of the user index again. A session with
+/// no owner is proved by reading the day's range of the app's `(app_id, event_name,
+/// occurred_at)` index. The LATERALs' conditions on the outer row alone run as one-time filters,
+/// so each session pays one of the two probes.
 const ERASED_GONE: &str = "
 INSERT INTO sluice_gone
 SELECT i.* FROM sluice_erased_ids i
@@ -128,13 +154,34 @@ SELECT i.* FROM sluice_erased_ids i
      LIMIT 1) k ON true
  WHERE i.kind = 'u' AND k.hit IS NULL
 UNION ALL
-SELECT i.* FROM sluice_erased_ids i
- WHERE i.kind = 's' AND NOT EXISTS (
-   SELECT 1 FROM analytics_events e
-    WHERE e.app_id = $1 AND e.event_name = i.event_name
-      AND e.occurred_at >= i.day::timestamp AT TIME ZONE 'UTC'
-      AND e.occurred_at < (i.day + 1)::timestamp AT TIME ZONE 'UTC'
-      AND e.session_id = i.member)";
+SELECT i.day, i.event_name, i.kind, i.member FROM sluice_erased_ids i
+  JOIN summary_members m
+    ON m.app_id = $1 AND m.day = i.day AND m.event_name = i.event_name AND m.kind = 's'
+   AND m.member = i.member
+ CROSS JOIN LATERAL (
+    SELECT m.owner IS NOT NULL AND EXISTS (
+             SELECT 1 FROM sluice_erased_ids u
+              WHERE u.kind = 'u' AND u.day = i.day AND u.event_name = i.event_name
+                AND u.member = m.owner) AS owned) o
+  LEFT JOIN LATERAL (
+    SELECT 1 AS hit FROM analytics_events e
+     WHERE o.owned
+       AND hashtextextended(e.app_id || chr(31) || e.user_id, 0)
+           = hashtextextended($1::text || chr(31) || m.owner, 0)
+       AND e.user_id IS NOT NULL AND e.app_id = $1 AND e.user_id = m.owner
+       AND e.event_name = i.event_name
+       AND e.occurred_at >= i.day::timestamp AT TIME ZONE 'UTC'
+       AND e.occurred_at < (i.day + 1)::timestamp AT TIME ZONE 'UTC'
+       AND e.session_id = i.member
+     LIMIT 1) k ON true
+  LEFT JOIN LATERAL (
+    SELECT 1 AS hit FROM analytics_events e
+     WHERE NOT o.owned AND e.app_id = $1 AND e.event_name = i.event_name
+       AND e.occurred_at >= i.day::timestamp AT TIME ZONE 'UTC'
+       AND e.occurred_at < (i.day + 1)::timestamp AT TIME ZONE 'UTC'
+       AND e.session_id = i.member
+     LIMIT 1) r ON true
+ WHERE i.kind = 's' AND k.hit IS NULL AND r.hit IS NULL";
 
 /// The gone ids leave `summary_members`, and each (day, event name) loses the erased events and
 /// the ids gone; rows left with no event go. Returns the user members removed. $1 the app.
@@ -213,6 +260,9 @@ pub async fn fold(db: &Db, erased: Option<Erased<'_>>) -> Result<serde_json::Val
     tx.batch_execute(RECOMPUTE)
         .await
         .map_err(DbError::query("recompute dirty summary days"))?;
+    tx.batch_execute(OWNERS)
+        .await
+        .map_err(DbError::query("merge pending session owners"))?;
     let row = tx
         .query_one(FOLD, &[])
         .await

@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_privacy.sql",
         sql: include_str!("../../../migrations/0007_privacy.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_session_owners.sql",
+        sql: include_str!("../../../migrations/0008_session_owners.sql"),
+    },
 ];
 
 /// The schema version this build expects.
