@@ -7,9 +7,12 @@
 //! which erasures find a user's rows by) costs the drain: the same events drained alternately
 //! with and without it (`--pairs` pairs, in the order with, without, without, with, ...), each
 //! drain into a fresh database, so the ratio comes from one run on one machine state.
+//! `--owners-ab` does the same for the session owners of migration 8 (the summary trigger with
+//! them against the trigger of migration 6, which records the sessions without their owners).
 //!
 //! `cargo run --release -p sluice-bench --bin writer-bench -- --events 1000000`
 //! `target/release/writer-bench --events 1000000 --index-ab`
+//! `target/release/writer-bench --events 1000000 --owners-ab`
 
 use std::time::{Duration, Instant};
 
@@ -45,7 +48,11 @@ struct Args {
     /// the ratio.
     #[arg(long)]
     index_ab: bool,
-    /// Pairs of drains of `--index-ab`.
+    /// Drain alternately with the summary trigger of migration 8 (sessions' owners) and that of
+    /// migration 6 instead of the baselines, and report the ratio.
+    #[arg(long, conflicts_with = "index_ab")]
+    owners_ab: bool,
+    /// Pairs of drains of `--index-ab` or `--owners-ab`.
     #[arg(long, default_value_t = 2)]
     pairs: usize,
     /// Where to write the figures as JSON.
@@ -69,7 +76,10 @@ async fn main() -> anyhow::Result<()> {
         .collect();
 
     if args.index_ab {
-        return index_ab(&events, &args).await;
+        return ab(&events, &args, Feature::UserIndex).await;
+    }
+    if args.owners_ab {
+        return ab(&events, &args, Feature::SessionOwners).await;
     }
 
     eprintln!("Raw binary COPY baseline...");
@@ -77,7 +87,11 @@ async fn main() -> anyhow::Result<()> {
     let raw = baseline::raw_copy(&raw_db.client().await, &events).await?;
 
     eprintln!("Draining with the batch writer...");
-    let drain = drain_fresh(&events, &args, !args.no_user_index).await?;
+    let schema = Schema {
+        user_index: !args.no_user_index,
+        session_owners: true,
+    };
+    let drain = drain_fresh(&events, &args, schema).await?;
 
     eprintln!("Multi-row INSERT baseline...");
     let ins_db = TestDb::migrated().await;
@@ -148,13 +162,64 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Queues `events`, drains them with the writer into a fresh database (with the user index or
-/// without it) and checks that every one was stored; returns the drain's time.
+/// What a drain's database has of the features an A/B run measures.
+#[derive(Debug, Clone, Copy)]
+struct Schema {
+    user_index: bool,
+    session_owners: bool,
+}
+
+/// A feature measured by an A/B run.
+#[derive(Debug, Clone, Copy)]
+enum Feature {
+    UserIndex,
+    SessionOwners,
+}
+
+impl Feature {
+    fn name(self) -> &'static str {
+        match self {
+            Feature::UserIndex => "user index",
+            Feature::SessionOwners => "session owners",
+        }
+    }
+
+    fn schema(self, on: bool) -> Schema {
+        match self {
+            Feature::UserIndex => Schema {
+                user_index: on,
+                session_owners: true,
+            },
+            Feature::SessionOwners => Schema {
+                user_index: true,
+                session_owners: on,
+            },
+        }
+    }
+}
+
+/// The summary's insert trigger as migration 6 made it: each statement's distinct sessions,
+/// without their owners.
+const TRIGGER_WITHOUT_OWNERS: &str = "
+CREATE OR REPLACE FUNCTION sluice_summary_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO summary_pending (app_id, day, event_name, events, users, sessions)
+  SELECT app_id, (occurred_at AT TIME ZONE 'UTC')::date, event_name, count(*),
+         coalesce(array_agg(DISTINCT user_id) FILTER (WHERE user_id IS NOT NULL), '{}'),
+         coalesce(array_agg(DISTINCT session_id) FILTER (WHERE session_id IS NOT NULL), '{}')
+    FROM sluice_new_rows
+   GROUP BY 1, 2, 3;
+  RETURN NULL;
+END $$;";
+
+/// Queues `events`, drains them with the writer into a fresh database (with `schema`'s
+/// features) and checks that every one was stored; returns the drain's time.
 async fn drain_fresh(
     events: &[shared::queue::QueuedEvent],
     args: &Args,
-    user_index: bool,
+    schema: Schema,
 ) -> anyhow::Result<Duration> {
+    let user_index = schema.user_index;
     let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let keys = Keys::new(&prefix, args.shards);
     fill(&keys, events).await?;
@@ -168,6 +233,9 @@ async fn drain_fresh(
         client
             .batch_execute("DROP INDEX analytics_events_user_idx")
             .await?;
+    }
+    if !schema.session_owners {
+        client.batch_execute(TRIGGER_WITHOUT_OWNERS).await?;
     }
     let indexed = user_indexed_partitions(&client).await?;
     anyhow::ensure!(
@@ -203,9 +271,13 @@ async fn user_indexed_partitions(client: &tokio_postgres::Client) -> anyhow::Res
         .get(0))
 }
 
-/// `--index-ab`: drains with and without the user index, alternating (with, without, without,
-/// with, ...), and prints each drain and the median ratio.
-async fn index_ab(events: &[shared::queue::QueuedEvent], args: &Args) -> anyhow::Result<()> {
+/// `--index-ab`, `--owners-ab`: drains with and without the feature, alternating (with,
+/// without, without, with, ...), and prints each drain and the median ratio.
+async fn ab(
+    events: &[shared::queue::QueuedEvent],
+    args: &Args,
+    feature: Feature,
+) -> anyhow::Result<()> {
     let n = events.len();
     let mut runs: Vec<(bool, f64)> = Vec::new();
     for pair in 0..args.pairs {
@@ -216,12 +288,13 @@ async fn index_ab(events: &[shared::queue::QueuedEvent], args: &Args) -> anyhow:
         };
         for with in order {
             eprintln!(
-                "Drain {} of {}: user index {}...",
+                "Drain {} of {}: {} {}...",
                 runs.len() + 1,
                 args.pairs * 2,
+                feature.name(),
                 if with { "on" } else { "off" }
             );
-            let took = drain_fresh(events, args, with).await?;
+            let took = drain_fresh(events, args, feature.schema(with)).await?;
             runs.push((with, n as f64 / took.as_secs_f64()));
         }
     }
@@ -245,10 +318,11 @@ async fn index_ab(events: &[shared::queue::QueuedEvent], args: &Args) -> anyhow:
             ]
         })
         .collect();
-    print_table(&["drain", "user index", "rows", "writer rows/s"], &rows);
+    print_table(&["drain", feature.name(), "rows", "writer rows/s"], &rows);
     let ratios: Vec<String> = pair_ratios.iter().map(|r| format!("{r:.3}")).collect();
     println!(
-        "with / without the user index: median {:.0} / {:.0} rows/s = {:.3}; each pair: {}",
+        "with / without the {}: median {:.0} / {:.0} rows/s = {:.3}; each pair: {}",
+        feature.name(),
         median(&on),
         median(&off),
         median(&on) / median(&off),
@@ -260,7 +334,8 @@ async fn index_ab(events: &[shared::queue::QueuedEvent], args: &Args) -> anyhow:
             "writers": args.writers,
             "client_ids": args.client_ids,
             "summary_trigger": !args.no_summary_trigger,
-            "drains": runs.iter().map(|(w, r)| serde_json::json!({"user_index": w, "rows_per_sec": r})).collect::<Vec<_>>(),
+            "feature": feature.name(),
+            "drains": runs.iter().map(|(w, r)| serde_json::json!({"on": w, "rows_per_sec": r})).collect::<Vec<_>>(),
             "median_with": median(&on),
             "median_without": median(&off),
             "pair_ratios": pair_ratios,
