@@ -54,21 +54,27 @@ SELECT app_id, day, event_name, count(*), count(DISTINCT user_id), count(DISTINC
 
 /// The fold's sessions, one row per (app, day, event name, session) with its owner across the
 /// pending rows (migration 0008: NULL as soon as one pending row saw several users, none, or is
-/// older than the owners); members that already have another owner lose it. Each probe of
-/// `summary_members` is a primary-key lookup, like the fold's own insert.
+/// older than the owners), each probed once in `summary_members` (a LATERAL with LIMIT keeps it
+/// a primary-key lookup: as a join, the planner read the whole table). A member already stored
+/// with another owner loses it; the ones not found are the new ids [`FOLD`] inserts.
 const OWNERS: &str = "
 CREATE TEMP TABLE sluice_fold_sessions ON COMMIT DROP AS
-SELECT f.app_id, f.day, f.event_name, x.member,
-       CASE WHEN bool_and(x.owner IS NOT NULL) AND min(x.owner) = max(x.owner)
-            THEN min(x.owner) END AS owner
-  FROM sluice_fold f, unnest(f.sessions, coalesce(f.owners, '{}')) AS x(member, owner)
- WHERE x.member IS NOT NULL
- GROUP BY 1, 2, 3, 4;
-ANALYZE sluice_fold_sessions;
-UPDATE summary_members m SET owner = NULL
-  FROM sluice_fold_sessions f
- WHERE m.app_id = f.app_id AND m.day = f.day AND m.event_name = f.event_name AND m.kind = 's'
-   AND m.member = f.member AND m.owner IS NOT NULL AND m.owner IS DISTINCT FROM f.owner;
+SELECT s.*, m.ctid AS found, m.owner AS kept
+  FROM (SELECT f.app_id, f.day, f.event_name, x.member,
+               CASE WHEN bool_and(x.owner IS NOT NULL) AND min(x.owner) = max(x.owner)
+                    THEN min(x.owner) END AS owner
+          FROM sluice_fold f, unnest(f.sessions, coalesce(f.owners, '{}')) AS x(member, owner)
+         WHERE x.member IS NOT NULL
+         GROUP BY 1, 2, 3, 4) s
+  LEFT JOIN LATERAL (
+    SELECT x.ctid, x.owner FROM summary_members x
+     WHERE x.app_id = s.app_id AND x.day = s.day AND x.event_name = s.event_name
+       AND x.kind = 's' AND x.member = s.member
+     LIMIT 1) m ON true;
+UPDATE summary_members SET owner = NULL
+ WHERE ctid = ANY (ARRAY(
+   SELECT found FROM sluice_fold_sessions
+    WHERE found IS NOT NULL AND kept IS NOT NULL AND kept IS DISTINCT FROM owner));
 ";
 
 /// The fold proper: new ids into `summary_members` (counted as they go in), then one upsert per
@@ -86,6 +92,7 @@ WITH agg AS (
 ), ns AS (
     INSERT INTO summary_members (app_id, day, event_name, kind, member, owner)
     SELECT app_id, day, event_name, 's'::\"char\", member, owner FROM sluice_fold_sessions
+     WHERE found IS NULL
     ON CONFLICT DO NOTHING
     RETURNING app_id, day, event_name
 ), nuc AS (
@@ -155,9 +162,11 @@ SELECT i.* FROM sluice_erased_ids i
  WHERE i.kind = 'u' AND k.hit IS NULL
 UNION ALL
 SELECT i.day, i.event_name, i.kind, i.member FROM sluice_erased_ids i
-  JOIN summary_members m
-    ON m.app_id = $1 AND m.day = i.day AND m.event_name = i.event_name AND m.kind = 's'
-   AND m.member = i.member
+ CROSS JOIN LATERAL (
+    SELECT x.owner FROM summary_members x
+     WHERE x.app_id = $1 AND x.day = i.day AND x.event_name = i.event_name AND x.kind = 's'
+       AND x.member = i.member
+     LIMIT 1) m
  CROSS JOIN LATERAL (
     SELECT m.owner IS NOT NULL AND EXISTS (
              SELECT 1 FROM sluice_erased_ids u
@@ -316,6 +325,9 @@ async fn take_out(tx: &tokio_postgres::Transaction<'_>, e: Erased<'_>) -> Result
     tx.execute(ERASED_GONE, &[app])
         .await
         .map_err(DbError::query("find the erasure's gone ids"))?;
+    tx.batch_execute("ANALYZE sluice_gone")
+        .await
+        .map_err(DbError::query("analyze the erasure's gone ids"))?;
     let row = tx
         .query_one(ERASED_APPLY, &[app])
         .await
