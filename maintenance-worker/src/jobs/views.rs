@@ -138,28 +138,34 @@ SELECT e.day, e.event_name, 's', x FROM summary_erased e, unnest(e.sessions) AS 
  WHERE erasure_id = $1 AND app_id = $2
    AND NOT EXISTS (SELECT 1 FROM sluice_dirty d WHERE d.app_id = e.app_id AND d.day = e.day)";
 
-/// Ids no remaining event of that day and name carries (a user's later events keep them). Each
-/// user is probed by the user index (a LATERAL with LIMIT, so the probe stays a parameterized
-/// index scan whatever the statistics say; as a plain NOT EXISTS the planner chose a hash anti
-/// join over the whole table). A session whose owner (migration 0008) is one of the erased users
-/// of that day and name had only that user's events there, all deleted: it is gone unless that
-/// user's events that landed since carry it, one probe of the user index again. A session with
-/// no owner is proved by reading the day's range of the app's `(app_id, event_name,
-/// occurred_at)` index. The LATERALs' conditions on the outer row alone run as one-time filters,
-/// so each session pays one of the two probes.
+/// What is left of the erased users' events: each user's rows found by the user index, once
+/// for all their days (after the deletions, only events that landed since). The subquery is
+/// kept apart (OFFSET 0) so that each user stays one parameterized probe of the user index; as
+/// per-(day, event name) probes, the planner also read each day's range of the app's index.
+const ERASED_LEFT: &str = "
+INSERT INTO sluice_left
+SELECT (e.occurred_at AT TIME ZONE 'UTC')::date, e.event_name, e.user_id, e.session_id
+  FROM (SELECT DISTINCT member FROM sluice_erased_ids WHERE kind = 'u') u
+ CROSS JOIN LATERAL (
+    SELECT e.occurred_at, e.event_name, e.user_id, e.session_id FROM analytics_events e
+     WHERE hashtextextended(e.app_id || chr(31) || e.user_id, 0)
+           = hashtextextended($1::text || chr(31) || u.member, 0)
+       AND e.user_id IS NOT NULL AND e.app_id = $1 AND e.user_id = u.member
+    OFFSET 0) e";
+
+/// Ids no remaining event of that day and name carries. A user is gone where none of their
+/// events is left. A session whose owner (migration 0008) is one of the erased users of that
+/// day and name had only that user's events there: it is gone unless one of the erased users'
+/// events left carries it. A session with no owner is proved by reading the day's range of the
+/// app's `(app_id, event_name, occurred_at)` index (a LATERAL with LIMIT, stopping at the first
+/// event; its condition on the outer row alone runs as a one-time filter, so owned sessions
+/// skip it).
 const ERASED_GONE: &str = "
 INSERT INTO sluice_gone
 SELECT i.* FROM sluice_erased_ids i
-  LEFT JOIN LATERAL (
-    SELECT 1 AS hit FROM analytics_events e
-     WHERE hashtextextended(e.app_id || chr(31) || e.user_id, 0)
-           = hashtextextended($1::text || chr(31) || i.member, 0)
-       AND e.user_id IS NOT NULL AND e.app_id = $1 AND e.user_id = i.member
-       AND e.event_name = i.event_name
-       AND e.occurred_at >= i.day::timestamp AT TIME ZONE 'UTC'
-       AND e.occurred_at < (i.day + 1)::timestamp AT TIME ZONE 'UTC'
-     LIMIT 1) k ON true
- WHERE i.kind = 'u' AND k.hit IS NULL
+ WHERE i.kind = 'u' AND NOT EXISTS (
+   SELECT 1 FROM sluice_left l
+    WHERE l.day = i.day AND l.event_name = i.event_name AND l.user_id = i.member)
 UNION ALL
 SELECT i.day, i.event_name, i.kind, i.member FROM sluice_erased_ids i
  CROSS JOIN LATERAL (
@@ -174,23 +180,14 @@ SELECT i.day, i.event_name, i.kind, i.member FROM sluice_erased_ids i
                 AND u.member = m.owner) AS owned) o
   LEFT JOIN LATERAL (
     SELECT 1 AS hit FROM analytics_events e
-     WHERE o.owned
-       AND hashtextextended(e.app_id || chr(31) || e.user_id, 0)
-           = hashtextextended($1::text || chr(31) || m.owner, 0)
-       AND e.user_id IS NOT NULL AND e.app_id = $1 AND e.user_id = m.owner
-       AND e.event_name = i.event_name
-       AND e.occurred_at >= i.day::timestamp AT TIME ZONE 'UTC'
-       AND e.occurred_at < (i.day + 1)::timestamp AT TIME ZONE 'UTC'
-       AND e.session_id = i.member
-     LIMIT 1) k ON true
-  LEFT JOIN LATERAL (
-    SELECT 1 AS hit FROM analytics_events e
      WHERE NOT o.owned AND e.app_id = $1 AND e.event_name = i.event_name
        AND e.occurred_at >= i.day::timestamp AT TIME ZONE 'UTC'
        AND e.occurred_at < (i.day + 1)::timestamp AT TIME ZONE 'UTC'
        AND e.session_id = i.member
      LIMIT 1) r ON true
- WHERE i.kind = 's' AND k.hit IS NULL AND r.hit IS NULL";
+ WHERE i.kind = 's' AND r.hit IS NULL AND NOT EXISTS (
+   SELECT 1 FROM sluice_left l
+    WHERE l.day = i.day AND l.event_name = i.event_name AND l.session_id = i.member)";
 
 /// The gone ids leave `summary_members`, and each (day, event name) loses the erased events and
 /// the ids gone; rows left with no event go. Returns the user members removed. $1 the app.
@@ -260,7 +257,9 @@ pub async fn fold(db: &Db, erased: Option<Erased<'_>>) -> Result<serde_json::Val
         .start()
         .await
         .map_err(DbError::query("begin fold"))?;
-    tx.batch_execute("SET LOCAL statement_timeout = 0")
+    // JIT compilation of these statements (their estimates span every partition) took seconds
+    // for queries that run in milliseconds.
+    tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL jit = off")
         .await
         .map_err(DbError::query("fold timeout"))?;
     tx.batch_execute(TAKE)
@@ -309,6 +308,8 @@ async fn take_out(tx: &tokio_postgres::Transaction<'_>, e: Erased<'_>) -> Result
          CREATE TEMP TABLE sluice_erased_ids (day date, event_name text, kind \"char\", member text)
            ON COMMIT DROP;
          CREATE TEMP TABLE sluice_gone (day date, event_name text, kind \"char\", member text)
+           ON COMMIT DROP;
+         CREATE TEMP TABLE sluice_left (day date, event_name text, user_id text, session_id text)
            ON COMMIT DROP;",
     )
     .await
@@ -322,6 +323,12 @@ async fn take_out(tx: &tokio_postgres::Transaction<'_>, e: Erased<'_>) -> Result
     tx.batch_execute("ANALYZE sluice_erased; ANALYZE sluice_erased_ids")
         .await
         .map_err(DbError::query("analyze the erasure's ids"))?;
+    tx.execute(ERASED_LEFT, &[app])
+        .await
+        .map_err(DbError::query("find the erased users' events left"))?;
+    tx.batch_execute("ANALYZE sluice_left")
+        .await
+        .map_err(DbError::query("analyze the erased users' events left"))?;
     tx.execute(ERASED_GONE, &[app])
         .await
         .map_err(DbError::query("find the erasure's gone ids"))?;
