@@ -198,19 +198,22 @@ impl Feature {
     }
 }
 
-/// The summary's insert trigger as migration 6 made it: each statement's distinct sessions,
-/// without their owners.
-const TRIGGER_WITHOUT_OWNERS: &str = "
-CREATE OR REPLACE FUNCTION sluice_summary_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  INSERT INTO summary_pending (app_id, day, event_name, events, users, sessions)
-  SELECT app_id, (occurred_at AT TIME ZONE 'UTC')::date, event_name, count(*),
-         coalesce(array_agg(DISTINCT user_id) FILTER (WHERE user_id IS NOT NULL), '{}'),
-         coalesce(array_agg(DISTINCT session_id) FILTER (WHERE session_id IS NOT NULL), '{}')
-    FROM sluice_new_rows
-   GROUP BY 1, 2, 3;
-  RETURN NULL;
-END $$;";
+/// The summary's insert trigger as migration 6 made it (each statement's distinct sessions,
+/// without their owners), taken from that migration's text.
+fn trigger_without_owners() -> anyhow::Result<String> {
+    let m6 = shared::schema::MIGRATIONS
+        .iter()
+        .find(|m| m.version == 6)
+        .ok_or_else(|| anyhow::anyhow!("no migration 6"))?;
+    let start = m6
+        .sql
+        .find("CREATE FUNCTION sluice_summary_inserted()")
+        .ok_or_else(|| anyhow::anyhow!("migration 6 has no insert trigger"))?;
+    let len = m6.sql[start..]
+        .find("END $$;")
+        .ok_or_else(|| anyhow::anyhow!("migration 6's insert trigger has no end"))?;
+    Ok(m6.sql[start..start + len + "END $$;".len()].replacen("CREATE", "CREATE OR REPLACE", 1))
+}
 
 /// Queues `events`, drains them with the writer into a fresh database (with `schema`'s
 /// features) and checks that every one was stored; returns the drain's time.
@@ -235,8 +238,20 @@ async fn drain_fresh(
             .await?;
     }
     if !schema.session_owners {
-        client.batch_execute(TRIGGER_WITHOUT_OWNERS).await?;
+        client.batch_execute(&trigger_without_owners()?).await?;
     }
+    let owners: bool = client
+        .query_one(
+            "SELECT pg_get_functiondef('sluice_summary_inserted'::regproc) LIKE '%owners%'",
+            &[],
+        )
+        .await?
+        .get(0);
+    anyhow::ensure!(
+        owners == schema.session_owners,
+        "the summary trigger records owners: {owners} (wanted {})",
+        schema.session_owners
+    );
     let indexed = user_indexed_partitions(&client).await?;
     anyhow::ensure!(
         (indexed > 0) == user_index,
