@@ -1,8 +1,11 @@
 //! End-to-end benchmark: brings up the gateway, N batch writers and the maintenance worker as
 //! their own release processes on the local PostgreSQL and Redis, drives HTTP load for a set time,
 //! waits for the drain, and reports accepted and stored events/s, end-to-end latency (receive to
-//! commit), each daemon's peak memory and CPU per million events, beside a raw binary COPY and the
-//! original design's multi-row INSERT of the same rows measured in the same run. Writes the
+//! commit), each daemon's peak memory and CPU per million events, beside baselines of the same rows
+//! measured in the same run: one raw binary COPY, the fair limit (`--fair-streams` concurrent raw
+//! COPY streams committing every 1000 rows; the writers' own stream count, 2 a writer, is the
+//! one the drain is held to) and the original design's multi-row INSERT. The drain rate is the
+//! writers' alone: the events stored after the load stopped over the time they took. Writes the
 //! figures as JSON and a chart (SVG) of throughput and latency over time.
 //!
 //! `cargo build --release --bins && target/release/e2e-bench --seconds 30`
@@ -35,6 +38,9 @@ struct Args {
     json: String,
     #[arg(long, default_value = "docs/benchmarks/e2e.svg")]
     chart: String,
+    /// Stream counts of the fair raw COPY limit (commits of 1000 rows, the writer's batch).
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4")]
+    fair_streams: Vec<usize>,
     /// Skip the baselines (for long sustained runs).
     #[arg(long)]
     no_baselines: bool,
@@ -227,6 +233,11 @@ async fn main() -> anyhow::Result<()> {
     .await;
     eprintln!("Load done; waiting for the drain...");
     let accepted = result.events_accepted as f64;
+    let written_at_load_end = metric(
+        &scrape(&writer_ops).await.concat(),
+        "sluice_events_written_total",
+    );
+    let drain_started = Instant::now();
     let drained = shared::testing::wait_for(Duration::from_secs(600), || async {
         let written = metric(
             &scrape(&writer_ops).await.concat(),
@@ -237,6 +248,7 @@ async fn main() -> anyhow::Result<()> {
     .await;
     anyhow::ensure!(drained.is_some(), "the writers did not drain");
     let stored_secs = load_started.elapsed().as_secs_f64();
+    let drain_rate = (accepted - written_at_load_end) / drain_started.elapsed().as_secs_f64();
     stop.cancel();
     let samples = sampler.await?;
 
@@ -277,20 +289,31 @@ async fn main() -> anyhow::Result<()> {
     drop(gateway);
     drop(maintenance);
 
-    let (raw_rate, insert_rate) = if args.no_baselines {
-        (None, None)
+    let own_streams = args.writers * 2;
+    let (raw_rate, insert_rate, fair) = if args.no_baselines {
+        (None, None, Vec::new())
     } else {
         eprintln!("Baselines on the same rows...");
         let events = read_back(&client).await?;
         let raw_db = TestDb::migrated().await;
         let raw = baseline::raw_copy(&raw_db.client().await, &events).await?;
+        let fair = baseline::fair_limits(&events, &args.fair_streams, 1000).await?;
         let ins_db = TestDb::migrated().await;
         let ins = baseline::multi_row_insert(&ins_db.client().await, &events).await?;
+        let rate = |d: Duration| events.len() as f64 / d.as_secs_f64();
         (
-            Some(events.len() as f64 / raw.as_secs_f64()),
-            Some(events.len() as f64 / ins.as_secs_f64()),
+            Some(rate(raw)),
+            Some(rate(ins)),
+            fair.into_iter()
+                .map(|(n, d)| (n, rate(d)))
+                .collect::<Vec<_>>(),
         )
     };
+    let fair_same = fair.iter().find(|f| f.0 == own_streams).map(|f| f.1);
+    let fair_best = fair
+        .iter()
+        .map(|f| f.1)
+        .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
 
     let accepted_rate = accepted / result.elapsed.as_secs_f64();
     let stored_rate = accepted / stored_secs;
@@ -312,12 +335,41 @@ async fn main() -> anyhow::Result<()> {
                 f(raw_rate),
             ],
             vec![
+                format!(
+                    "fair limit: {own_streams} raw COPY streams, a commit every 1000 rows, rows/s"
+                ),
+                f(fair_same),
+            ],
+            vec![
+                format!(
+                    "best fair limit ({}), rows/s",
+                    fair.iter()
+                        .map(|(n, r)| format!("{n} streams {r:.0}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                f(fair_best),
+            ],
+            vec![
                 "multi-row INSERT (1000 rows) of the same rows, rows/s".into(),
                 f(insert_rate),
             ],
             vec![
+                "drain (events stored after the load stopped / the time they took), events/s"
+                    .into(),
+                format!("{drain_rate:.0}"),
+            ],
+            vec![
                 "stored / raw COPY".into(),
                 raw_rate.map_or("-".into(), |r| format!("{:.2}", stored_rate / r)),
+            ],
+            vec![
+                "drain / fair limit with the writers' streams (target >= 0.8)".into(),
+                fair_same.map_or("-".into(), |r| format!("{:.2}", drain_rate / r)),
+            ],
+            vec![
+                "drain / multi-row INSERT (target >= 1.3)".into(),
+                insert_rate.map_or("-".into(), |r| format!("{:.2}", drain_rate / r)),
             ],
             vec![
                 "end-to-end latency p50 / p99 / max (s, bucket bounds)".into(),
@@ -382,6 +434,8 @@ async fn main() -> anyhow::Result<()> {
         "stored_per_sec": stored_rate,
         "raw_copy_per_sec": raw_rate,
         "multi_row_insert_per_sec": insert_rate,
+        "drain_per_sec": drain_rate,
+        "fair_limit_per_sec": fair.iter().map(|(n, r)| serde_json::json!({"streams": n, "commit_rows": 1000, "rows_per_sec": r})).collect::<Vec<_>>(),
         "latency_p50_s": p50,
         "latency_p99_s": p99,
         "latency_max_s": max_latency,

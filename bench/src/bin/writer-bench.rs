@@ -1,7 +1,9 @@
 //! Drain benchmark of the batch writer: fills the streams with N events, measures how fast the
-//! writer stores them (dedupe on) into the fully indexed table, and measures in the same run a raw
-//! binary COPY of the same rows and the original design's 1000-row multi-row INSERT, each into an
-//! identical table of its own database.
+//! writer stores them (dedupe on) into the fully indexed table, and measures in the same run, each
+//! into an identical table of its own database, the same rows as: one raw binary COPY; the fair
+//! limit, `--fair-streams` concurrent raw binary COPY streams committing every `--batch-size`
+//! rows (the writer's own stream count and commit size are the ones it is held to, and the best
+//! count found is printed too); and the original design's 1000-row multi-row INSERT.
 //!
 //! `--index-ab` measures instead what the user index of migration 7 (`analytics_events_user_idx`,
 //! which erasures find a user's rows by) costs the drain: the same events drained alternately
@@ -55,6 +57,9 @@ struct Args {
     /// Pairs of drains of `--index-ab` or `--owners-ab`.
     #[arg(long, default_value_t = 2)]
     pairs: usize,
+    /// Stream counts of the fair raw COPY limit (commits of `--batch-size` rows).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4")]
+    fair_streams: Vec<usize>,
     /// Where to write the figures as JSON.
     #[arg(long)]
     json: Option<String>,
@@ -85,6 +90,11 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("Raw binary COPY baseline...");
     let raw_db = TestDb::migrated().await;
     let raw = baseline::raw_copy(&raw_db.client().await, &events).await?;
+    eprintln!(
+        "Fair limit: {:?} raw COPY streams, commits of {} rows...",
+        args.fair_streams, args.batch_size
+    );
+    let fair = baseline::fair_limits(&events, &args.fair_streams, args.batch_size).await?;
 
     eprintln!("Draining with the batch writer...");
     let schema = Schema {
@@ -98,14 +108,26 @@ async fn main() -> anyhow::Result<()> {
     let insert = baseline::multi_row_insert(&ins_db.client().await, &events).await?;
 
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
-    let rows = vec![
-        vec![
-            "raw binary COPY (one stream)".into(),
+    let mut rows = vec![vec![
+        "raw binary COPY (one stream, one transaction)".into(),
+        n.to_string(),
+        format!("{:.2}", raw.as_secs_f64()),
+        format!("{:.0}", rate(raw)),
+        "1.00".into(),
+    ]];
+    for (streams, took) in &fair {
+        rows.push(vec![
+            format!(
+                "fair limit: {streams} raw COPY stream(s), a commit every {} rows",
+                args.batch_size
+            ),
             n.to_string(),
-            format!("{:.2}", raw.as_secs_f64()),
-            format!("{:.0}", rate(raw)),
-            "1.00".into(),
-        ],
+            format!("{:.2}", took.as_secs_f64()),
+            format!("{:.0}", rate(*took)),
+            format!("{:.2}", raw.as_secs_f64() / took.as_secs_f64()),
+        ]);
+    }
+    rows.extend([
         vec![
             format!(
                 "batch-writer drain ({} COPY streams, dedupe on, {} ids{}{})",
@@ -134,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
             format!("{:.0}", rate(insert)),
             format!("{:.2}", raw.as_secs_f64() / insert.as_secs_f64()),
         ],
-    ];
+    ]);
     print_table(
         &["method", "rows", "seconds", "rows/s", "of raw COPY"],
         &rows,
@@ -143,10 +165,28 @@ async fn main() -> anyhow::Result<()> {
         "writer / multi-row INSERT: {:.2}x",
         insert.as_secs_f64() / drain.as_secs_f64()
     );
+    let same = fair.iter().find(|(s, _)| *s == args.writers).map(|f| f.1);
+    let best = fair.iter().map(|f| f.1).min();
+    if let Some(same) = same {
+        println!(
+            "writer / fair limit with its {} streams: {:.2} (target >= 0.9 with gateway ids, >= 0.8 with client ids)",
+            args.writers,
+            same.as_secs_f64() / drain.as_secs_f64()
+        );
+    }
+    if let Some(best) = best {
+        println!(
+            "writer / best fair limit ({} streams): {:.2}",
+            fair.iter().find(|f| f.1 == best).map_or(0, |f| f.0),
+            best.as_secs_f64() / drain.as_secs_f64()
+        );
+    }
     if let Some(path) = args.json {
         let doc = serde_json::json!({
             "events": n,
             "raw_copy_rows_per_sec": rate(raw),
+            "fair_limit_rows_per_sec": fair.iter().map(|(s, d)| serde_json::json!({"streams": s, "commit_rows": args.batch_size, "rows_per_sec": rate(*d)})).collect::<Vec<_>>(),
+            "writer_over_fair_same_streams": same.map(|d| d.as_secs_f64() / drain.as_secs_f64()),
             "writer_rows_per_sec": rate(drain),
             "multi_row_insert_rows_per_sec": rate(insert),
             "writer_over_raw": raw.as_secs_f64() / drain.as_secs_f64(),
