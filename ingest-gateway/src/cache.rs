@@ -1,12 +1,14 @@
-//! The read API's Redis cache, as the original design describes its Redis layer: reconnection
-//! with exponential backoff, batch get and set with TTL (MGET, pipelined SET EX), counters with
-//! TTL, invalidation by prefix with SCAN (never KEYS), statistics, and one computation per key
-//! for concurrent misses (no stampede). The cache may live on another, LRU, Redis
-//! (`CACHE_REDIS_URL`). Every call is bounded by a short timeout and a cache that is down is
-//! simply a miss: answers still come from PostgreSQL.
+//! The read API's Redis cache: what the read path uses and nothing more. One `GET` per read and
+//! one `SET EX` per computed answer, one computation per key for concurrent misses (no
+//! stampede) with refresh-ahead, hit and miss counts kept in the process and added to Redis's
+//! daily counters by the gauges loop (never a round trip per read), and invalidation by prefix
+//! with SCAN (never KEYS). The cache may live on another, LRU, Redis (`CACHE_REDIS_URL`). Every
+//! call is bounded by a short timeout and a cache that is down is simply a miss: answers still
+//! come from PostgreSQL.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +32,8 @@ pub struct Cache {
     timeout: Duration,
     conn: OnceCell<RedisConn>,
     inflight: Mutex<HashMap<String, Flight>>,
+    /// Hits and misses not yet added to Redis's daily counters.
+    unflushed: [AtomicU64; 2],
 }
 
 /// What `ingest-gateway cache stats` prints.
@@ -53,6 +57,7 @@ impl Cache {
             timeout,
             conn: OnceCell::new(),
             inflight: Mutex::new(HashMap::new()),
+            unflushed: [AtomicU64::new(0), AtomicU64::new(0)],
         })
     }
 
@@ -112,87 +117,58 @@ impl Cache {
         }
     }
 
-    /// Publishes the cache's keys, memory and hit ratio on `/metrics` every `every` until `stop`.
+    /// Every `every` until `stop`: adds this process's hits and misses to Redis's daily
+    /// counters, and publishes the cache's keys, memory and hit ratio on `/metrics`; once more
+    /// at the stop, so no count is lost.
     pub fn spawn_gauges(self: &Arc<Self>, every: Duration, tasks: &shared::tasks::Tasks) {
         let me = self.clone();
         let stop = tasks.stop_token();
-        tasks.spawn(
-            "cache_gauges",
+        tasks.spawn("cache_gauges", async move {
+            let each = me.clone();
             shared::shutdown::every(every, stop, move || {
-                let me = me.clone();
+                let me = each.clone();
                 async move {
+                    me.flush_counts().await;
                     if let Some(s) = me.stats().await {
                         shared::metrics::cache_state(s.keys, s.memory_bytes, s.hit_ratio);
                     }
                 }
-            }),
-        );
+            })
+            .await;
+            me.flush_counts().await;
+        });
     }
 
-    /// `MGET`: one value (or none) per key, in order; all `None` when the cache is down.
-    pub async fn get_many(&self, keys: &[String]) -> Vec<Option<String>> {
-        if keys.is_empty() {
-            return Vec::new();
-        }
-        let mut conn = match self.conn.get() {
-            Some(c) => c.clone(),
-            None => return vec![None; keys.len()],
-        };
-        let got = tokio::time::timeout(
-            self.timeout,
-            redis::cmd("MGET")
-                .arg(keys)
-                .query_async::<Vec<Option<String>>>(&mut conn),
-        )
-        .await;
-        match got {
+    /// `GET`: the value, or none (also when the cache is down).
+    pub async fn get(&self, key: &str) -> Option<String> {
+        let mut conn = self.conn.get()?.clone();
+        let mut get = redis::cmd("GET");
+        get.arg(key);
+        match tokio::time::timeout(self.timeout, get.query_async::<Option<String>>(&mut conn)).await
+        {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "Cache call failed.");
-                vec![None; keys.len()]
+                None
             }
-            Err(_) => vec![None; keys.len()],
+            Err(_) => None,
         }
     }
 
-    /// Pipelined `SET key value EX ttl`; false when the cache is down.
-    pub async fn set_many(&self, items: &[(String, String, Duration)]) -> bool {
-        if items.is_empty() {
-            return true;
-        }
+    /// `SET key value EX ttl`; false when the cache is down.
+    pub async fn put(&self, key: &str, value: &str, ttl: Duration) -> bool {
         self.call::<()>(|| {
             let mut p = redis::pipe();
-            for (k, v, ttl) in items {
-                p.cmd("SET")
-                    .arg(k)
-                    .arg(v)
-                    .arg("EX")
-                    .arg(ttl.as_secs().max(1))
-                    .ignore();
-            }
+            p.cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("EX")
+                .arg(ttl.as_secs().max(1))
+                .ignore();
             p
         })
         .await
         .is_some()
-    }
-
-    /// `INCRBY` then `EXPIRE` (set only when the key is new), atomically; the new value.
-    pub async fn incr(&self, key: &str, by: i64, ttl: Duration) -> Option<i64> {
-        let (v, _): (i64, i64) = self
-            .call(|| {
-                let mut p = redis::pipe();
-                p.atomic()
-                    .cmd("INCRBY")
-                    .arg(key)
-                    .arg(by)
-                    .cmd("EXPIRE")
-                    .arg(key)
-                    .arg(ttl.as_secs().max(1))
-                    .arg("NX");
-                p
-            })
-            .await?;
-        Some(v)
     }
 
     /// Deletes every cache key under `prefix` (which must lie inside [`Cache::prefix`]), with
@@ -249,26 +225,58 @@ impl Cache {
         )
     }
 
-    /// Counts a hit or a miss: a Prometheus counter here, and a daily Redis counter (kept two
-    /// days) that `cache stats` reads across replicas.
-    pub async fn record(&self, hit: bool) {
+    /// Counts a hit or a miss: a Prometheus counter, and a count the gauges loop adds to Redis's
+    /// daily counter (kept two days), which `cache stats` reads across replicas.
+    pub fn record(&self, hit: bool) {
         if hit {
             shared::metrics::cache_hit();
         } else {
             shared::metrics::cache_miss();
         }
-        let key = self.stats_key(if hit { "hits" } else { "misses" });
-        let _ = self.incr(&key, 1, Duration::from_secs(2 * 86_400)).await;
+        self.unflushed[usize::from(!hit)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds the hits and misses counted since the last flush to Redis's daily counters
+    /// (`INCRBY`, and `EXPIRE NX` of two days, atomically); what could not be added is kept for
+    /// the next flush.
+    pub async fn flush_counts(&self) {
+        let counts = [0, 1].map(|i| self.unflushed[i].swap(0, Ordering::Relaxed));
+        if counts == [0, 0] {
+            return;
+        }
+        let keys = [self.stats_key("hits"), self.stats_key("misses")];
+        let done = self
+            .call::<()>(|| {
+                let mut p = redis::pipe();
+                p.atomic();
+                for (key, n) in keys.iter().zip(counts) {
+                    p.cmd("INCRBY").arg(key).arg(n).ignore();
+                    p.cmd("EXPIRE").arg(key).arg(2 * 86_400).arg("NX").ignore();
+                }
+                p
+            })
+            .await;
+        if done.is_none() {
+            for (i, n) in counts.into_iter().enumerate() {
+                self.unflushed[i].fetch_add(n, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Today's hits and misses, the number of cached answers, and the cache Redis's memory.
     pub async fn stats(&self) -> Option<CacheStats> {
-        let counts = self
-            .get_many(&[self.stats_key("hits"), self.stats_key("misses")])
-            .await;
-        let num = |v: &Option<String>| v.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0u64);
-        let (hits, misses) = (num(&counts[0]), num(&counts[1]));
         let mut conn = self.conn.get()?.clone();
+        let (hits, misses): (Option<u64>, Option<u64>) = tokio::time::timeout(
+            self.timeout,
+            redis::pipe()
+                .get(self.stats_key("hits"))
+                .get(self.stats_key("misses"))
+                .query_async(&mut conn),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let (hits, misses) = (hits.unwrap_or(0), misses.unwrap_or(0));
         let mut keys = 0;
         let mut cursor: u64 = 0;
         let pattern = format!("{}:v1:*", escape_glob(&self.prefix));
@@ -315,7 +323,7 @@ impl Cache {
         Fut: Future<Output = Result<String, ComputeFailed>>,
     {
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let cached = self.get_many(&[key.to_owned()]).await.pop().flatten();
+        let cached = self.get(key).await;
         if let Some((fresh_until, value)) = cached.as_deref().and_then(split_entry) {
             let stale = now_ms >= fresh_until;
             // A stale answer is refreshed by one request; the others keep being served it.
@@ -326,7 +334,7 @@ impl Cache {
                     .unwrap_or_else(|e| e.into_inner())
                     .contains_key(key)
             {
-                self.record(true).await;
+                self.record(true);
                 return Ok((value.to_owned(), true));
             }
         }
@@ -342,8 +350,7 @@ impl Cache {
                 if let Ok(v) = &r {
                     let fresh_until =
                         chrono::Utc::now().timestamp_millis() + ttl.as_millis() as i64;
-                    self.set_many(&[(key.to_owned(), format!("{fresh_until}|{v}"), ttl * 2)])
-                        .await;
+                    self.put(key, &format!("{fresh_until}|{v}"), ttl * 2).await;
                 }
                 r
             })
@@ -355,7 +362,7 @@ impl Cache {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(key);
         }
-        self.record(false).await;
+        self.record(false);
         out.map(|v| (v, false))
     }
 }

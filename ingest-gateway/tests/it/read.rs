@@ -223,14 +223,23 @@ async fn answers_are_cached_then_invalidated() {
         get(&gw, &gw.app.read_key, &path).await.headers["x-cache"],
         "MISS"
     );
-    let stats = std::process::Command::new(env!("CARGO_BIN_EXE_ingest-gateway"))
-        .args(["cache", "stats"])
-        .envs(gw.db.env_vars())
-        .env("REDIS_URL", REDIS)
-        .env("STREAM_PREFIX", &gw.prefix)
-        .output()
-        .expect("stats");
-    let s: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("JSON");
+    // The gateway adds its counts to Redis every CACHE_STATS_INTERVAL_MS.
+    let stats = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ingest-gateway"))
+            .args(["cache", "stats"])
+            .envs(gw.db.env_vars())
+            .env("REDIS_URL", REDIS)
+            .env("STREAM_PREFIX", &gw.prefix)
+            .output()
+            .expect("stats");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")
+    };
+    let s = shared::testing::wait_for(Duration::from_secs(10), || async {
+        let s = stats();
+        (s["hits"].as_u64() == Some(1) && s["misses"].as_u64() == Some(2)).then_some(s)
+    })
+    .await
+    .unwrap_or_else(stats);
     assert_eq!(
         (s["hits"].as_u64(), s["misses"].as_u64(), s["keys"].as_u64()),
         (Some(1), Some(2), Some(1))
@@ -402,43 +411,54 @@ async fn concurrent_misses_of_one_key_compute_once() {
         ("v2".to_owned(), true),
         "the refreshed answer is cached"
     );
-    // Batch get and set with TTL, counters with TTL, invalidation by prefix.
+    // Get and put with TTL, counts flushed to Redis's daily counters, invalidation by prefix.
     let k2 = format!("{}:v1:app:y", cache.prefix());
-    assert!(
-        cache
-            .set_many(&[(k2.clone(), "2".into(), Duration::from_secs(30))])
-            .await
-    );
-    let got = cache
-        .get_many(&[key.clone(), k2.clone(), "missing".into()])
-        .await;
-    assert!(
-        got[0].as_deref().is_some_and(|v| v.ends_with("|answer")),
-        "{got:?}"
-    );
-    assert_eq!(got[1..], [Some("2".into()), None]);
-    let counter = format!("{}:counter", cache.prefix());
-    assert_eq!(
-        cache.incr(&counter, 5, Duration::from_secs(30)).await,
-        Some(5)
-    );
-    assert_eq!(
-        cache.incr(&counter, 1, Duration::from_secs(30)).await,
-        Some(6)
-    );
+    assert!(cache.put(&k2, "2", Duration::from_secs(30)).await);
+    assert!(cache
+        .get(&key)
+        .await
+        .is_some_and(|v| v.ends_with("|answer")));
+    assert_eq!(cache.get(&k2).await.as_deref(), Some("2"));
+    assert_eq!(cache.get("missing").await, None);
     let mut conn = crate::helpers::redis_conn().await;
     let ttl: i64 = redis::cmd("TTL")
-        .arg(&counter)
+        .arg(&k2)
         .query_async(&mut conn)
         .await
         .expect("ttl");
     assert!((1..=30).contains(&ttl));
+    // 32 reads so far (20 of x, 12 of z), at least 3 of them misses (x, z, z's refresh): none in
+    // Redis until a flush; a flush adds each count once.
+    let before = cache.stats().await.expect("stats");
+    assert_eq!((before.hits, before.misses), (0, 0));
+    cache.flush_counts().await;
+    let flushed = cache.stats().await.expect("stats");
+    assert_eq!(flushed.hits + flushed.misses, 32, "{flushed:?}");
+    assert!(flushed.misses >= 3, "{flushed:?}");
+    cache.record(false);
+    cache.flush_counts().await;
+    cache.flush_counts().await;
+    let after = cache.stats().await.expect("stats");
+    assert_eq!(
+        (after.hits, after.misses),
+        (flushed.hits, flushed.misses + 1)
+    );
+    let day = Utc::now().format("%Y%m%d");
+    let counter_ttl: i64 = redis::cmd("TTL")
+        .arg(format!("{}:stats:hits:{day}", cache.prefix()))
+        .query_async(&mut conn)
+        .await
+        .expect("ttl");
+    assert!(
+        (86_400..=2 * 86_400).contains(&counter_ttl),
+        "{counter_ttl}"
+    );
     assert_eq!(
         cache
             .invalidate_prefix(&format!("{}:v1:", cache.prefix()))
             .await,
         Some(3)
     );
-    assert_eq!(cache.get_many(&[key]).await, vec![None]);
+    assert_eq!(cache.get(&key).await, None);
     shared::testing::redis_cleanup(REDIS, cache.prefix().trim_end_matches(":cache")).await;
 }
