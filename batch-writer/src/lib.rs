@@ -12,6 +12,7 @@
 pub mod bookkeeping;
 pub mod config;
 pub mod dead_letter;
+pub mod pending;
 pub mod pipeline;
 pub mod reader;
 pub mod rows;

@@ -8,7 +8,8 @@
 //!    client-chosen id, or an event of an entry that may have been partly written), keeping only
 //!    events seen first;
 //! 4. binary COPY the events into `analytics_events`, and those whose month has no partition into
-//!    `events_quarantine`;
+//!    `events_quarantine`; binary COPY their summary pending rows (`crate::pending`; the entry
+//!    locks' statement told the summary trigger to leave them to the writer);
 //! 5. record the entries in `entry_ledger`: written whole, or (split batches) written in parts;
 //! 6. commit.
 //!
@@ -269,6 +270,7 @@ impl Store {
                 .partition(|e| p.months.contains(&rows::month(e)))
         };
         copy_events(&tx, "analytics_events", &known).await?;
+        crate::pending::copy(&tx, &known).await?;
         if !orphans.is_empty() {
             copy_events(&tx, "events_quarantine", &orphans).await?;
         }
@@ -365,8 +367,13 @@ async fn lock_entries(
     }
     ids.sort_unstable();
     ids.dedup();
+    // The same statement tells the summary trigger that this transaction records its own
+    // pending rows ([`crate::pending`]).
     tx.execute(
-        "SELECT count(pg_advisory_xact_lock(id)) FROM unnest($1::bigint[]) AS id",
+        &format!(
+            "SELECT (SELECT count(pg_advisory_xact_lock(id)) FROM unnest($1::bigint[]) AS id), {}",
+            crate::pending::TELL_TRIGGER
+        ),
         &[&ids],
     )
     .await

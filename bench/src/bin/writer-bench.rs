@@ -9,12 +9,13 @@
 //! which erasures find a user's rows by) costs the drain: the same events drained alternately
 //! with and without it (`--pairs` pairs, in the order with, without, without, with, ...), each
 //! drain into a fresh database, so the ratio comes from one run on one machine state.
-//! `--owners-ab` does the same for the session owners of migration 8 (the summary trigger with
-//! them against the trigger of migration 6, which records the sessions without their owners).
+//! `--pending-ab` does the same for the summary's pending rows the writer records with each
+//! batch (migration 9): without them, a row trigger on `summary_pending` discards what the
+//! writer copies there, so only sending those few rows is still paid.
 //!
 //! `cargo run --release -p sluice-bench --bin writer-bench -- --events 1000000`
 //! `target/release/writer-bench --events 1000000 --index-ab`
-//! `target/release/writer-bench --events 1000000 --owners-ab`
+//! `target/release/writer-bench --events 1000000 --pending-ab`
 
 use std::time::{Duration, Instant};
 
@@ -39,9 +40,9 @@ struct Args {
     /// Events carry client-chosen ids (each then costs a dedupe key, to catch client retries).
     #[arg(long)]
     client_ids: bool,
-    /// Drain with the summary trigger off, to measure what it costs the writer.
+    /// Drain with the summary's pending rows discarded, to measure what they cost the writer.
     #[arg(long)]
-    no_summary_trigger: bool,
+    no_summary_pending: bool,
     /// Drain with the user index of migration 7 dropped (on every partition), to measure what
     /// it costs the writer.
     #[arg(long)]
@@ -50,11 +51,11 @@ struct Args {
     /// the ratio.
     #[arg(long)]
     index_ab: bool,
-    /// Drain alternately with the summary trigger of migration 8 (sessions' owners) and that of
-    /// migration 6 instead of the baselines, and report the ratio.
+    /// Drain alternately with and without the summary's pending rows instead of the baselines,
+    /// and report the ratio.
     #[arg(long, conflicts_with = "index_ab")]
-    owners_ab: bool,
-    /// Pairs of drains of `--index-ab` or `--owners-ab`.
+    pending_ab: bool,
+    /// Pairs of drains of `--index-ab` or `--pending-ab`.
     #[arg(long, default_value_t = 2)]
     pairs: usize,
     /// Stream counts of the fair raw COPY limit (commits of `--batch-size` rows).
@@ -83,8 +84,8 @@ async fn main() -> anyhow::Result<()> {
     if args.index_ab {
         return ab(&events, &args, Feature::UserIndex).await;
     }
-    if args.owners_ab {
-        return ab(&events, &args, Feature::SessionOwners).await;
+    if args.pending_ab {
+        return ab(&events, &args, Feature::SummaryPending).await;
     }
 
     eprintln!("Raw binary COPY baseline...");
@@ -99,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("Draining with the batch writer...");
     let schema = Schema {
         user_index: !args.no_user_index,
-        session_owners: true,
+        summary_pending: !args.no_summary_pending,
     };
     let drain = drain_fresh(&events, &args, schema).await?;
 
@@ -133,8 +134,8 @@ async fn main() -> anyhow::Result<()> {
                 "batch-writer drain ({} COPY streams, dedupe on, {} ids{}{})",
                 args.writers,
                 if args.client_ids { "client" } else { "gateway" },
-                if args.no_summary_trigger {
-                    ", no summary trigger"
+                if args.no_summary_pending {
+                    ", summary pending rows discarded"
                 } else {
                     ""
                 },
@@ -194,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
             "writers": args.writers,
             "client_ids": args.client_ids,
             "batch_size": args.batch_size,
-            "summary_trigger": !args.no_summary_trigger,
+            "summary_pending": !args.no_summary_pending,
             "user_index": !args.no_user_index,
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
@@ -206,21 +207,21 @@ async fn main() -> anyhow::Result<()> {
 #[derive(Debug, Clone, Copy)]
 struct Schema {
     user_index: bool,
-    session_owners: bool,
+    summary_pending: bool,
 }
 
 /// A feature measured by an A/B run.
 #[derive(Debug, Clone, Copy)]
 enum Feature {
     UserIndex,
-    SessionOwners,
+    SummaryPending,
 }
 
 impl Feature {
     fn name(self) -> &'static str {
         match self {
             Feature::UserIndex => "user index",
-            Feature::SessionOwners => "session owners",
+            Feature::SummaryPending => "summary pending rows",
         }
     }
 
@@ -228,32 +229,21 @@ impl Feature {
         match self {
             Feature::UserIndex => Schema {
                 user_index: on,
-                session_owners: true,
+                summary_pending: true,
             },
-            Feature::SessionOwners => Schema {
+            Feature::SummaryPending => Schema {
                 user_index: true,
-                session_owners: on,
+                summary_pending: on,
             },
         }
     }
 }
 
-/// The summary's insert trigger as migration 6 made it (each statement's distinct sessions,
-/// without their owners), taken from that migration's text.
-fn trigger_without_owners() -> anyhow::Result<String> {
-    let m6 = shared::schema::MIGRATIONS
-        .iter()
-        .find(|m| m.version == 6)
-        .ok_or_else(|| anyhow::anyhow!("no migration 6"))?;
-    let start = m6
-        .sql
-        .find("CREATE FUNCTION sluice_summary_inserted()")
-        .ok_or_else(|| anyhow::anyhow!("migration 6 has no insert trigger"))?;
-    let len = m6.sql[start..]
-        .find("END $$;")
-        .ok_or_else(|| anyhow::anyhow!("migration 6's insert trigger has no end"))?;
-    Ok(m6.sql[start..start + len + "END $$;".len()].replacen("CREATE", "CREATE OR REPLACE", 1))
-}
+/// Makes `summary_pending` discard every row inserted into it (a row trigger returning NULL).
+const DISCARD_PENDING: &str = "
+CREATE FUNCTION bench_discard() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+CREATE TRIGGER bench_discard BEFORE INSERT ON summary_pending
+  FOR EACH ROW EXECUTE FUNCTION bench_discard();";
 
 /// Queues `events`, drains them with the writer into a fresh database (with `schema`'s
 /// features) and checks that every one was stored; returns the drain's time.
@@ -268,30 +258,15 @@ async fn drain_fresh(
     fill(&keys, events).await?;
     let w_db = TestDb::migrated().await;
     let client = w_db.client().await;
-    if args.no_summary_trigger {
-        baseline::without_summary_trigger(&client).await?;
-    }
     if !user_index {
         // A partitioned index: dropping the parent's drops every partition's.
         client
             .batch_execute("DROP INDEX analytics_events_user_idx")
             .await?;
     }
-    if !schema.session_owners {
-        client.batch_execute(&trigger_without_owners()?).await?;
+    if !schema.summary_pending {
+        client.batch_execute(DISCARD_PENDING).await?;
     }
-    let owners: bool = client
-        .query_one(
-            "SELECT pg_get_functiondef('sluice_summary_inserted'::regproc) LIKE '%owners%'",
-            &[],
-        )
-        .await?
-        .get(0);
-    anyhow::ensure!(
-        owners == schema.session_owners,
-        "the summary trigger records owners: {owners} (wanted {})",
-        schema.session_owners
-    );
     let indexed = user_indexed_partitions(&client).await?;
     anyhow::ensure!(
         (indexed > 0) == user_index,
@@ -310,6 +285,18 @@ async fn drain_fresh(
         "writer stored {stored} of {}",
         events.len()
     );
+    let pending: i64 = client
+        .query_one(
+            "SELECT coalesce(sum(events), 0)::bigint FROM summary_pending",
+            &[],
+        )
+        .await?
+        .get(0);
+    let want = if schema.summary_pending { stored } else { 0 };
+    anyhow::ensure!(
+        pending == want,
+        "summary_pending counts {pending} events (wanted {want})"
+    );
     Ok(took)
 }
 
@@ -326,7 +313,7 @@ async fn user_indexed_partitions(client: &tokio_postgres::Client) -> anyhow::Res
         .get(0))
 }
 
-/// `--index-ab`, `--owners-ab`: drains with and without the feature, alternating (with,
+/// `--index-ab`, `--pending-ab`: drains with and without the feature, alternating (with,
 /// without, without, with, ...), and prints each drain and the median ratio.
 async fn ab(
     events: &[shared::queue::QueuedEvent],
@@ -388,7 +375,7 @@ async fn ab(
             "events": n,
             "writers": args.writers,
             "client_ids": args.client_ids,
-            "summary_trigger": !args.no_summary_trigger,
+            "summary_pending": !args.no_summary_pending,
             "feature": feature.name(),
             "drains": runs.iter().map(|(w, r)| serde_json::json!({"on": w, "rows_per_sec": r})).collect::<Vec<_>>(),
             "median_with": median(&on),

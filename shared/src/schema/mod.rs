@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_session_owners.sql",
         sql: include_str!("../../../migrations/0008_session_owners.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_writer_pending.sql",
+        sql: include_str!("../../../migrations/0009_writer_pending.sql"),
+    },
 ];
 
 /// The schema version this build expects.
