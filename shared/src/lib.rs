@@ -32,4 +32,5 @@ pub mod shutdown;
 pub mod tasks;
 pub mod telemetry;
 
+#[cfg(feature = "testing")]
 pub mod testing;
