@@ -8,6 +8,7 @@ use shared::queue::QueuedEvent;
 use uuid::Uuid;
 
 pub mod baseline;
+pub mod db;
 pub mod load;
 
 /// Event names with a skewed (Zipf-like) distribution: the first is the most common.

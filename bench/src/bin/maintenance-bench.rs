@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 
 use bench::{percentile, print_table};
 use clap::Parser;
-use maintenance_worker::clock::Clock;
-use maintenance_worker::jobs::{self, Job, JobCtx};
+use maintenance_worker::jobs::Job;
 
 const DB: &str = "sluice_maintenance_bench";
 const APPS: i64 = 50;
@@ -104,22 +103,8 @@ async fn load_bulk(db: &shared::db::Db, from: i64, to: i64) -> anyhow::Result<()
     Ok(())
 }
 
-fn ctx(db: &shared::db::Db) -> JobCtx {
-    JobCtx {
-        db: db.clone(),
-        clock: Clock::System,
-        retention_months: 12,
-        premake_months: 6,
-        dedupe_window: Duration::from_secs(86_400),
-    }
-}
-
 async fn fold(db: &shared::db::Db) -> anyhow::Result<(Duration, serde_json::Value)> {
-    let t = Instant::now();
-    let r = jobs::run(Job::Views, &ctx(db))
-        .await
-        .map_err(|e| anyhow::anyhow!("fold: {e}"))?;
-    Ok((t.elapsed(), r.detail))
+    bench::db::run_job(db, Job::Views).await
 }
 
 /// History rows `from+1..=to`: 50 apps, 10 event names, days 7 to 330 back, users and sessions
@@ -178,13 +163,7 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let (host, port) = shared::testing::admin_env();
-    let env = shared::config::Env::from_pairs(vec![
-        ("DB_HOST".to_owned(), host),
-        ("DB_PORT".to_owned(), port.to_string()),
-        ("DB_NAME".to_owned(), DB.to_owned()),
-    ]);
-    let db = shared::db::Pools::new(&shared::config::DbConfig::from_env(&env)?)?.write;
+    let db = bench::db::pool(DB)?;
 
     let mut rows = Vec::new();
     let mut loaded = 0i64;

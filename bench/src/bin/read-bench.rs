@@ -279,23 +279,8 @@ async fn prepare(events: i64) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     // The summary folds what the load inserted (the maintenance worker's views job).
-    let (host, port) = shared::testing::admin_env();
-    let env = shared::config::Env::from_pairs(vec![
-        ("DB_HOST".to_owned(), host),
-        ("DB_PORT".to_owned(), port.to_string()),
-        ("DB_NAME".to_owned(), DB.to_owned()),
-    ]);
-    let db = shared::db::Pools::new(&shared::config::DbConfig::from_env(&env)?)?.write;
-    let ctx = maintenance_worker::jobs::JobCtx {
-        db,
-        clock: maintenance_worker::clock::Clock::System,
-        retention_months: 12,
-        premake_months: 6,
-        dedupe_window: Duration::from_secs(86_400),
-    };
-    maintenance_worker::jobs::run(maintenance_worker::jobs::Job::Views, &ctx)
-        .await
-        .map_err(|e| anyhow::anyhow!("fold: {e}"))?;
+    let db = bench::db::pool(DB)?;
+    bench::db::run_job(&db, maintenance_worker::jobs::Job::Views).await?;
     c.batch_execute("SET statement_timeout = 0; ANALYZE")
         .await?;
     eprintln!("Loaded in {:.0} s.", started.elapsed().as_secs_f64());

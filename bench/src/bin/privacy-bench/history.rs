@@ -1,12 +1,11 @@
 //! The benchmark's database: one app's history loaded server-side (or reused from a `--keep`
 //! run), emptied of a run's load afterwards, and the queries that check a user's rows.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use ingest_gateway::apps;
-use maintenance_worker::clock::Clock;
-use maintenance_worker::jobs::{self, Job, JobCtx};
+use maintenance_worker::jobs::Job;
 use serde::Serialize;
 use shared::schema::partitions::{self, Month};
 use tokio_postgres::Client;
@@ -88,31 +87,10 @@ pub async fn migrate(c: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn pool(name: &str) -> anyhow::Result<shared::db::Db> {
-    let (host, port) = shared::testing::admin_env();
-    let env = shared::config::Env::from_pairs(vec![
-        ("DB_HOST".to_owned(), host),
-        ("DB_PORT".to_owned(), port.to_string()),
-        ("DB_NAME".to_owned(), name.to_owned()),
-    ]);
-    Ok(shared::db::Pools::new(&shared::config::DbConfig::from_env(&env)?)?.write)
-}
-
-pub fn job_ctx(db: &shared::db::Db) -> JobCtx {
-    JobCtx {
-        db: db.clone(),
-        clock: Clock::System,
-        retention_months: 12,
-        premake_months: 6,
-        dedupe_window: Duration::from_secs(86_400),
-    }
-}
+pub use bench::db::pool;
 
 pub async fn run_job(db: &shared::db::Db, job: Job) -> anyhow::Result<()> {
-    jobs::run(job, &job_ctx(db))
-        .await
-        .map_err(|e| anyhow::anyhow!("{}: {e}", job.name()))?;
-    Ok(())
+    bench::db::run_job(db, job).await.map(|_| ())
 }
 
 /// History rows `lo+1..=hi` of `app`: ten event names, users from a pool of `users`, sessions of
