@@ -6,11 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use shared::testing::HttpSender;
 
 use crate::client_event_json;
 
@@ -151,55 +147,49 @@ pub fn segment_bodies(batch: usize, variants: usize) -> Vec<Bytes> {
 
 #[derive(Clone)]
 pub struct Target {
-    pub url: String,
     pub key: String,
-    /// The `Authorization` header value.
-    auth: String,
     /// The status that means accepted.
     ok: u16,
-    client: Client<HttpConnector, Full<Bytes>>,
+    http: HttpSender,
 }
 
 impl Target {
     pub fn new(addr: &str, key: &str, connections: usize) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(connections)
-            .build(connector);
         Self {
-            url: format!("http://{addr}/v1/events"),
             key: key.to_owned(),
-            auth: format!("Bearer {key}"),
             ok: 202,
-            client,
+            http: HttpSender::new(
+                format!("http://{addr}/v1/events"),
+                format!("Bearer {key}"),
+                connections,
+            ),
         }
     }
 
     /// The Segment `/v1/batch` route, with Basic auth as Segment's SDKs send it.
     pub fn segment(addr: &str, key: &str, connections: usize) -> Self {
         use base64::Engine;
-        let mut t = Self::new(addr, key, connections);
-        t.url = format!("http://{addr}/v1/batch");
-        t.auth = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
-        );
-        t.ok = 200;
-        t
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{key}:"));
+        Self {
+            key: key.to_owned(),
+            ok: 200,
+            http: HttpSender::new(
+                format!("http://{addr}/v1/batch"),
+                format!("Basic {basic}"),
+                connections,
+            ),
+        }
+    }
+
+    /// The URL the load goes to.
+    pub fn url(&self) -> &str {
+        &self.http.url
     }
 
     /// Sends one body; the number of accepted events, or `None` on failure.
     pub async fn send(&self, body: Bytes, events: u64) -> Option<u64> {
-        let req = Request::post(&self.url)
-            .header("authorization", &self.auth)
-            .header("content-type", "application/json")
-            .body(Full::new(body))
-            .ok()?;
-        let resp = self.client.request(req).await.ok()?;
-        let ok = resp.status().as_u16() == self.ok;
-        let _ = resp.into_body().collect().await.ok()?;
-        ok.then_some(events)
+        let (status, _) = self.http.post(body).await?;
+        (status == self.ok).then_some(events)
     }
 }
 

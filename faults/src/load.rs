@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Datelike;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use shared::testing::HttpSender;
 use tokio_util::sync::CancellationToken;
 
 /// The event name PostgreSQL refuses while a run's poison switch is on.
@@ -62,21 +60,18 @@ impl Books {
 /// The gateway as a client sees it.
 #[derive(Clone)]
 pub struct Sender {
-    url: String,
-    key: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    http: HttpSender,
     pub books: Arc<Books>,
 }
 
 impl Sender {
     pub fn new(gateway_addr: &str, key: &str) -> Self {
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(5))
-            .build(HttpConnector::new());
         Self {
-            url: format!("http://{gateway_addr}/v1/events"),
-            key: key.to_owned(),
-            client,
+            http: HttpSender::new(
+                format!("http://{gateway_addr}/v1/events"),
+                format!("Bearer {key}"),
+                64,
+            ),
             books: Arc::new(Books::default()),
         }
     }
@@ -125,22 +120,9 @@ impl Sender {
             })
             .collect();
         let body = serde_json::to_vec(&events).unwrap_or_default();
-        let Ok(req) = http::Request::post(&self.url)
-            .header("authorization", format!("Bearer {}", self.key))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-        else {
-            return false;
-        };
-        let reply = tokio::time::timeout(Duration::from_secs(10), async {
-            let resp = self.client.request(req).await.ok()?;
-            let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await.ok()?.to_bytes();
-            Some((status, body))
-        })
-        .await;
+        let reply = self.http.post(Bytes::from(body)).await;
         let accepted = match reply {
-            Ok(Some((202, body))) => serde_json::from_slice::<serde_json::Value>(&body)
+            Some((202, body)) => serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v["accepted"].as_u64())
                 .is_some_and(|a| a == batch.len() as u64),

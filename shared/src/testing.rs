@@ -254,6 +254,56 @@ pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// One HTTP client for every load that tests and benchmarks send: POSTs a JSON body to one
+/// URL with one `Authorization` header over a pool of keep-alive connections (Nagle off), and
+/// returns the status and the body, or `None` when no answer came within `timeout`.
+#[derive(Clone)]
+pub struct HttpSender {
+    pub url: String,
+    auth: String,
+    timeout: std::time::Duration,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+}
+
+impl HttpSender {
+    pub fn new(url: String, authorization: String, connections: usize) -> Self {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_max_idle_per_host(connections)
+                .pool_idle_timeout(std::time::Duration::from_secs(5))
+                .build(connector);
+        Self {
+            url,
+            auth: authorization,
+            timeout: std::time::Duration::from_secs(10),
+            client,
+        }
+    }
+
+    /// Posts `body`; the status and the whole answer.
+    pub async fn post(&self, body: bytes::Bytes) -> Option<(u16, bytes::Bytes)> {
+        use http_body_util::BodyExt;
+        let req = http::Request::post(&self.url)
+            .header("authorization", &self.auth)
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(body))
+            .ok()?;
+        tokio::time::timeout(self.timeout, async {
+            let resp = self.client.request(req).await.ok()?;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.ok()?.to_bytes();
+            Some((status, body))
+        })
+        .await
+        .ok()?
+    }
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, for at most `timeout`.
 pub async fn wait_for<T, F, Fut>(timeout: std::time::Duration, mut f: F) -> Option<T>
 where
