@@ -2,8 +2,8 @@
 //! the read API's daily query costs for a big app.
 //!
 //! For each history size (default 10M then 100M events over the past ~11 months, 50 apps, loaded
-//! server-side on two connections with the summary trigger off, then summarized by the views
-//! job's own recomputation, a month of days at a time), `--rounds` batches of 100,000 fresh
+//! server-side on two connections with the summary trigger off, then summarized partition by
+//! partition with one sequential scan each, by the views job's own recomputation statements), `--rounds` batches of 100,000 fresh
 //! events (today and three late days that already hold history) are inserted in writer-sized
 //! statements of 1,000 rows and each is folded and timed; `--through-trigger` loads the history
 //! through the trigger and folds as it goes instead (as production would, and much slower). Then an app with `--big-app` events today:
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bench::{percentile, print_table};
 use clap::Parser;
-use maintenance_worker::jobs::Job;
+use maintenance_worker::jobs::{views, Job};
 
 const DB: &str = "sluice_maintenance_bench";
 const APPS: i64 = 50;
@@ -50,13 +50,16 @@ struct Args {
     /// Keep the database afterwards.
     #[arg(long)]
     keep: bool,
+    /// Start from the database a `--keep` run left (its history is counted, not loaded again).
+    #[arg(long)]
+    reuse: bool,
 }
 
 /// Loads history rows `from+1..=to` in statements of a million, on two connections at once,
 /// with the summary trigger off (`session_replication_role = replica`: the benchmark is a
-/// superuser), then marks every (app, day) of the history dirty a month of days at a time and
-/// lets the views job recompute them: the summary the trigger and folds would have built, exact.
-async fn load_bulk(db: &shared::db::Db, from: i64, to: i64) -> anyhow::Result<()> {
+/// superuser), then summarizes everything from scratch ([`summarize_all`]): the summary the
+/// trigger and folds would have built, exact.
+async fn load_bulk(from: i64, to: i64) -> anyhow::Result<()> {
     let started = Instant::now();
     let chunks: Vec<(i64, i64)> = (from..to)
         .step_by(1_000_000)
@@ -80,26 +83,47 @@ async fn load_bulk(db: &shared::db::Db, from: i64, to: i64) -> anyhow::Result<()
         }
     };
     tokio::try_join!(worker(), worker())?;
-    let c = shared::testing::connect(DB).await;
-    c.batch_execute("SET statement_timeout = 0; ANALYZE analytics_events")
-        .await?;
-    // History spans days 7 to 330 back: recompute it in slices of 31 days.
-    for back in (7..=331).step_by(31) {
-        eprintln!(
-            "Summary of days {back}..{} back ({:.0} s)",
-            back + 30,
-            started.elapsed().as_secs_f64()
-        );
-        c.batch_execute(&format!(
-            "INSERT INTO summary_dirty (app_id, day) \
-             SELECT 'app_' || lpad(a::text, 2, '0'), current_date - d \
-               FROM generate_series(0, {}) a, generate_series({back}, {}) d",
-            APPS - 1,
-            back + 30
+    summarize_all().await
+}
+
+/// The summary of everything in `analytics_events`, from scratch: each partition read once
+/// (a sequential scan) into the views job's `sluice_day_rows`, then summarized by the job's own
+/// statements ([`views::SUMMARIZE_DAY_ROWS`]).
+async fn summarize_all() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut c = shared::testing::connect(DB).await;
+    c.batch_execute(
+        "SET statement_timeout = 0; SET temp_buffers = '2GB'; SET work_mem = '1GB'; \
+         TRUNCATE summary_members, daily_analytics_summary, summary_pending, summary_dirty",
+    )
+    .await?;
+    let partitions: Vec<String> = c
+        .query(
+            "SELECT inhrelid::regclass::text FROM pg_inherits \
+              WHERE inhparent = 'analytics_events'::regclass ORDER BY 1",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for p in partitions {
+        eprintln!("Summary of {p} ({:.0} s)", started.elapsed().as_secs_f64());
+        let tx = c.transaction().await?;
+        tx.batch_execute(&format!(
+            "CREATE TEMP TABLE sluice_day_rows ON COMMIT DROP AS \
+             SELECT app_id, (occurred_at AT TIME ZONE 'UTC')::date AS day, event_name, user_id, session_id \
+               FROM {p}; \
+             {}",
+            views::SUMMARIZE_DAY_ROWS
         ))
         .await?;
-        fold(db).await?;
+        tx.commit().await?;
     }
+    c.batch_execute(
+        "ANALYZE summary_members; ANALYZE daily_analytics_summary; ANALYZE analytics_events",
+    )
+    .await?;
     Ok(())
 }
 
@@ -147,12 +171,14 @@ async fn fresh(c: &tokio_postgres::Client, n: i64, tag: &str) -> anyhow::Result<
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let admin = shared::testing::connect("postgres").await;
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
-        .await?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {DB}"))
-        .await?;
+    if !args.reuse {
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
+            .await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {DB}"))
+            .await?;
+    }
     let c = shared::testing::connect(DB).await;
     shared::schema::migrate(
         &c,
@@ -166,11 +192,25 @@ async fn main() -> anyhow::Result<()> {
     let db = bench::db::pool(DB)?;
 
     let mut rows = Vec::new();
-    let mut loaded = 0i64;
+    // A reused database: its history rows (every event but the fresh and big-app ones).
+    let mut loaded: i64 = if args.reuse {
+        c.query_one(
+            "SELECT count(*) FROM analytics_events WHERE event_name NOT LIKE 'fresh%' AND app_id <> 'big'",
+            &[],
+        )
+        .await?
+        .get(0)
+    } else {
+        0
+    };
+    if args.reuse {
+        eprintln!("Reusing {loaded} history events; summarizing them again...");
+        summarize_all().await?;
+    }
     let started = Instant::now();
     for &h in &args.history {
         if !args.through_trigger && loaded < h {
-            load_bulk(&db, loaded, h).await?;
+            load_bulk(loaded, h).await?;
             loaded = h;
         }
         while loaded < h {

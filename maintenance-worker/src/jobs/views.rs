@@ -36,6 +36,12 @@ SELECT e.app_id, d.day, e.event_name, e.user_id, e.session_id
   FROM sluice_dirty d JOIN analytics_events e ON e.app_id = d.app_id
    AND e.occurred_at >= d.day::timestamp AT TIME ZONE 'UTC'
    AND e.occurred_at < (d.day + 1)::timestamp AT TIME ZONE 'UTC';
+";
+
+/// The summary of the rows in `sluice_day_rows` (app, day, event name, user, session): their
+/// distinct ids, each session's owner, and the counts. Also how a benchmark summarizes a bulk
+/// load, from a partition's rows.
+pub const SUMMARIZE_DAY_ROWS: &str = "
 INSERT INTO summary_members (app_id, day, event_name, kind, member, owner)
 SELECT DISTINCT app_id, day, event_name, 'u', user_id, NULL::text FROM sluice_day_rows
  WHERE user_id IS NOT NULL
@@ -265,7 +271,7 @@ pub async fn fold(db: &Db, erased: Option<Erased<'_>>) -> Result<serde_json::Val
     tx.batch_execute(TAKE)
         .await
         .map_err(DbError::query("take pending summary rows"))?;
-    tx.batch_execute(RECOMPUTE)
+    tx.batch_execute(&format!("{RECOMPUTE}{SUMMARIZE_DAY_ROWS}"))
         .await
         .map_err(DbError::query("recompute dirty summary days"))?;
     tx.batch_execute(OWNERS)
