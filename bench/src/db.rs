@@ -18,6 +18,20 @@ pub fn pool(name: &str) -> anyhow::Result<Db> {
     Ok(shared::db::Pools::new(&shared::config::DbConfig::from_env(&env)?)?.write)
 }
 
+/// Migrates a benchmark's database with the jobs' defaults (12 months kept, 6 ahead).
+pub async fn migrate(c: &tokio_postgres::Client) -> anyhow::Result<()> {
+    shared::schema::migrate(
+        c,
+        shared::schema::PartitionWindow {
+            now: chrono::Utc::now(),
+            retention_months: 12,
+            premake_months: 6,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 /// The jobs' context with the defaults: the system clock, 12 months kept, 6 ahead, a day's
 /// dedupe window.
 pub fn job_ctx(db: &Db) -> JobCtx {

@@ -180,15 +180,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
     }
     let c = shared::testing::connect(DB).await;
-    shared::schema::migrate(
-        &c,
-        shared::schema::PartitionWindow {
-            now: chrono::Utc::now(),
-            retention_months: 12,
-            premake_months: 6,
-        },
-    )
-    .await?;
+    bench::db::migrate(&c).await?;
     let db = bench::db::pool(DB)?;
 
     let mut rows = Vec::new();

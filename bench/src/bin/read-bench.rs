@@ -230,15 +230,7 @@ async fn prepare(events: i64) -> anyhow::Result<()> {
         .batch_execute(&format!("CREATE DATABASE {DB}"))
         .await?;
     let c = shared::testing::connect(DB).await;
-    shared::schema::migrate(
-        &c,
-        shared::schema::PartitionWindow {
-            now: chrono::Utc::now(),
-            retention_months: 12,
-            premake_months: 6,
-        },
-    )
-    .await?;
+    bench::db::migrate(&c).await?;
     for app in 0..APPS {
         let id = format!("app_{app:02}");
         c.execute("INSERT INTO apps (app_id, name) VALUES ($1, $1)", &[&id])

@@ -74,20 +74,7 @@ pub async fn reusable(admin: &Client, args: &Args) -> anyhow::Result<Option<Load
         .filter(|l| l.history == args.history && l.users == args.users))
 }
 
-pub async fn migrate(c: &Client) -> anyhow::Result<()> {
-    shared::schema::migrate(
-        c,
-        shared::schema::PartitionWindow {
-            now: Utc::now(),
-            retention_months: 12,
-            premake_months: 6,
-        },
-    )
-    .await?;
-    Ok(())
-}
-
-pub use bench::db::pool;
+pub use bench::db::{migrate, pool};
 
 pub async fn run_job(db: &shared::db::Db, job: Job) -> anyhow::Result<()> {
     bench::db::run_job(db, job).await.map(|_| ())
