@@ -87,7 +87,7 @@ pub async fn fair_limits(
 ) -> anyhow::Result<Vec<(usize, Duration)>> {
     let mut out = Vec::new();
     for &n in streams {
-        let db = shared::testing::TestDb::migrated().await;
+        let db = testkit::TestDb::migrated().await;
         let mut clients = Vec::new();
         for _ in 0..n.max(1) {
             clients.push(db.client().await);

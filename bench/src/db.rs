@@ -1,5 +1,5 @@
 //! The benchmarks' own databases: a write pool on one by name (on the admin server of
-//! `shared::testing`), and the maintenance worker's jobs run in-process on it.
+//! `testkit`), and the maintenance worker's jobs run in-process on it.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,7 @@ use shared::db::Db;
 
 /// A write pool on database `name`.
 pub fn pool(name: &str) -> anyhow::Result<Db> {
-    let (host, port) = shared::testing::admin_env();
+    let (host, port) = testkit::admin_env();
     let env = shared::config::Env::from_pairs(vec![
         ("DB_HOST".to_owned(), host),
         ("DB_PORT".to_owned(), port.to_string()),

@@ -115,7 +115,7 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
     proc_status_kib(pid, "VmRSS:").map(|k| k as f64 / 1024.0)
 }
 
-use shared::testing::proc_status_kib;
+use testkit::proc_status_kib;
 
 /// CPU seconds (user + system) a process has used, from /proc/PID/stat.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use shared::testing::HttpSender;
+use testkit::HttpSender;
 
 use crate::client_event_json;
 

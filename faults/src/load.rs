@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Datelike;
-use shared::testing::HttpSender;
+use testkit::HttpSender;
 use tokio_util::sync::CancellationToken;
 
 /// The event name PostgreSQL refuses while a run's poison switch is on.

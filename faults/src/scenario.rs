@@ -285,7 +285,7 @@ async fn inject(
     fault: Fault,
     timing: Timing,
 ) -> anyhow::Result<()> {
-    let kill = |d: &mut Option<shared::testing::Daemon>| {
+    let kill = |d: &mut Option<testkit::Daemon>| {
         if let Some(mut d) = d.take() {
             let _ = d.child.kill();
             let _ = d.child.wait();
@@ -366,7 +366,7 @@ async fn inject(
     Ok(())
 }
 
-fn signal(d: &shared::testing::Daemon, sig: &str) {
+fn signal(d: &testkit::Daemon, sig: &str) {
     let _ = std::process::Command::new("kill")
         .args([sig, &d.child.id().to_string()])
         .status();

@@ -7,11 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use shared::testing::{free_port, pg_bin, wait_for};
+use testkit::{free_port, pg_bin, wait_for};
 use tokio_postgres::{Client, NoTls};
 
 fn as_postgres(cmd: &str) -> anyhow::Result<()> {
-    shared::testing::as_postgres(cmd).map_err(anyhow::Error::msg)
+    testkit::as_postgres(cmd).map_err(anyhow::Error::msg)
 }
 
 /// A PostgreSQL cluster of the suite's own.

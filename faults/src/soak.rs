@@ -25,7 +25,7 @@ pub struct Sample {
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    shared::testing::proc_status_kib(pid, "VmRSS:").map_or(0.0, |kib| kib as f64 / 1024.0)
+    testkit::proc_status_kib(pid, "VmRSS:").map_or(0.0, |kib| kib as f64 / 1024.0)
 }
 
 /// Reads one sample off the running stack.

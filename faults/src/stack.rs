@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use shared::testing::{free_port, http_get, Daemon};
+use testkit::{free_port, http_get, Daemon};
 
 use crate::load::Sender;
 use crate::servers::OwnPostgres;
@@ -275,7 +275,7 @@ impl Stack {
 
     /// Waits until every daemon is ready, up to `limit`; false if one is not by then.
     pub async fn ready_within(&self, limit: Duration) -> bool {
-        shared::testing::wait_for(limit, || async { self.all_ready().await.then_some(()) })
+        testkit::wait_for(limit, || async { self.all_ready().await.then_some(()) })
             .await
             .is_some()
     }

@@ -14,7 +14,6 @@
 //! - [`db`]: the write and read PostgreSQL pools, bounded, timed and health-checked.
 //! - [`privacy`]: the user digest and limits of erasure and suppression.
 //! - [`schema`]: embedded migrations, the migration runner, partitions and the version check.
-//! - [`testing`]: for tests only: per-test databases cloned from a migrated template.
 
 pub mod budget;
 pub mod config;
@@ -31,6 +30,3 @@ pub mod secret;
 pub mod shutdown;
 pub mod tasks;
 pub mod telemetry;
-
-#[cfg(feature = "testing")]
-pub mod testing;

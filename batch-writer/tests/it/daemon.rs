@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use shared::testing::{http_get, Daemon, TestDb};
+use testkit::{http_get, Daemon, TestDb};
 
 const BIN: &str = env!("CARGO_BIN_EXE_batch-writer");
 

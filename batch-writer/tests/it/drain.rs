@@ -2,7 +2,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use shared::queue::Keys;
-use shared::testing::TestDb;
+use testkit::TestDb;
 
 use crate::helpers::*;
 
@@ -17,7 +17,7 @@ async fn a_drain_of_n_events_stores_exactly_n_and_empties_redis() {
     let w = start(env(&db, &prefix, &[]), "w1").await;
     assert_eq!(wait_rows(&db, 5037, Duration::from_secs(30)).await, 5037);
     // Acknowledgement follows the commit; give it a moment, then the queue must be empty.
-    let emptied = shared::testing::wait_for(Duration::from_secs(5), || async {
+    let emptied = testkit::wait_for(Duration::from_secs(5), || async {
         (queue_state(&keys).await == (0, 0)).then_some(())
     })
     .await;
@@ -130,7 +130,7 @@ async fn an_event_whose_month_has_no_partition_is_quarantined_and_its_batch_writ
     push(&keys, &batch, 10).await;
     let w = start(env(&db, &prefix, &[]), "w1").await;
     assert_eq!(wait_rows(&db, 9, Duration::from_secs(10)).await, 9);
-    let q = shared::testing::wait_for(Duration::from_secs(5), || async {
+    let q = testkit::wait_for(Duration::from_secs(5), || async {
         let n = count(&db, "SELECT count(*) FROM events_quarantine").await;
         (n == 1).then_some(n)
     })
@@ -148,19 +148,17 @@ async fn two_writers_share_the_work() {
     let bin = env!("CARGO_BIN_EXE_batch-writer");
     let mut vars = env(&db, &prefix, &[("BATCH_SIZE", "100")]);
     vars.push(("WRITER_CONSUMER_NAME".into(), "a".into()));
-    let a = shared::testing::Daemon::start(bin, &vars).await;
+    let a = testkit::Daemon::start(bin, &vars).await;
     vars.pop();
     vars.push(("WRITER_CONSUMER_NAME".into(), "b".into()));
-    let b = shared::testing::Daemon::start(bin, &vars).await;
+    let b = testkit::Daemon::start(bin, &vars).await;
     push(&keys, &events(20_000), 10).await;
     assert_eq!(
         wait_rows(&db, 20_000, Duration::from_secs(60)).await,
         20_000
     );
     let written = |addr: String| async move {
-        let (_, m) = shared::testing::http_get(&addr, "/metrics")
-            .await
-            .expect("metrics");
+        let (_, m) = testkit::http_get(&addr, "/metrics").await.expect("metrics");
         m.lines()
             .find_map(|l| l.strip_prefix("sluice_events_written_total "))
             .and_then(|v| v.trim().parse::<f64>().ok())
@@ -246,7 +244,7 @@ async fn dead_consumers_with_nothing_pending_are_deleted_and_the_others_kept() {
         ],
     );
     let _w = start(vars, "live").await;
-    let gone = shared::testing::wait_for(Duration::from_secs(20), || async {
+    let gone = testkit::wait_for(Duration::from_secs(20), || async {
         (!consumers(&keys.stream(0))
             .await
             .iter()

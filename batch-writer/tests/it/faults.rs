@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use shared::queue::Keys;
-use shared::testing::{Daemon, TestDb};
+use testkit::{Daemon, TestDb};
 
 use crate::helpers::*;
 
@@ -41,7 +41,7 @@ async fn a_writer_killed_mid_load_loses_and_doubles_nothing_once_another_claims_
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_exactly_once(&db, 30_000).await;
-    let drained = shared::testing::wait_for(Duration::from_secs(10), || async {
+    let drained = testkit::wait_for(Duration::from_secs(10), || async {
         (queue_state(&keys).await == (0, 0)).then_some(())
     })
     .await;
@@ -76,7 +76,7 @@ async fn a_poison_event_is_dead_lettered_after_max_deliveries_and_replay_stores_
         20,
         "batch-mates stored"
     );
-    let dead = shared::testing::wait_for(Duration::from_secs(15), || async {
+    let dead = testkit::wait_for(Duration::from_secs(15), || async {
         let n = count(&db, "SELECT count(*) FROM dead_letters").await;
         (n > 0).then_some(n)
     })
@@ -91,7 +91,7 @@ async fn a_poison_event_is_dead_lettered_after_max_deliveries_and_replay_stores_
     assert_eq!(row.get::<_, uuid::Uuid>(0), poison.event_id);
     assert_eq!(row.get::<_, i32>(1), 3);
     assert!(row.get::<_, String>(2).contains("no_poison"));
-    let drained = shared::testing::wait_for(Duration::from_secs(5), || async {
+    let drained = testkit::wait_for(Duration::from_secs(5), || async {
         (queue_state(&keys).await == (0, 0)).then_some(())
     })
     .await;
@@ -392,7 +392,7 @@ async fn a_claimed_entry_held_by_an_open_transaction_is_not_written_twice() {
     vars.push(("WRITER_CONSUMER_NAME".into(), "b".into()));
     let b = Daemon::start(BIN, &vars).await;
     // B must really wait on E's lock, held by A: seen in pg_locks, not assumed after a sleep.
-    let blocked = shared::testing::wait_for(Duration::from_secs(20), || async {
+    let blocked = testkit::wait_for(Duration::from_secs(20), || async {
         let n = count(
             &db,
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
@@ -412,7 +412,7 @@ async fn a_claimed_entry_held_by_an_open_transaction_is_not_written_twice() {
         "nothing of E written while A holds it"
     );
     tx.commit().await.expect("A commits");
-    let drained = shared::testing::wait_for(Duration::from_secs(20), || async {
+    let drained = testkit::wait_for(Duration::from_secs(20), || async {
         (queue_state(&keys).await.0 == 0).then_some(())
     })
     .await;
@@ -494,7 +494,7 @@ async fn two_pipelines_sharing_a_database_never_skip_each_others_entries() {
     let a = start(env(&db, &pa, &[]), "a").await;
     assert_eq!(wait_rows(&db, 5, Duration::from_secs(20)).await, 5);
     let b = start(env(&db, &pb, &[]), "b").await;
-    let drained = shared::testing::wait_for(Duration::from_secs(20), || async {
+    let drained = testkit::wait_for(Duration::from_secs(20), || async {
         (queue_state(&kb).await == (0, 0)).then_some(())
     })
     .await;
@@ -507,7 +507,7 @@ async fn two_pipelines_sharing_a_database_never_skip_each_others_entries() {
     .await;
     assert_eq!(pipelines, 2);
     // Each writer reports its queue's low-water mark for the dedupe prune.
-    let marked = shared::testing::wait_for(Duration::from_secs(10), || async {
+    let marked = testkit::wait_for(Duration::from_secs(10), || async {
         let n = count(
             &db,
             "SELECT count(*) FROM stream_pipelines WHERE queue_low_water IS NOT NULL",
@@ -519,7 +519,7 @@ async fn two_pipelines_sharing_a_database_never_skip_each_others_entries() {
     assert!(marked.is_some(), "both pipelines recorded a low-water mark");
     // With the queues empty, the mark in PostgreSQL's clock is the moment of the report (the
     // next report after the drain, within LOW_WATER_EVERY).
-    let fresh = shared::testing::wait_for(Duration::from_secs(15), || async {
+    let fresh = testkit::wait_for(Duration::from_secs(15), || async {
         let n = count(
             &db,
             "SELECT count(*) FROM stream_pipelines \
@@ -614,7 +614,7 @@ async fn dead_letters_are_kept_once_and_replays_store_each_event_once() {
         "only the undecodable entry is left"
     );
     let w = start(env(&db, &prefix, &[]), "w").await;
-    let drained = shared::testing::wait_for(Duration::from_secs(20), || async {
+    let drained = testkit::wait_for(Duration::from_secs(20), || async {
         (queue_state(&keys).await == (0, 0)).then_some(())
     })
     .await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use batch_writer::WriterConfig;
 use shared::config::Env;
 use shared::queue::{self, Keys, QueuedEvent};
-use shared::testing::TestDb;
+use testkit::TestDb;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -150,7 +150,7 @@ pub async fn queue_state(keys: &Keys) -> (i64, i64) {
 }
 
 pub async fn cleanup(prefix: &str) {
-    shared::testing::redis_cleanup(REDIS, prefix).await
+    testkit::redis_cleanup(REDIS, prefix).await
 }
 
 /// A TCP proxy to PostgreSQL that a test can switch off (closing every connection) and on.

@@ -3,7 +3,7 @@
 
 use batch_writer::store::{EntryInfo, Mode, Store, WriteError};
 use shared::db::Pools;
-use shared::testing::TestDb;
+use testkit::TestDb;
 
 use crate::helpers::*;
 

@@ -12,7 +12,7 @@ use bench::load::{self, LoadResult, Target};
 use bench::print_table;
 use clap::Parser;
 use faults::servers::{OwnCluster, OwnRedis};
-use shared::testing::{Daemon, TestDb};
+use testkit::{Daemon, TestDb};
 
 #[derive(Parser)]
 struct Args {
@@ -31,7 +31,7 @@ async fn measure(
     key: &str,
     redis_url: &str,
 ) -> anyhow::Result<(LoadResult, LoadResult)> {
-    let addr = format!("127.0.0.1:{}", shared::testing::free_port());
+    let addr = format!("127.0.0.1:{}", testkit::free_port());
     let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let bin = std::env::current_exe()?.with_file_name("ingest-gateway");
     let mut env = db.env_vars();

@@ -17,7 +17,7 @@ use bench::load::{self, Target};
 use bench::{baseline, cpu_seconds, peak_rss_mib, print_table, rss_mib};
 use clap::Parser;
 use shared::queue::QueuedEvent;
-use shared::testing::{http_get, Daemon, TestDb};
+use testkit::{http_get, Daemon, TestDb};
 
 #[derive(Parser)]
 struct Args {
@@ -137,7 +137,7 @@ async fn main() -> anyhow::Result<()> {
     let pools = shared::db::Pools::new(&db.config())?;
     let app = ingest_gateway::apps::create_app(&pools.write, "e2e").await?;
     let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let addr = format!("127.0.0.1:{}", shared::testing::free_port());
+    let addr = format!("127.0.0.1:{}", testkit::free_port());
     let exe = std::env::current_exe()?;
     let bin = |name: &str| exe.with_file_name(name).to_string_lossy().into_owned();
     let mut env = db.env_vars();
@@ -238,7 +238,7 @@ async fn main() -> anyhow::Result<()> {
         "sluice_events_written_total",
     );
     let drain_started = Instant::now();
-    let drained = shared::testing::wait_for(Duration::from_secs(600), || async {
+    let drained = testkit::wait_for(Duration::from_secs(600), || async {
         let written = metric(
             &scrape(&writer_ops).await.concat(),
             "sluice_events_written_total",
@@ -450,7 +450,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&args.json, serde_json::to_string_pretty(&doc)?)?;
     chart(&args.chart, &samples)?;
     eprintln!("Wrote {} and {}.", args.json, args.chart);
-    shared::testing::redis_cleanup("redis://127.0.0.1:6379/", &prefix).await;
+    testkit::redis_cleanup("redis://127.0.0.1:6379/", &prefix).await;
     Ok(())
 }
 

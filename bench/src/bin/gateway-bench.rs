@@ -12,7 +12,7 @@ use std::time::Duration;
 use bench::load::{self, Target};
 use bench::{cpu_seconds, peak_rss_mib, print_table};
 use clap::Parser;
-use shared::testing::TestDb;
+use testkit::TestDb;
 
 #[derive(Parser)]
 struct Args {
@@ -39,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
     let pools = shared::db::Pools::new(&db.config())?;
     let app = ingest_gateway::apps::create_app(&pools.write, "bench").await?;
     let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let addr = format!("127.0.0.1:{}", shared::testing::free_port());
+    let addr = format!("127.0.0.1:{}", testkit::free_port());
     let exe = std::env::current_exe()?;
     let bin = exe.with_file_name("ingest-gateway");
     let mut env = db.env_vars();
@@ -54,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string())),
     );
-    let gw = shared::testing::Daemon::start(bin.to_str().unwrap_or("ingest-gateway"), &env).await;
+    let gw = testkit::Daemon::start(bin.to_str().unwrap_or("ingest-gateway"), &env).await;
     let pid = gw.child.id();
 
     eprintln!("Raw pipelined XADD...");
@@ -333,5 +333,5 @@ async fn redis_used_memory() -> f64 {
 
 /// Deletes the queued events between phases, so Redis memory stays small.
 async fn clear(prefix: &str) {
-    shared::testing::redis_cleanup("redis://127.0.0.1:6379/", prefix).await
+    testkit::redis_cleanup("redis://127.0.0.1:6379/", prefix).await
 }

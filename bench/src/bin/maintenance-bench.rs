@@ -67,7 +67,7 @@ async fn load_bulk(from: i64, to: i64) -> anyhow::Result<()> {
         .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let worker = || async {
-        let c = shared::testing::connect(DB).await;
+        let c = testkit::connect(DB).await;
         c.batch_execute("SET session_replication_role = replica")
             .await?;
         loop {
@@ -91,7 +91,7 @@ async fn load_bulk(from: i64, to: i64) -> anyhow::Result<()> {
 /// statements ([`views::SUMMARIZE_DAY_ROWS`]).
 async fn summarize_all() -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut c = shared::testing::connect(DB).await;
+    let mut c = testkit::connect(DB).await;
     c.batch_execute(
         "SET statement_timeout = 0; SET temp_buffers = '2GB'; SET work_mem = '1GB'; \
          TRUNCATE summary_members, daily_analytics_summary, summary_pending, summary_dirty",
@@ -170,7 +170,7 @@ async fn fresh(c: &tokio_postgres::Client, n: i64, tag: &str) -> anyhow::Result<
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let admin = shared::testing::connect("postgres").await;
+    let admin = testkit::connect("postgres").await;
     if !args.reuse {
         admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
@@ -179,7 +179,7 @@ async fn main() -> anyhow::Result<()> {
             .batch_execute(&format!("CREATE DATABASE {DB}"))
             .await?;
     }
-    let c = shared::testing::connect(DB).await;
+    let c = testkit::connect(DB).await;
     bench::db::migrate(&c).await?;
     let db = bench::db::pool(DB)?;
 

@@ -41,10 +41,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     prepare(args.events).await?;
     let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let addr = format!("127.0.0.1:{}", shared::testing::free_port());
+    let addr = format!("127.0.0.1:{}", testkit::free_port());
     let exe = std::env::current_exe()?;
     let bin = exe.with_file_name("ingest-gateway");
-    let (host, port) = shared::testing::admin_env();
+    let (host, port) = testkit::admin_env();
     let env: Vec<(String, String)> = [
         ("DB_HOST", host.as_str()),
         ("DB_PORT", &port.to_string()),
@@ -59,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let gw = shared::testing::Daemon::start(bin.to_str().unwrap_or("ingest-gateway"), &env).await;
+    let gw = testkit::Daemon::start(bin.to_str().unwrap_or("ingest-gateway"), &env).await;
     let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let today = chrono::Utc::now().date_naive();
 
@@ -166,10 +166,10 @@ async fn main() -> anyhow::Result<()> {
             }))?,
         )?;
     }
-    shared::testing::redis_cleanup("redis://127.0.0.1:6379/", &prefix).await;
+    testkit::redis_cleanup("redis://127.0.0.1:6379/", &prefix).await;
     drop(gw);
     if !args.keep {
-        let admin = shared::testing::connect("postgres").await;
+        let admin = testkit::connect("postgres").await;
         admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
             .await?;
@@ -206,13 +206,13 @@ fn read_key(app: usize) -> String {
 
 /// Creates and loads the bench database unless it already holds `events` rows.
 async fn prepare(events: i64) -> anyhow::Result<()> {
-    let admin = shared::testing::connect("postgres").await;
+    let admin = testkit::connect("postgres").await;
     let exists = admin
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&DB])
         .await?
         .is_some();
     if exists {
-        let c = shared::testing::connect(DB).await;
+        let c = testkit::connect(DB).await;
         let n: i64 = c
             .query_one("SELECT count(*) FROM analytics_events", &[])
             .await
@@ -229,7 +229,7 @@ async fn prepare(events: i64) -> anyhow::Result<()> {
     admin
         .batch_execute(&format!("CREATE DATABASE {DB}"))
         .await?;
-    let c = shared::testing::connect(DB).await;
+    let c = testkit::connect(DB).await;
     bench::db::migrate(&c).await?;
     for app in 0..APPS {
         let id = format!("app_{app:02}");

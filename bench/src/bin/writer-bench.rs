@@ -23,7 +23,7 @@ use bench::{baseline, print_table, queued_event};
 use clap::Parser;
 use shared::config::Env;
 use shared::queue::{self, Keys};
-use shared::testing::TestDb;
+use testkit::TestDb;
 
 #[derive(Parser)]
 struct Args {
@@ -475,5 +475,5 @@ async fn drain(db: &TestDb, prefix: &str, args: &Args) -> anyhow::Result<Duratio
 }
 
 async fn cleanup(prefix: &str) {
-    shared::testing::redis_cleanup("redis://127.0.0.1:6379/", prefix).await
+    testkit::redis_cleanup("redis://127.0.0.1:6379/", prefix).await
 }

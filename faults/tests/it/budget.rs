@@ -10,7 +10,7 @@ use faults::servers::{pg_client, OwnPostgres};
 use faults::stack::{Shape, Stack};
 use shared::budget::Deployment;
 use shared::config::Env;
-use shared::testing::{http_get, redis_cleanup, wait_for};
+use testkit::{http_get, redis_cleanup, wait_for};
 
 const REDIS: &str = "redis://127.0.0.1:6379/";
 

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use shared::queue::{Keys, QueuedEvent};
 use shared::schema::partitions::{self, Month};
-use shared::testing::{free_port, redis_cleanup, wait_for, Daemon, TestDb};
+use testkit::{free_port, redis_cleanup, wait_for, Daemon, TestDb};
 use tokio_postgres::Client;
 use uuid::Uuid;
 

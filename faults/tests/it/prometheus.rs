@@ -10,7 +10,7 @@ use std::time::Duration;
 use faults::load::Load;
 use faults::servers::OwnPostgres;
 use faults::stack::{Shape, Stack};
-use shared::testing::{free_port, http_get, redis_cleanup, wait_for};
+use testkit::{free_port, http_get, redis_cleanup, wait_for};
 
 const REDIS: &str = "redis://127.0.0.1:6379/";
 
@@ -182,7 +182,7 @@ async fn a_real_prometheus_scrapes_every_daemon_and_the_dashboard_and_alerts_fit
         .expect("stack");
     let ready = stack.ready_within(Duration::from_secs(60)).await;
     assert!(ready, "{}", stack.logs());
-    let ops = |d: &Option<shared::testing::Daemon>| d.as_ref().expect("daemon").ops_addr.clone();
+    let ops = |d: &Option<testkit::Daemon>| d.as_ref().expect("daemon").ops_addr.clone();
     let targets = [
         ("ingest-gateway", ops(&stack.gateway)),
         ("batch-writer", ops(&stack.writers[0])),

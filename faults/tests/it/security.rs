@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use shared::testing::{free_port, http_get, wait_for, Daemon, TestDb};
+use testkit::{free_port, http_get, wait_for, Daemon, TestDb};
 
 /// A CA and a server certificate for localhost, made with the openssl command.
 fn certificates(dir: &std::path::Path) {
@@ -95,7 +95,7 @@ async fn the_pipeline_runs_over_redis_with_auth_and_tls_and_a_wrong_password_sta
     ));
     let gw = Daemon::start(&bin("ingest-gateway"), &bad).await;
     // The gateway has tried Redis and says so; only then is its 503 an answer.
-    let tried = shared::testing::wait_for(Duration::from_secs(15), || async {
+    let tried = testkit::wait_for(Duration::from_secs(15), || async {
         gw.logs().contains("unreachable").then_some(())
     })
     .await;
@@ -119,7 +119,7 @@ async fn the_pipeline_runs_over_redis_with_auth_and_tls_and_a_wrong_password_sta
     ));
     let gw = Daemon::start(&bin("ingest-gateway"), &untrusted).await;
     // The gateway has tried Redis and says so; only then is its 503 an answer.
-    let tried = shared::testing::wait_for(Duration::from_secs(15), || async {
+    let tried = testkit::wait_for(Duration::from_secs(15), || async {
         gw.logs().contains("unreachable").then_some(())
     })
     .await;

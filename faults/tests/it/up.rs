@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use shared::testing::{free_port, http_get, wait_for};
+use testkit::{free_port, http_get, wait_for};
 
 /// The script's process group leader, killed and reaped however the test ends.
 struct Job(std::process::Child);
@@ -102,11 +102,11 @@ async fn up_then(signal: &str) {
         "daemons left running after {signal}: {left:?}\n{}",
         log()
     );
-    let admin = shared::testing::connect("postgres").await;
+    let admin = testkit::connect("postgres").await;
     let _ = admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
         .await;
-    shared::testing::redis_cleanup("redis://127.0.0.1:6379/", &format!("up-{tag}")).await;
+    testkit::redis_cleanup("redis://127.0.0.1:6379/", &format!("up-{tag}")).await;
     let _ = std::fs::remove_dir_all(&run_dir);
     let _ = std::fs::remove_file(run_dir.with_extension("log"));
 }

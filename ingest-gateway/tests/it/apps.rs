@@ -1,4 +1,4 @@
-use shared::testing::TestDb;
+use testkit::TestDb;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ingest-gateway");
 

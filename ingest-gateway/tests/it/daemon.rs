@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use shared::testing::{free_port, http_get, Daemon, TestDb};
+use testkit::{free_port, http_get, Daemon, TestDb};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ingest-gateway");
 
@@ -101,7 +101,7 @@ async fn secrets_never_reach_the_logs() {
     for secret in [password, &app.ingest_key, &app.read_key, "wrong-key-5e1d"] {
         assert!(!logs.contains(secret), "a secret reached the logs");
     }
-    shared::testing::redis_cleanup("redis://127.0.0.1:6379/", "test-secrets").await;
+    testkit::redis_cleanup("redis://127.0.0.1:6379/", "test-secrets").await;
 }
 
 /// Sends one event over a new connection; the status line's code.
@@ -169,13 +169,13 @@ async fn ten_thousand_idle_connections_do_not_exhaust_the_gateway() {
         http_get(&d.ops_addr, "/readyz").await,
         Some((200, _))
     ));
-    let rss_kib = shared::testing::proc_status_kib(d.child.id(), "VmRSS:").unwrap_or(0);
+    let rss_kib = testkit::proc_status_kib(d.child.id(), "VmRSS:").unwrap_or(0);
     eprintln!(
         "gateway RSS with {IDLE} idle connections: {} MiB",
         rss_kib / 1024
     );
     drop(idle);
-    shared::testing::redis_cleanup("redis://127.0.0.1:6379/", &prefix).await;
+    testkit::redis_cleanup("redis://127.0.0.1:6379/", &prefix).await;
 }
 
 #[tokio::test]
@@ -197,7 +197,7 @@ async fn a_database_that_refuses_delays_readiness_and_never_stops_the_gateway() 
         format!("test-refused-{}", std::process::id()),
     ));
     let mut d = Daemon::start(BIN, &env).await;
-    let refused = shared::testing::wait_for(Duration::from_secs(20), || async {
+    let refused = testkit::wait_for(Duration::from_secs(20), || async {
         let (status, body) = http_get(&d.ops_addr, "/readyz").await?;
         (status == 503 && body.contains("SQLSTATE 3D000")).then_some(body)
     })
@@ -213,7 +213,7 @@ async fn a_database_that_refuses_delays_readiness_and_never_stops_the_gateway() 
         "still running"
     );
 
-    shared::testing::connect("postgres")
+    testkit::connect("postgres")
         .await
         .batch_execute(&format!("CREATE DATABASE {later} TEMPLATE {}", db.name))
         .await
@@ -221,7 +221,7 @@ async fn a_database_that_refuses_delays_readiness_and_never_stops_the_gateway() 
     assert!(d.wait_ready(Duration::from_secs(30)).await, "{}", d.logs());
     let status = d.terminate(Duration::from_secs(10)).expect("exits");
     assert!(status.success(), "{status:?}");
-    let _ = shared::testing::connect("postgres")
+    let _ = testkit::connect("postgres")
         .await
         .batch_execute(&format!("DROP DATABASE {later} WITH (FORCE)"))
         .await;

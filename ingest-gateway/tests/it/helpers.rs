@@ -13,7 +13,7 @@ use ingest_gateway::GatewayConfig;
 use shared::config::Env;
 use shared::db::Pools;
 use shared::queue::{self, Keys, QueuedEvent};
-use shared::testing::TestDb;
+use testkit::TestDb;
 use tokio_util::sync::CancellationToken;
 
 /// An entry as XRANGE returns it: id and field/value pairs.
@@ -69,8 +69,8 @@ impl Gateway {
             shutdown.clone(),
         ));
         let mut task = task;
-        let up = shared::testing::wait_for(std::time::Duration::from_secs(10), || async {
-            shared::testing::http_get(&addr.to_string(), "/healthz").await
+        let up = testkit::wait_for(std::time::Duration::from_secs(10), || async {
+            testkit::http_get(&addr.to_string(), "/healthz").await
         });
         tokio::select! {
             up = up => if up.is_none() { anyhow::bail!("gateway did not come up") },
@@ -207,8 +207,8 @@ pub async fn second_gateway(first: &Gateway) -> (String, CancellationToken) {
         ops,
         stop.clone(),
     ));
-    let up = shared::testing::wait_for(std::time::Duration::from_secs(10), || {
-        shared::testing::http_get(&addr, "/healthz")
+    let up = testkit::wait_for(std::time::Duration::from_secs(10), || {
+        testkit::http_get(&addr, "/healthz")
     })
     .await;
     assert!(up.is_some(), "second gateway up");
@@ -225,7 +225,7 @@ pub async fn redis_conn() -> redis::aio::MultiplexedConnection {
 
 /// Deletes every key of a test prefix.
 pub async fn cleanup(prefix: &str) {
-    shared::testing::redis_cleanup(REDIS, prefix).await
+    testkit::redis_cleanup(REDIS, prefix).await
 }
 
 /// A redis-server of the test's own on `port`, with `policy` as its eviction policy.

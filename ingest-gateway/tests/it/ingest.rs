@@ -458,11 +458,11 @@ async fn a_full_queue_answers_503_and_turns_readyz_503() {
         r.body
     );
     assert!(r.headers.contains_key("retry-after"));
-    let (status, body) = shared::testing::http_get(&gw.addr.to_string(), "/readyz")
+    let (status, body) = testkit::http_get(&gw.addr.to_string(), "/readyz")
         .await
         .expect("readyz");
     assert_eq!(status, 503, "{body}");
-    let (status, _) = shared::testing::http_get(&gw.ops.to_string(), "/readyz")
+    let (status, _) = testkit::http_get(&gw.ops.to_string(), "/readyz")
         .await
         .expect("ops readyz");
     assert_eq!(status, 503);
@@ -476,8 +476,8 @@ async fn a_full_queue_answers_503_and_turns_readyz_503() {
             .await
             .expect("set");
     }
-    let ready = shared::testing::wait_for(Duration::from_secs(3), || async {
-        shared::testing::http_get(&gw.addr.to_string(), "/readyz")
+    let ready = testkit::wait_for(Duration::from_secs(3), || async {
+        testkit::http_get(&gw.addr.to_string(), "/readyz")
             .await
             .filter(|(s, _)| *s == 200)
     })
@@ -489,7 +489,7 @@ async fn a_full_queue_answers_503_and_turns_readyz_503() {
 
 #[tokio::test]
 async fn an_unreachable_redis_gets_503_fast_and_readyz_503() {
-    let port = shared::testing::free_port();
+    let port = testkit::free_port();
     let url = format!("redis://127.0.0.1:{port}/");
     let gw = Gateway::start(&[("REDIS_URL", &url)]).await;
     let started = Instant::now();
@@ -500,12 +500,12 @@ async fn an_unreachable_redis_gets_503_fast_and_readyz_503() {
     );
     assert!(r.headers.contains_key("retry-after"));
     assert!(started.elapsed() < Duration::from_secs(3));
-    let (status, _) = shared::testing::http_get(&gw.addr.to_string(), "/readyz")
+    let (status, _) = testkit::http_get(&gw.addr.to_string(), "/readyz")
         .await
         .expect("readyz");
     assert_eq!(status, 503);
     assert_eq!(
-        shared::testing::http_get(&gw.addr.to_string(), "/healthz")
+        testkit::http_get(&gw.addr.to_string(), "/healthz")
             .await
             .map(|r| r.0),
         Some(200)
@@ -515,12 +515,12 @@ async fn an_unreachable_redis_gets_503_fast_and_readyz_503() {
 
 #[tokio::test]
 async fn the_gateway_reconnects_when_redis_comes_back() {
-    let port = shared::testing::free_port();
+    let port = testkit::free_port();
     let url = format!("redis://127.0.0.1:{port}/");
     let gw = Gateway::start(&[("REDIS_URL", &url)]).await;
     assert_eq!(gw.post(r#"{"event_name":"a"}"#).await.status, 503);
     let mut redis = crate::helpers::spawn_redis(port, "noeviction");
-    let ok = shared::testing::wait_for(Duration::from_secs(10), || async {
+    let ok = testkit::wait_for(Duration::from_secs(10), || async {
         (gw.post(r#"{"event_name":"a"}"#).await.status == 202).then_some(())
     })
     .await;
@@ -535,10 +535,10 @@ async fn the_gateway_reconnects_when_redis_comes_back() {
 
 #[tokio::test]
 async fn an_evicting_redis_is_refused_at_start() {
-    let port = shared::testing::free_port();
+    let port = testkit::free_port();
     let mut redis = crate::helpers::spawn_redis(port, "allkeys-lru");
     let url = format!("redis://127.0.0.1:{port}/");
-    shared::testing::wait_for(Duration::from_secs(5), || async {
+    testkit::wait_for(Duration::from_secs(5), || async {
         redis::Client::open(url.as_str())
             .ok()?
             .get_multiplexed_async_connection()
@@ -547,7 +547,7 @@ async fn an_evicting_redis_is_refused_at_start() {
     })
     .await
     .expect("test redis up");
-    let db = shared::testing::TestDb::migrated().await;
+    let db = testkit::TestDb::migrated().await;
     let err = match Gateway::start_on(db, &[("REDIS_URL", &url)]).await {
         Ok(gw) => panic!("the gateway started on {} with an evicting Redis", gw.addr),
         Err(e) => e.to_string(),
@@ -565,7 +565,7 @@ async fn metrics_count_accepted_and_rejected_events() {
     let gw = Gateway::start(&[]).await;
     gw.post(r#"[{"event_name":"a"},{"event_name":""},{"event_name":"b"}]"#)
         .await;
-    let (_, m) = shared::testing::http_get(&gw.ops.to_string(), "/metrics")
+    let (_, m) = testkit::http_get(&gw.ops.to_string(), "/metrics")
         .await
         .expect("metrics");
     assert!(

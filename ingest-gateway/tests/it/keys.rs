@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use http::Method;
-use shared::testing::{http_get, wait_for, TestDb};
+use testkit::{http_get, wait_for, TestDb};
 
 use crate::helpers::{second_gateway as second, Gateway};
 

@@ -42,7 +42,7 @@ async fn the_page_shows_the_events_just_posted_with_nothing_on_the_console() {
     let r = gw.post(serde_json::to_vec(&events).expect("json")).await;
     assert_eq!(r.status, 202);
     let c = gw.db.client().await;
-    let stored = shared::testing::wait_for(Duration::from_secs(15), || async {
+    let stored = testkit::wait_for(Duration::from_secs(15), || async {
         let n: i64 = c
             .query_one("SELECT count(*) FROM analytics_events", &[])
             .await
@@ -53,7 +53,7 @@ async fn the_page_shows_the_events_just_posted_with_nothing_on_the_console() {
     .await;
     assert!(stored.is_some(), "the pipeline stored the events");
 
-    let (status, page) = shared::testing::http_get(&gw.addr.to_string(), "/")
+    let (status, page) = testkit::http_get(&gw.addr.to_string(), "/")
         .await
         .expect("page");
     assert_eq!(status, 200);

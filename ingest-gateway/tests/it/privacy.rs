@@ -10,7 +10,7 @@ use http::Method;
 use ingest_gateway::apps::{self, KeyKind};
 use shared::db::Pools;
 use shared::privacy::user_digest;
-use shared::testing::wait_for;
+use testkit::wait_for;
 
 use crate::helpers::{post_at, request_at, second_gateway, Gateway, Reply};
 
@@ -350,7 +350,7 @@ async fn suppressed_users_events_are_accepted_and_never_queued_on_any_gateway() 
     );
     assert_eq!(gone.iter().filter(|e| e.app_id == other.app_id).count(), 1);
     assert!(queued.iter().any(|e| e.user_id.as_deref() == Some("kept")));
-    let metrics = shared::testing::http_get(&g1.ops.to_string(), "/metrics")
+    let metrics = testkit::http_get(&g1.ops.to_string(), "/metrics")
         .await
         .expect("metrics")
         .1;

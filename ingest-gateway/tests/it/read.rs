@@ -23,7 +23,7 @@ async fn refresh(gw: &Gateway) {
 
 async fn stored(gw: &Gateway, n: i64) {
     let c = gw.db.client().await;
-    let ok = shared::testing::wait_for(Duration::from_secs(10), || async {
+    let ok = testkit::wait_for(Duration::from_secs(10), || async {
         let got: i64 = c
             .query_one("SELECT count(*) FROM analytics_events", &[])
             .await
@@ -234,7 +234,7 @@ async fn answers_are_cached_then_invalidated() {
             .expect("stats");
         serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")
     };
-    let s = shared::testing::wait_for(Duration::from_secs(10), || async {
+    let s = testkit::wait_for(Duration::from_secs(10), || async {
         let s = stats();
         (s["hits"].as_u64() == Some(1) && s["misses"].as_u64() == Some(2)).then_some(s)
     })
@@ -245,7 +245,7 @@ async fn answers_are_cached_then_invalidated() {
         (Some(1), Some(2), Some(1))
     );
     assert!(s["memory_bytes"].as_u64().unwrap_or(0) > 0);
-    let (_, m) = shared::testing::http_get(&gw.ops.to_string(), "/metrics")
+    let (_, m) = testkit::http_get(&gw.ops.to_string(), "/metrics")
         .await
         .expect("metrics");
     assert!(
@@ -257,7 +257,7 @@ async fn answers_are_cached_then_invalidated() {
 
 #[tokio::test]
 async fn queries_still_answer_when_the_cache_is_down() {
-    let port = shared::testing::free_port();
+    let port = testkit::free_port();
     let url = format!("redis://127.0.0.1:{port}/");
     let gw = Gateway::start(&[("CACHE_REDIS_URL", &url)]).await;
     let today = Utc::now().date_naive();
@@ -460,5 +460,5 @@ async fn concurrent_misses_of_one_key_compute_once() {
         Some(3)
     );
     assert_eq!(cache.get(&key).await, None);
-    shared::testing::redis_cleanup(REDIS, cache.prefix().trim_end_matches(":cache")).await;
+    testkit::redis_cleanup(REDIS, cache.prefix().trim_end_matches(":cache")).await;
 }

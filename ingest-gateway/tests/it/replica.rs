@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use http::Method;
-use shared::testing::{Replica, TestDb};
+use testkit::{Replica, TestDb};
 
 use crate::helpers::Gateway;
 
 #[tokio::test]
 async fn a_streaming_replica_serves_the_reads_and_its_loss_is_a_clear_503() {
-    let port = shared::testing::free_port();
+    let port = testkit::free_port();
     let replica = match Replica::start(port).await {
         Ok(r) => r,
         Err(e) => panic!("cannot make a streaming replica: {e}"),
@@ -19,7 +19,7 @@ async fn a_streaming_replica_serves_the_reads_and_its_loss_is_a_clear_503() {
     // The test's database is created on the primary after the replica started: it replicates.
     let db = TestDb::migrated().await;
     let name = db.name.clone();
-    let on_replica = shared::testing::wait_for(Duration::from_secs(90), || {
+    let on_replica = testkit::wait_for(Duration::from_secs(90), || {
         let name = name.clone();
         async move {
             let (c, conn) = tokio_postgres::Config::new()
@@ -79,7 +79,7 @@ async fn a_streaming_replica_serves_the_reads_and_its_loss_is_a_clear_503() {
     let today = Utc::now().date_naive();
     let auth = format!("Bearer {}", gw.app.read_key);
     let path = format!("/v1/stats/top-events?from={today}&to={today}");
-    let seen = shared::testing::wait_for(Duration::from_secs(10), || async {
+    let seen = testkit::wait_for(Duration::from_secs(10), || async {
         let r = gw
             .request(Method::GET, &path, &[("authorization", &auth)], "")
             .await;
@@ -141,7 +141,7 @@ async fn erasure_waits_for_the_replica(gw: &Gateway, port: u16, path: &str, auth
         .batch_execute("SELECT pg_wal_replay_pause()")
         .await
         .expect("pause");
-    let held = shared::testing::wait_for(Duration::from_secs(20), || async {
+    let held = testkit::wait_for(Duration::from_secs(20), || async {
         let p = erasure::tick(&ctx).await.expect("tick")?;
         (p.state == State::Summary && p.waiting).then_some(())
     })
@@ -154,7 +154,7 @@ async fn erasure_waits_for_the_replica(gw: &Gateway, port: u16, path: &str, auth
         held.is_some(),
         "the request waits for the replica in summary"
     );
-    let done = shared::testing::wait_for(Duration::from_secs(20), || async {
+    let done = testkit::wait_for(Duration::from_secs(20), || async {
         let p = erasure::tick(&ctx).await.expect("tick")?;
         (p.state == State::Done).then_some(())
     })

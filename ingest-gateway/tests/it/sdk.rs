@@ -75,7 +75,7 @@ struct Row {
 async fn rows(gw: &Gateway, n: usize) -> Vec<Row> {
     let c = gw.db.client().await;
     let depths = gw.keys().all_depths();
-    let got = shared::testing::wait_for(Duration::from_secs(30), || async {
+    let got = testkit::wait_for(Duration::from_secs(30), || async {
         let count: i64 = c
             .query_one("SELECT count(*) FROM analytics_events", &[])
             .await

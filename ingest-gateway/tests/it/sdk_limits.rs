@@ -310,7 +310,7 @@ async fn keys_unknown_missing_read_and_revoked_are_refused() {
         .await
         .expect("revoke");
     let auth = basic(&gw.app.ingest_key);
-    let revoked = shared::testing::wait_for(std::time::Duration::from_secs(5), || async {
+    let revoked = testkit::wait_for(std::time::Duration::from_secs(5), || async {
         let r = gw
             .request(
                 Method::POST,
@@ -331,7 +331,7 @@ async fn keys_unknown_missing_read_and_revoked_are_refused() {
 async fn rate_limits_and_a_full_queue_answer_with_retry_after() {
     let gw = Gateway::start(&[("RATE_LIMIT_EVENTS_PER_SEC", "5")]).await;
     // At the limit within one second, then past it. Retry until both land in the same second.
-    let limited = shared::testing::wait_for(std::time::Duration::from_secs(10), || async {
+    let limited = testkit::wait_for(std::time::Duration::from_secs(10), || async {
         let first = segment(&gw, batch(5).to_string(), &[]).await;
         let second = segment(&gw, batch(1).to_string(), &[]).await;
         (first.status == 200 && second.status == 429).then_some(second)
@@ -384,7 +384,7 @@ async fn methods_preflight_and_metrics_of_the_sdk_routes() {
         .await;
     assert_eq!((r.status, &r.body), (200, &json!({"status": 1})));
     segment(&gw, r#"{"batch": [{"type": "track"}]}"#, &[]).await;
-    let (_, m) = shared::testing::http_get(&gw.ops.to_string(), "/metrics")
+    let (_, m) = testkit::http_get(&gw.ops.to_string(), "/metrics")
         .await
         .expect("metrics");
     for line in [

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use shared::testing::{http_get, wait_for, Daemon, TestDb};
+use testkit::{http_get, wait_for, Daemon, TestDb};
 use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_maintenance-worker");
@@ -66,7 +66,7 @@ async fn the_daemon_refuses_an_unmigrated_database() {
         .envs(db.env_vars())
         .env(
             "METRICS_ADDR",
-            format!("127.0.0.1:{}", shared::testing::free_port()),
+            format!("127.0.0.1:{}", testkit::free_port()),
         )
         .output()
         .expect("run");

@@ -10,7 +10,7 @@ use serde_json::json;
 use shared::db::Pools;
 use shared::queue::QueuedEvent;
 use shared::schema::partitions::Month;
-use shared::testing::{wait_for, Daemon, TestDb};
+use testkit::{wait_for, Daemon, TestDb};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;

@@ -7,7 +7,7 @@ use maintenance_worker::clock::Clock;
 use maintenance_worker::jobs::{self, Job, JobCtx};
 use shared::db::Pools;
 use shared::schema::partitions::{self, Month};
-use shared::testing::TestDb;
+use testkit::TestDb;
 
 fn ctx(db: &TestDb, clock: Clock) -> JobCtx {
     JobCtx {
@@ -115,7 +115,7 @@ async fn the_hot_index_stays_on_the_recent_partitions_only() {
     let hot = |db: &TestDb| {
         let db = db.name.clone();
         async move {
-            let c = shared::testing::connect(&db).await;
+            let c = testkit::connect(&db).await;
             let mut v: Vec<String> = c
                 .query(
                     "SELECT relname::text FROM pg_class WHERE relname LIKE '%_hot_idx'",

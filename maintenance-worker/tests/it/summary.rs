@@ -8,7 +8,7 @@ use std::time::Duration;
 use maintenance_worker::clock::Clock;
 use maintenance_worker::jobs::{self, Job, JobCtx};
 use shared::db::Pools;
-use shared::testing::TestDb;
+use testkit::TestDb;
 
 type Row = (String, chrono::NaiveDate, String, i64, i64, i64);
 

@@ -1,6 +1,6 @@
 use chrono::Utc;
 use shared::schema::{self, partitions, PartitionWindow, SchemaError};
-use shared::testing::TestDb;
+use testkit::TestDb;
 
 fn window() -> PartitionWindow {
     PartitionWindow {

@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use shared::config::DbConfig;
 use shared::db::{DbError, Pools};
-use shared::testing::TestDb;
+use testkit::TestDb;
 
 #[tokio::test]
 async fn the_read_pool_falls_back_to_the_primary_and_health_reports_both() {

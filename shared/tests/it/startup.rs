@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use shared::daemon::{self, Startup};
 use shared::metrics::PoolName;
-use shared::testing::{connect, wait_for, TestDb};
+use testkit::{connect, wait_for, TestDb};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use shared::daemon::Ops;
 use shared::metrics::Daemon;
 use shared::ops::always_ready;
 use shared::tasks::Tasks;
-use shared::testing::http_get;
+use testkit::http_get;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]

@@ -32,7 +32,7 @@ pub async fn prepare(admin: &Client, args: &Args) -> anyhow::Result<Loaded> {
                 "Reusing {db}: {} events of {} (loaded in {:.0} s).",
                 l.history, l.app_id, l.load_seconds
             );
-            let c = shared::testing::connect(db).await;
+            let c = testkit::connect(db).await;
             // A database migrated by another build (a migration edited since) is loaded anew.
             match migrate(&c).await {
                 Ok(()) => {
@@ -51,7 +51,7 @@ pub async fn prepare(admin: &Client, args: &Args) -> anyhow::Result<Loaded> {
     admin
         .batch_execute(&format!("CREATE DATABASE {db}"))
         .await?;
-    let c = shared::testing::connect(db).await;
+    let c = testkit::connect(db).await;
     migrate(&c).await?;
     let loaded = load_history(&c, args).await?;
     let comment = serde_json::to_string(&loaded)?.replace('\'', "''");
@@ -168,7 +168,7 @@ pub async fn reset_load(c: &Client, l: &Loaded, prefix: &str) -> anyhow::Result<
     }
     c.batch_execute("TRUNCATE entry_ledger, event_dedupe, dead_letters, events_quarantine")
         .await?;
-    shared::testing::redis_cleanup(REDIS, prefix).await;
+    testkit::redis_cleanup(REDIS, prefix).await;
     Ok(())
 }
 

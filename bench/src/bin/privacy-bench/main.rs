@@ -87,9 +87,9 @@ pub struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let admin = shared::testing::connect("postgres").await;
+    let admin = testkit::connect("postgres").await;
     let loaded = prepare(&admin, &args).await?;
-    let c = shared::testing::connect(&args.db).await;
+    let c = testkit::connect(&args.db).await;
     c.batch_execute("SET statement_timeout = 0").await?;
     let members: i64 = c
         .query_one(

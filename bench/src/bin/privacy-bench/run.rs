@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use ingest_gateway::apps::{self, KeyKind};
-use shared::testing::{http_get, Daemon};
+use testkit::{http_get, Daemon};
 use tokio_postgres::Client;
 
 use crate::figures::{folds, metric, phases_text, window, Erasure, Snapshot, Window};
@@ -68,7 +68,7 @@ impl Daemons {
                 "a daemon is not ready"
             );
         }
-        let leads = shared::testing::wait_for(Duration::from_secs(60), || async {
+        let leads = testkit::wait_for(Duration::from_secs(60), || async {
             let m = http_get(&maintenance.ops_addr, "/metrics").await?.1;
             (metric(&m, "sluice_maintenance_leader", "") == 1.0).then_some(())
         })
@@ -100,7 +100,7 @@ async fn wait_no_open_erasure(c: &Client, timeout: Duration) -> anyhow::Result<(
         return Ok(());
     }
     eprintln!("Waiting for the erasures an earlier run left open...");
-    let closed = shared::testing::wait_for(timeout, || async {
+    let closed = testkit::wait_for(timeout, || async {
         (open().await == Some(0)).then_some(())
     })
     .await;
@@ -114,8 +114,8 @@ impl Run {
         let ingest = apps::create_key(&db, &l.app_id, KeyKind::Ingest).await?;
         let admin = apps::create_key(&db, &l.app_id, KeyKind::Admin).await?;
         // A queue an interrupted run left behind would be drained into this database.
-        shared::testing::redis_cleanup(REDIS, &args.db).await;
-        let addr = format!("127.0.0.1:{}", shared::testing::free_port());
+        testkit::redis_cleanup(REDIS, &args.db).await;
+        let addr = format!("127.0.0.1:{}", testkit::free_port());
         let daemons = Daemons::start(&daemon_env(&addr, args), args.writers).await?;
         wait_no_open_erasure(c, Duration::from_secs(args.max_erasure_seconds)).await?;
         let target = Target::new(&addr, &ingest.key, args.connections);
@@ -354,13 +354,13 @@ impl Run {
             .collect();
         // Dropping a daemon kills it.
         drop(self.daemons);
-        shared::testing::redis_cleanup(REDIS, &self.prefix).await;
+        testkit::redis_cleanup(REDIS, &self.prefix).await;
         RunParts { cpu }
     }
 }
 
 fn daemon_env(addr: &str, args: &Args) -> Vec<(String, String)> {
-    let (host, port) = shared::testing::admin_env();
+    let (host, port) = testkit::admin_env();
     let high_water = args.queue_high_water.to_string();
     [
         ("DB_HOST", host.as_str()),
