@@ -1,5 +1,5 @@
-//! Shared pieces of the benchmarks: realistic events, latency statistics, process figures and
-//! the side-by-side table.
+//! Shared pieces of the benchmarks: realistic events, latency statistics and the side-by-side
+//! table (process figures are `testkit`'s).
 
 use std::time::Duration;
 
@@ -103,27 +103,6 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
-}
-
-/// Peak resident memory of a process, from /proc (VmHWM), in MiB.
-pub fn peak_rss_mib(pid: u32) -> Option<f64> {
-    proc_status_kib(pid, "VmHWM:").map(|k| k as f64 / 1024.0)
-}
-
-/// Current resident memory of a process in MiB.
-pub fn rss_mib(pid: u32) -> Option<f64> {
-    proc_status_kib(pid, "VmRSS:").map(|k| k as f64 / 1024.0)
-}
-
-use testkit::proc_status_kib;
-
-/// CPU seconds (user + system) a process has used, from /proc/PID/stat.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = s.rsplit_once(')')?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
 }
 
 /// Prints rows as an aligned table.

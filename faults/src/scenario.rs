@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use anyhow::Context;
 
 use crate::load::{audit, recovery, Audit, Load};
-use crate::servers::{OwnCluster, OwnPostgres, OwnRedis};
 use crate::stack::{Stack, SHARDS};
+use testkit::{OwnCluster, OwnPostgres, OwnRedis};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Fault {
@@ -160,9 +160,9 @@ pub async fn finish(stack: &mut Stack) -> anyhow::Result<End> {
     let dead_letters_left = stack.dead_letters().await.unwrap_or(-1);
     // What is still queued when the drain gives up is not lost, and must not read as lost.
     let still_queued = stack.queue_depth().await.unwrap_or(-1);
-    let ready = drained && stack.ready_within(Duration::from_secs(30)).await;
-    let logs = stack.logs();
-    let stopped = stack.stop_all(Duration::from_secs(30));
+    let ready = drained && stack.daemons.ready_within(Duration::from_secs(30)).await;
+    let logs = stack.daemons.logs();
+    let stopped = stack.daemons.stop_all(Duration::from_secs(30));
     let audit = audit(&stack.db().await?, &stack.sender.books.acked()).await?;
     if still_queued != 0 {
         eprintln!("the drain gave up with {still_queued} events still queued (not written, not lost): the audit below counts them as missing");
@@ -293,12 +293,12 @@ async fn inject(
     };
     match fault {
         Fault::WriterKill => {
-            kill(&mut stack.writers[0]);
+            kill(&mut stack.daemons.writers[0]);
             tokio::time::sleep(Duration::from_secs(1)).await;
-            stack.start_writer(0).await;
+            stack.daemons.start_writer(0).await;
         }
         Fault::WriterStall => {
-            if let Some(w) = &stack.writers[0] {
+            if let Some(w) = &stack.daemons.writers[0] {
                 signal(w, "-STOP");
                 // Past CLAIM_IDLE_MS (2 s): the other writer claims what this one holds.
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -306,14 +306,14 @@ async fn inject(
             }
         }
         Fault::GatewayKill => {
-            kill(&mut stack.gateway);
+            kill(&mut stack.daemons.gateway);
             tokio::time::sleep(Duration::from_secs(1)).await;
-            stack.start_gateway().await;
+            stack.daemons.start_gateway().await;
         }
         Fault::MaintenanceKill => {
-            kill(&mut stack.maintenance);
+            kill(&mut stack.daemons.maintenance);
             tokio::time::sleep(Duration::from_secs(1)).await;
-            stack.start_maintenance().await;
+            stack.daemons.start_maintenance().await;
         }
         Fault::PostgresRestart => {
             servers.pg.stop();
@@ -345,15 +345,15 @@ async fn inject(
             tokio::time::sleep(timing.outage).await;
         }
         Fault::Combined => {
-            kill(&mut stack.writers[0]);
-            kill(&mut stack.gateway);
+            kill(&mut stack.daemons.writers[0]);
+            kill(&mut stack.daemons.gateway);
             servers.redis.kill();
             servers.pg.stop();
             tokio::time::sleep(timing.outage).await;
             servers.pg.restart_immediate()?;
             servers.redis.restart().await?;
-            stack.start_gateway().await;
-            stack.start_writer(0).await;
+            stack.daemons.start_gateway().await;
+            stack.daemons.start_writer(0).await;
         }
         Fault::ClusterNodeRestart => {
             let cluster = servers.cluster.as_mut().context("no cluster")?;

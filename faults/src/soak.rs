@@ -24,18 +24,13 @@ pub struct Sample {
     pub ledger_rows: i64,
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    testkit::proc_status_kib(pid, "VmRSS:").map_or(0.0, |kib| kib as f64 / 1024.0)
-}
-
 /// Reads one sample off the running stack.
 pub async fn sample(stack: &Stack, started: Instant) -> anyhow::Result<Sample> {
     let pids: Vec<u32> = stack
-        .gateway
+        .daemons
+        .named()
         .iter()
-        .chain(stack.writers.iter().flatten())
-        .chain(stack.maintenance.iter())
-        .map(|d| d.child.id())
+        .map(|(_, d)| d.child.id())
         .collect();
     let client = redis::Client::open(stack.redis_url.as_str())?;
     let mut r = client.get_multiplexed_async_connection().await?;
@@ -46,13 +41,9 @@ pub async fn sample(stack: &Stack, started: Instant) -> anyhow::Result<Sample> {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0);
     let keys = stack.keys();
-    let (mut entries, mut pending) = (0i64, 0i64);
+    let entries = testkit::stream_entries(&mut r, &keys).await.unwrap_or(0);
+    let mut pending = 0i64;
     for s in keys.all_streams() {
-        entries += redis::cmd("XLEN")
-            .arg(&s)
-            .query_async::<i64>(&mut r)
-            .await
-            .unwrap_or(0);
         let summary: redis::Value = redis::cmd("XPENDING")
             .arg(&s)
             .arg(shared::queue::GROUP)
@@ -78,7 +69,10 @@ pub async fn sample(stack: &Stack, started: Instant) -> anyhow::Result<Sample> {
     Ok(Sample {
         minute: started.elapsed().as_secs_f64() / 60.0,
         acked: stack.sender.books.acked().len() as u64,
-        rss_mib: pids.into_iter().map(rss_mib).collect(),
+        rss_mib: pids
+            .into_iter()
+            .map(|p| testkit::rss_mib(p).unwrap_or(0.0))
+            .collect(),
         redis_used_mib: used / 1_048_576.0,
         stream_entries: entries,
         pending,

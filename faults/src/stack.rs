@@ -1,37 +1,17 @@
 //! One pipeline under test: the gateway, two batch writers and the maintenance worker (or another
-//! [`Shape`]), as their own processes (the binaries beside the running executable), on a database of their own in the
-//! suite's PostgreSQL and a stream prefix of their own in the suite's Redis (or Redis Cluster).
+//! [`Shape`]), as their own processes ([`testkit::Stack`]), on a database of their own in the
+//! suite's PostgreSQL and a stream prefix of their own in the suite's Redis (or Redis Cluster);
+//! the poison switch and dead-letter replays.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use testkit::{free_port, http_get, Daemon};
+use anyhow::Context;
+use testkit::{OwnPostgres, StackBuilder};
 
 use crate::load::Sender;
-use crate::servers::OwnPostgres;
 
 pub const WRITERS: usize = 2;
 pub const SHARDS: u16 = 6;
-
-/// The directory of the daemon binaries: the running executable's (a test's lives one level down,
-/// in `deps/`).
-pub fn bin_dir() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let mut dir = exe.parent().context("exe dir")?.to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    for b in ["ingest-gateway", "batch-writer", "maintenance-worker"] {
-        if !dir.join(b).exists() {
-            bail!(
-                "{} is missing: build the daemons first (cargo build --bins)",
-                dir.join(b).display()
-            );
-        }
-    }
-    Ok(dir)
-}
 
 /// How many of each daemon a stack runs, and whether it gives them the suite's small pools or
 /// lets each size its own (the daemons' defaults, as a new user runs them).
@@ -57,15 +37,9 @@ pub struct Stack {
     pub prefix: String,
     pub pg_port: u16,
     pub redis_url: String,
-    pub env: Vec<(String, String)>,
-    pub gateway_addr: String,
-    pub gateway: Option<Daemon>,
-    pub writers: Vec<Option<Daemon>>,
-    pub maintenance: Option<Daemon>,
-    /// Maintenance replicas beyond the first.
-    pub more_maintenance: Vec<Daemon>,
+    /// The daemons, their variables and the gateway's address.
+    pub daemons: testkit::Stack,
     pub sender: Sender,
-    bins: PathBuf,
 }
 
 /// Runs dead-letter replays of one stack.
@@ -136,8 +110,8 @@ impl Stack {
         prefix: &str,
         shape: Shape,
     ) -> anyhow::Result<Self> {
-        let bins = bin_dir()?;
         let db = format!("faults_{name}_{}", std::process::id()).replace('-', "_");
+        let mut daemons = builder(pg.port, &db, redis_url, prefix, shape).build()?;
         let admin = pg.client("postgres").await?;
         admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
@@ -145,139 +119,30 @@ impl Stack {
         admin
             .batch_execute(&format!("CREATE DATABASE {db}"))
             .await?;
-        let gateway_addr = format!("127.0.0.1:{}", free_port());
-        let pools = [
-            ("DB_POOL_MAX", "6"),
-            ("DB_POOL_MIN", "1"),
-            ("DB_READ_POOL_MAX", "2"),
-            ("DB_READ_POOL_MIN", "1"),
-        ];
-        let pools = pools
-            .into_iter()
-            .filter(|_| shape.small_pools)
-            .map(|(k, v)| (k, v.to_owned()));
-        let env: Vec<(String, String)> = [
-            ("DB_HOST", "127.0.0.1".to_owned()),
-            ("DB_PORT", pg.port.to_string()),
-            ("DB_NAME", db.clone()),
-            ("DB_USER", "postgres".into()),
-            ("REDIS_URL", redis_url.to_owned()),
-            ("STREAM_PREFIX", prefix.to_owned()),
-            ("STREAM_SHARDS", SHARDS.to_string()),
-            ("GATEWAY_ADDR", gateway_addr.clone()),
-            ("QUEUE_HIGH_WATER", "10000000".into()),
-            ("CLAIM_IDLE_MS", "2000".into()),
-            ("MAX_DELIVERIES", "3".into()),
-            ("BATCH_LINGER_MS", "100".into()),
-            ("LOG_LEVEL", "warn".into()),
-            ("CACHE_STATS_INTERVAL_MS", "1000".into()),
-        ]
-        .into_iter()
-        .chain(pools)
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        let run = |bin: &str, args: &[&str]| -> anyhow::Result<String> {
-            let out = std::process::Command::new(bins.join(bin))
-                .args(args)
-                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .output()?;
-            if !out.status.success() {
-                bail!("{bin} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        };
-        run("maintenance-worker", &["migrate"])?;
+        daemons.command("maintenance-worker", &["migrate"])?;
         pg.client(&db).await?.batch_execute(POISON_SQL).await?;
-        let app: serde_json::Value =
-            serde_json::from_str(&run("ingest-gateway", &["apps", "create", "--name", name])?)?;
+        let app = daemons.command("ingest-gateway", &["apps", "create", "--name", name])?;
+        let app: serde_json::Value = serde_json::from_str(&app)?;
         let key = app["ingest_key"].as_str().context("ingest_key")?.to_owned();
-        let mut me = Self {
+        daemons.start_all().await;
+        Ok(Self {
             db,
             prefix: prefix.to_owned(),
             pg_port: pg.port,
             redis_url: redis_url.to_owned(),
-            sender: Sender::new(&gateway_addr, &key),
-            env,
-            gateway_addr,
-            gateway: None,
-            writers: (0..shape.writers).map(|_| None).collect(),
-            maintenance: None,
-            more_maintenance: Vec::new(),
-            bins,
-        };
-        me.start_gateway().await;
-        for i in 0..shape.writers {
-            me.start_writer(i).await;
-        }
-        if shape.maintenance > 0 {
-            me.start_maintenance().await;
-        }
-        for _ in 1..shape.maintenance {
-            let d = Daemon::start(&me.bin("maintenance-worker"), &me.env).await;
-            me.more_maintenance.push(d);
-        }
-        Ok(me)
-    }
-
-    /// Starts one more writer (not waiting for it to be ready); its index.
-    pub async fn add_writer(&mut self) -> usize {
-        self.writers.push(None);
-        let i = self.writers.len() - 1;
-        self.start_writer(i).await;
-        i
-    }
-
-    fn bin(&self, name: &str) -> String {
-        self.bins.join(name).to_string_lossy().into_owned()
-    }
-
-    pub async fn start_gateway(&mut self) {
-        self.gateway = Some(Daemon::start(&self.bin("ingest-gateway"), &self.env).await);
-    }
-
-    pub async fn start_writer(&mut self, i: usize) {
-        let mut env = self.env.clone();
-        env.push(("WRITER_CONSUMER_NAME".into(), format!("w{i}")));
-        self.writers[i] = Some(Daemon::start(&self.bin("batch-writer"), &env).await);
-    }
-
-    pub async fn start_maintenance(&mut self) {
-        self.maintenance = Some(Daemon::start(&self.bin("maintenance-worker"), &self.env).await);
+            sender: Sender::new(&daemons.gateway_addr, &key),
+            daemons,
+        })
     }
 
     /// A database connection opened now.
     pub async fn db(&self) -> anyhow::Result<tokio_postgres::Client> {
-        crate::servers::pg_client(self.pg_port, &self.db).await
+        testkit::pg_client(self.pg_port, &self.db).await
     }
 
     /// The stream keys of this pipeline.
     pub fn keys(&self) -> shared::queue::Keys {
         shared::queue::Keys::new(&self.prefix, SHARDS)
-    }
-
-    fn daemons(&self) -> impl Iterator<Item = &Daemon> {
-        self.gateway
-            .iter()
-            .chain(self.writers.iter().flatten())
-            .chain(self.maintenance.iter())
-            .chain(self.more_maintenance.iter())
-    }
-
-    /// Every daemon answers `/readyz` with 200.
-    pub async fn all_ready(&self) -> bool {
-        for d in self.daemons() {
-            if !matches!(http_get(&d.ops_addr, "/readyz").await, Some((200, _))) {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Waits until every daemon is ready, up to `limit`; false if one is not by then.
-    pub async fn ready_within(&self, limit: Duration) -> bool {
-        testkit::wait_for(limit, || async { self.all_ready().await.then_some(()) })
-            .await
-            .is_some()
     }
 
     /// Events queued and not yet written, per the depth counters.
@@ -287,18 +152,14 @@ impl Stack {
             Duration::from_secs(2),
         )
         .await?;
-        let v: Vec<Option<i64>> = redis::cmd("MGET")
-            .arg(self.keys().all_depths())
-            .query_async(&mut conn)
-            .await?;
-        Ok(v.into_iter().flatten().sum())
+        Ok(testkit::queued_events(&mut conn, &self.keys()).await?)
     }
 
     /// What [`Stack::replay`] needs, detached from the daemons (for a task of its own).
     pub fn replayer(&self) -> Replayer {
         Replayer {
-            bin: self.bin("batch-writer"),
-            env: self.env.clone(),
+            bin: self.daemons.bin("batch-writer"),
+            env: self.daemons.env.clone(),
         }
     }
 
@@ -327,22 +188,6 @@ impl Stack {
             .query_one("SELECT count(*) FROM dead_letters", &[])
             .await?
             .get(0))
-    }
-
-    /// Stops every daemon with SIGTERM and waits for each to exit (SIGKILL past `limit`), so
-    /// nothing can write after the audit starts. False when one had to be killed.
-    pub fn stop_all(&mut self, limit: Duration) -> bool {
-        let mut clean = true;
-        let all = self
-            .gateway
-            .take()
-            .into_iter()
-            .chain(self.writers.iter_mut().filter_map(Option::take))
-            .chain(self.maintenance.take());
-        for mut d in all {
-            clean &= d.terminate(limit).is_some();
-        }
-        clean
     }
 
     /// Waits until the queue is empty and the stored count has stopped moving, as long as the
@@ -374,12 +219,29 @@ impl Stack {
         }
         false
     }
+}
 
-    /// The logs of every daemon still running, for a failure report.
-    pub fn logs(&self) -> String {
-        self.daemons()
-            .map(|d| d.logs())
-            .collect::<Vec<_>>()
-            .join("\n")
+/// The daemons' stack on database `db` of the suite's PostgreSQL on `pg_port`.
+fn builder(pg_port: u16, db: &str, redis_url: &str, prefix: &str, shape: Shape) -> StackBuilder {
+    let db_env = [
+        ("DB_HOST", "127.0.0.1".to_owned()),
+        ("DB_PORT", pg_port.to_string()),
+        ("DB_NAME", db.to_owned()),
+        ("DB_USER", "postgres".into()),
+    ];
+    let db_env = db_env.map(|(k, v)| (k.to_owned(), v)).to_vec();
+    let b = StackBuilder::new(db_env, redis_url, prefix)
+        .var("STREAM_SHARDS", SHARDS.to_string())
+        .var("QUEUE_HIGH_WATER", "10000000")
+        .var("CLAIM_IDLE_MS", "2000")
+        .var("MAX_DELIVERIES", "3")
+        .var("BATCH_LINGER_MS", "100")
+        .var("CACHE_STATS_INTERVAL_MS", "1000")
+        .writers(shape.writers, "w")
+        .maintenance(shape.maintenance);
+    if shape.small_pools {
+        b.pools(6, 1, 2, 1)
+    } else {
+        b
     }
 }

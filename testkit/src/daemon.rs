@@ -1,12 +1,37 @@
-//! A daemon binary run as a process by a test or a benchmark: started, waited for, signalled,
-//! its log kept in a file, killed when dropped.
+//! A daemon binary run as a process by a test or a benchmark: found, started, waited for,
+//! signalled, its log kept in a file, killed when dropped.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{bail, Context};
 
 use crate::http::{free_port, http_get};
 use crate::wait::wait_for;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The daemons' binaries, which `cargo build --bins` puts beside each other.
+pub const DAEMONS: [&str; 3] = ["ingest-gateway", "batch-writer", "maintenance-worker"];
+
+/// The directory of the daemon binaries: the running executable's (a benchmark's or the fault
+/// suite's; a test's lives one level down, in `deps/`). An error names the first one missing.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("exe dir")?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    for b in DAEMONS {
+        if !dir.join(b).exists() {
+            bail!(
+                "{} is missing: build the daemons first (cargo build --bins)",
+                dir.join(b).display()
+            );
+        }
+    }
+    Ok(dir)
+}
 
 /// A daemon binary started by a test; killed when dropped. Its stderr goes to a file (a pipe
 /// nobody reads would fill up and stall the daemon's logging).

@@ -28,6 +28,22 @@ pub fn admin_password() -> String {
     std::env::var("SLUICE_TEST_PG_PASSWORD").unwrap_or_else(|_| "postgres".into())
 }
 
+/// The environment variables that point a daemon at database `db` of the test server, as
+/// `postgres` with the test server's password.
+pub fn db_env(db: &str) -> Vec<(String, String)> {
+    let (host, port) = admin_env();
+    [
+        ("DB_HOST", host),
+        ("DB_PORT", port.to_string()),
+        ("DB_NAME", db.to_owned()),
+        ("DB_USER", "postgres".into()),
+        ("DB_PASSWORD", admin_password()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
 /// Connects to database `db` of the test server as `postgres`.
 pub async fn connect(db: &str) -> Client {
     let (host, port) = admin_env();
@@ -100,21 +116,15 @@ impl TestDb {
     /// The environment variables that point a daemon at this database (the test server's
     /// password included), with small pools.
     pub fn env_vars(&self) -> Vec<(String, String)> {
-        let (host, port) = admin_env();
-        [
-            ("DB_HOST", host),
-            ("DB_PORT", port.to_string()),
-            ("DB_NAME", self.name.clone()),
-            ("DB_USER", "postgres".into()),
-            ("DB_PASSWORD", admin_password()),
-            ("DB_POOL_MAX", "4".into()),
-            ("DB_POOL_MIN", "1".into()),
-            ("DB_READ_POOL_MAX", "4".into()),
-            ("DB_READ_POOL_MIN", "1".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
+        let pools = [
+            ("DB_POOL_MAX", "4"),
+            ("DB_POOL_MIN", "1"),
+            ("DB_READ_POOL_MAX", "4"),
+            ("DB_READ_POOL_MIN", "1"),
+        ];
+        let mut env = db_env(&self.name);
+        env.extend(pools.map(|(k, v)| (k.to_owned(), v.to_owned())));
+        env
     }
 
     pub async fn client(&self) -> Client {

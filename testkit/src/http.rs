@@ -28,9 +28,10 @@ pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-/// One HTTP client for every load that tests and benchmarks send: POSTs a JSON body to one
-/// URL with one `Authorization` header over a pool of keep-alive connections (Nagle off), and
-/// returns the status and the body, or `None` when no answer came within `timeout`.
+/// One HTTP client for every load and every JSON call that tests and benchmarks send: POSTs (or
+/// another method) a JSON body to one URL (or below it) with one `Authorization` header over a
+/// pool of keep-alive connections (Nagle off), and returns the status and the body, or `None`
+/// when no answer came within `timeout`.
 #[derive(Clone)]
 pub struct HttpSender {
     pub url: String,
@@ -61,8 +62,24 @@ impl HttpSender {
 
     /// Posts `body`; the status and the whole answer.
     pub async fn post(&self, body: bytes::Bytes) -> Option<(u16, bytes::Bytes)> {
+        self.request(http::Method::POST, "", body).await
+    }
+
+    /// Sends a `method` request with `body` to the sender's URL followed by `path` (`""`: the
+    /// URL itself); the status and the whole answer.
+    pub async fn request(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: bytes::Bytes,
+    ) -> Option<(u16, bytes::Bytes)> {
         use http_body_util::BodyExt;
-        let req = http::Request::post(&self.url)
+        let req = http::Request::builder().method(method);
+        let req = match path {
+            "" => req.uri(self.url.as_str()),
+            _ => req.uri(format!("{}{path}", self.url)),
+        };
+        let req = req
             .header("authorization", &self.auth)
             .header("content-type", "application/json")
             .body(http_body_util::Full::new(body))

@@ -130,22 +130,8 @@ pub async fn wait_rows(db: &TestDb, n: i64, timeout: Duration) -> i64 {
 /// Stream lengths and depth counters of every shard, summed.
 pub async fn queue_state(keys: &Keys) -> (i64, i64) {
     let mut conn = redis().await;
-    let mut len = 0;
-    let mut depth = 0;
-    for s in 0..keys.shards() {
-        let l: i64 = redis::cmd("XLEN")
-            .arg(keys.stream(s))
-            .query_async(&mut conn)
-            .await
-            .unwrap_or(0);
-        let d: Option<i64> = redis::cmd("GET")
-            .arg(keys.depth(s))
-            .query_async(&mut conn)
-            .await
-            .unwrap_or(None);
-        len += l;
-        depth += d.unwrap_or(0);
-    }
+    let len = testkit::stream_entries(&mut conn, keys).await.unwrap_or(0);
+    let depth = testkit::queued_events(&mut conn, keys).await.unwrap_or(0);
     (len, depth)
 }
 

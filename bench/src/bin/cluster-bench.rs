@@ -11,8 +11,7 @@ use std::time::Duration;
 use bench::load::{self, LoadResult, Target};
 use bench::print_table;
 use clap::Parser;
-use faults::servers::{OwnCluster, OwnRedis};
-use testkit::{Daemon, TestDb};
+use testkit::{OwnCluster, OwnRedis, StackBuilder, TestDb};
 
 #[derive(Parser)]
 struct Args {
@@ -31,23 +30,13 @@ async fn measure(
     key: &str,
     redis_url: &str,
 ) -> anyhow::Result<(LoadResult, LoadResult)> {
-    let addr = format!("127.0.0.1:{}", testkit::free_port());
     let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let bin = std::env::current_exe()?.with_file_name("ingest-gateway");
-    let mut env = db.env_vars();
-    env.extend(
-        [
-            ("GATEWAY_ADDR", addr.clone()),
-            ("REDIS_URL", redis_url.to_owned()),
-            ("STREAM_PREFIX", prefix),
-            ("STREAM_SHARDS", args.shards.to_string()),
-            ("QUEUE_HIGH_WATER", "100000000".into()),
-            ("LOG_LEVEL", "warn".into()),
-        ]
-        .map(|(k, v)| (k.to_owned(), v)),
-    );
-    let _gw = Daemon::start(bin.to_str().unwrap_or("ingest-gateway"), &env).await;
-    let target = Target::new(&addr, key, args.connections);
+    let gw = StackBuilder::new(db.env_vars(), redis_url, &prefix)
+        .var("STREAM_SHARDS", args.shards.to_string())
+        .var("QUEUE_HIGH_WATER", "100000000")
+        .start()
+        .await?;
+    let target = Target::new(&gw.gateway_addr, key, args.connections);
     let phase = Duration::from_secs(args.seconds);
     let batched = load::closed_loop(
         &target,

@@ -10,9 +10,9 @@
 use std::time::Duration;
 
 use bench::load::{self, Target};
-use bench::{cpu_seconds, peak_rss_mib, print_table};
+use bench::print_table;
 use clap::Parser;
-use testkit::TestDb;
+use testkit::{cpu_seconds, peak_rss_mib, StackBuilder, TestDb};
 
 #[derive(Parser)]
 struct Args {
@@ -39,23 +39,11 @@ async fn main() -> anyhow::Result<()> {
     let pools = shared::db::Pools::new(&db.config())?;
     let app = ingest_gateway::apps::create_app(&pools.write, "bench").await?;
     let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let addr = format!("127.0.0.1:{}", testkit::free_port());
-    let exe = std::env::current_exe()?;
-    let bin = exe.with_file_name("ingest-gateway");
-    let mut env = db.env_vars();
-    env.extend(
-        [
-            ("GATEWAY_ADDR", addr.as_str()),
-            ("REDIS_URL", "redis://127.0.0.1:6379/"),
-            ("STREAM_PREFIX", prefix.as_str()),
-            ("QUEUE_HIGH_WATER", "100000000"),
-            ("LOG_LEVEL", "warn"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string())),
-    );
-    let gw = testkit::Daemon::start(bin.to_str().unwrap_or("ingest-gateway"), &env).await;
-    let pid = gw.child.id();
+    let stack = StackBuilder::new(db.env_vars(), "redis://127.0.0.1:6379/", &prefix)
+        .var("QUEUE_HIGH_WATER", "100000000")
+        .start()
+        .await?;
+    let (addr, pid) = (&stack.gateway_addr, stack.running_gateway().child.id());
 
     eprintln!("Raw pipelined XADD...");
     let xadd = load::raw_xadd(
@@ -74,8 +62,8 @@ async fn main() -> anyhow::Result<()> {
         redis: redis_pid,
         prefix: prefix.clone(),
     };
-    let target = Target::new(&addr, &app.ingest_key, args.connections);
-    let segment_target = Target::segment(&addr, &app.ingest_key, args.connections);
+    let target = Target::new(addr, &app.ingest_key, args.connections);
+    let segment_target = Target::segment(addr, &app.ingest_key, args.connections);
     let batch_bodies = load::bodies(100, 16);
     let segment_bodies = load::segment_bodies(100, 16);
     // The two batched loads alternate, so drift on the machine touches both alike.

@@ -7,12 +7,13 @@
 
 use std::time::{Duration, Instant};
 
-use bench::{cpu_seconds, percentile, print_table};
+use bench::{percentile, print_table};
 use clap::Parser;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use ingest_gateway::apps::hash_key;
+use testkit::{cpu_seconds, StackBuilder};
 
 const DB: &str = "sluice_read_bench";
 const APPS: usize = 50;
@@ -41,25 +42,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     prepare(args.events).await?;
     let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let addr = format!("127.0.0.1:{}", testkit::free_port());
-    let exe = std::env::current_exe()?;
-    let bin = exe.with_file_name("ingest-gateway");
-    let (host, port) = testkit::admin_env();
-    let env: Vec<(String, String)> = [
-        ("DB_HOST", host.as_str()),
-        ("DB_PORT", &port.to_string()),
-        ("DB_NAME", DB),
-        ("DB_POOL_MIN", "2"),
-        ("DB_READ_POOL_MIN", "8"),
-        ("GATEWAY_ADDR", addr.as_str()),
-        ("REDIS_URL", "redis://127.0.0.1:6379/"),
-        ("STREAM_PREFIX", prefix.as_str()),
-        ("LOG_LEVEL", "warn"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let gw = testkit::Daemon::start(bin.to_str().unwrap_or("ingest-gateway"), &env).await;
+    let gw = StackBuilder::new(testkit::db_env(DB), "redis://127.0.0.1:6379/", &prefix)
+        .var("DB_POOL_MIN", "2")
+        .var("DB_READ_POOL_MIN", "8")
+        .start()
+        .await?;
+    let addr = gw.gateway_addr.clone();
     let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let today = chrono::Utc::now().date_naive();
 
@@ -120,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
     }
     cached.sort();
     let ratio = hits as f64 / total.max(1) as f64;
-    let cpu = cpu_seconds(gw.child.id()).unwrap_or(0.0);
+    let cpu = cpu_seconds(gw.running_gateway().child.id()).unwrap_or(0.0);
     let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
     print_table(
         &[

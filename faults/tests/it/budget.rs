@@ -6,11 +6,10 @@
 use std::time::Duration;
 
 use faults::load::{audit, Load};
-use faults::servers::{pg_client, OwnPostgres};
 use faults::stack::{Shape, Stack};
 use shared::budget::Deployment;
 use shared::config::Env;
-use testkit::{http_get, redis_cleanup, wait_for};
+use testkit::{http_get, pg_client, redis_cleanup, wait_for, OwnPostgres};
 
 const REDIS: &str = "redis://127.0.0.1:6379/";
 
@@ -33,7 +32,11 @@ async fn load_and_audit(stack: &Stack, db: &tokio_postgres::Client, events: usiz
         (books.lost == 0 && depth == 0).then_some(())
     })
     .await;
-    assert!(stored.is_some(), "not all stored:\n{}", stack.logs());
+    assert!(
+        stored.is_some(),
+        "not all stored:\n{}",
+        stack.daemons.logs()
+    );
     let books = audit(db, &acked).await.expect("audit");
     assert_eq!((books.lost, books.doubled), (0, 0), "{books:?}");
 }
@@ -61,8 +64,8 @@ async fn defaults_serve_a_gateway_eight_writers_and_two_maintenance_replicas_on_
     let stack = Stack::start_with(&pg, REDIS, "budget_stock", &prefix, shape)
         .await
         .expect("stack");
-    let ready = stack.ready_within(Duration::from_secs(60)).await;
-    assert!(ready, "not all ready:\n{}", stack.logs());
+    let ready = stack.daemons.ready_within(Duration::from_secs(60)).await;
+    assert!(ready, "not all ready:\n{}", stack.daemons.logs());
     let db = stack.db().await.expect("db");
     load_and_audit(&stack, &db, 5_000).await;
 
@@ -81,7 +84,7 @@ async fn defaults_serve_a_gateway_eight_writers_and_two_maintenance_replicas_on_
         "{held} connections, budget {at_most}"
     );
     assert!(budget.max_connections_needed().expect("budget") <= 100);
-    assert!(stack.all_ready().await, "{}", stack.logs());
+    assert!(stack.daemons.all_ready().await, "{}", stack.daemons.logs());
     redis_cleanup(REDIS, &prefix).await;
 }
 
@@ -97,8 +100,8 @@ async fn a_writer_the_server_refuses_waits_not_ready_and_starts_when_a_connectio
     let mut stack = Stack::start_with(&pg, REDIS, "budget_full", &prefix, shape)
         .await
         .expect("stack");
-    let ready = stack.ready_within(Duration::from_secs(60)).await;
-    assert!(ready, "not all ready:\n{}", stack.logs());
+    let ready = stack.daemons.ready_within(Duration::from_secs(60)).await;
+    assert!(ready, "not all ready:\n{}", stack.daemons.logs());
 
     // Take every slot left, as other clients of a busy server would; the first is kept for
     // the test's own queries.
@@ -112,8 +115,8 @@ async fn a_writer_the_server_refuses_waits_not_ready_and_starts_when_a_connectio
     };
     assert!(refusal.contains("too many clients"), "{refusal}");
 
-    let last = stack.add_writer().await;
-    let writer = stack.writers[last].as_ref().expect("writer");
+    let last = stack.daemons.add_writer().await;
+    let writer = stack.daemons.writers[last].as_ref().expect("writer");
     let waiting = wait_for(Duration::from_secs(30), || async {
         let logs = writer.logs();
         (logs.contains("sorry, too many clients already") && logs.contains("53300")).then_some(())

@@ -30,7 +30,7 @@ async fn the_pipeline_runs_on_a_redis_cluster_and_a_node_restart_loses_nothing_a
 
 #[tokio::test]
 async fn a_push_resent_by_the_cluster_client_is_added_once() {
-    let cluster = faults::servers::OwnCluster::start().await.expect("cluster");
+    let cluster = testkit::OwnCluster::start().await.expect("cluster");
     let url = shared::secret::Secret::new(cluster.url());
     let mut conn = shared::redis_conn::connect(&url, std::time::Duration::from_secs(2))
         .await
@@ -70,7 +70,7 @@ async fn a_push_resent_by_the_cluster_client_is_added_once() {
 #[tokio::test]
 async fn the_read_cache_works_on_a_cluster() {
     use std::time::Duration;
-    let cluster = faults::servers::OwnCluster::start().await.expect("cluster");
+    let cluster = testkit::OwnCluster::start().await.expect("cluster");
     let cache = ingest_gateway::cache::Cache::new(
         shared::secret::Secret::new(cluster.url()),
         "faults-cache",

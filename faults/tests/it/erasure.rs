@@ -3,7 +3,6 @@
 //! of its deletion batches. The request still completes, its `removed` counts are exactly the rows
 //! that were there, and nothing of the user is left while everyone else's rows are all there.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use shared::queue::{Keys, QueuedEvent};
 use shared::schema::partitions::{self, Month};
-use testkit::{free_port, redis_cleanup, wait_for, Daemon, TestDb};
+use testkit::{redis_cleanup, wait_for, Daemon, Stack, StackBuilder, TestDb};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
@@ -36,87 +35,48 @@ const DAYS: [i64; 4] = [1, 8, 15, 22];
 /// One row of `daily_analytics_summary`: day, event name, events, unique users and sessions.
 type SummaryRow = (NaiveDate, String, i64, i64, i64);
 
-/// The test's database, environment and binaries.
+/// The test's database, and the daemons' variables and binaries (each daemon is started on its
+/// own: [`World::start`]).
 struct World {
     /// Held for its drop, which drops the database.
     _db: TestDb,
     c: Client,
-    env: Vec<(String, String)>,
-    bins: PathBuf,
-    gateway_addr: String,
+    stack: Stack,
 }
 
 impl World {
     async fn new(prefix: &str) -> Self {
         let db = TestDb::migrated().await;
         let c = db.client().await;
-        let gateway_addr = format!("127.0.0.1:{}", free_port());
-        let shards = SHARDS.to_string();
-        let pools = [
-            ("DB_POOL_MAX", "6"),
-            ("DB_POOL_MIN", "1"),
-            ("DB_READ_POOL_MAX", "2"),
-            ("DB_READ_POOL_MIN", "1"),
-        ];
-        let mut env: Vec<(String, String)> = db
-            .env_vars()
-            .into_iter()
-            .filter(|(k, _)| !k.contains("POOL"))
-            .collect();
-        env.extend(
-            [
-                ("REDIS_URL", REDIS_URL),
-                ("STREAM_PREFIX", prefix),
-                ("STREAM_SHARDS", &shards),
-                ("GATEWAY_ADDR", &gateway_addr),
-                ("QUEUE_HIGH_WATER", "10000000"),
-                ("CLAIM_IDLE_MS", "2000"),
-                ("BATCH_LINGER_MS", "100"),
-                ("LOG_LEVEL", "warn"),
-                ("LEADER_RETRY_MS", "500"),
-                // The scheduled fold every second: the erasure holds it off while it deletes,
-                // so the summary members it counts are exact all the same.
-                ("SCHEDULE_REFRESH_VIEWS", "* * * * * *"),
-            ]
-            .into_iter()
-            .chain(pools)
-            .map(|(k, v)| (k.to_owned(), v.to_owned())),
-        );
-        let bins = faults::stack::bin_dir().expect("daemons built");
-        Self {
-            _db: db,
-            c,
-            env,
-            bins,
-            gateway_addr,
-        }
-    }
-
-    fn bin(&self, name: &str) -> String {
-        self.bins.join(name).to_string_lossy().into_owned()
+        let stack = StackBuilder::new(db.env_vars(), REDIS_URL, prefix)
+            .pools(6, 1, 2, 1)
+            .var("STREAM_SHARDS", SHARDS.to_string())
+            .var("QUEUE_HIGH_WATER", "10000000")
+            .var("CLAIM_IDLE_MS", "2000")
+            .var("BATCH_LINGER_MS", "100")
+            .var("LEADER_RETRY_MS", "500")
+            // The scheduled fold every second: the erasure holds it off while it deletes, so
+            // the summary members it counts are exact all the same.
+            .var("SCHEDULE_REFRESH_VIEWS", "* * * * * *")
+            .build()
+            .expect("daemons built");
+        Self { _db: db, c, stack }
     }
 
     /// Runs a command of a daemon binary; its JSON output, one value a line.
     fn cli(&self, bin: &str, args: &[&str]) -> Vec<Value> {
-        let out = std::process::Command::new(self.bin(bin))
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output()
-            .expect("run a command");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{bin} {args:?}: {stderr}");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
+        let out = self.stack.command(bin, args).expect("run a command");
+        out.lines()
             .map(|l| serde_json::from_str(l).expect("a JSON line"))
             .collect()
     }
 
     async fn start(&self, bin: &str) -> Daemon {
-        let mut env = self.env.clone();
+        let mut env = self.stack.env.clone();
         if bin == "batch-writer" {
             env.push(("WRITER_CONSUMER_NAME".into(), "w0".into()));
         }
-        let d = Daemon::start(&self.bin(bin), &env).await;
+        let d = Daemon::start(&self.stack.bin(bin), &env).await;
         assert!(d.wait_ready(Duration::from_secs(30)).await, "{}", d.logs());
         d
     }
@@ -386,16 +346,10 @@ async fn queued_entries(prefix: &str) -> i64 {
         .get_multiplexed_async_connection()
         .await
         .expect("redis");
-    let mut n = 0;
-    for stream in Keys::new(prefix, SHARDS).all_streams() {
-        let len: i64 = redis::cmd("XLEN")
-            .arg(&stream)
-            .query_async(&mut conn)
-            .await
-            .expect("XLEN");
-        n += len;
-    }
-    n
+    let keys = Keys::new(prefix, SHARDS);
+    testkit::stream_entries(&mut conn, &keys)
+        .await
+        .expect("XLEN")
 }
 
 /// The daemons running, by binary, and the logs of those killed so far (a killed daemon's log
@@ -426,7 +380,7 @@ impl Daemons {
 
 /// Posts one request; its status and JSON body.
 async fn post(w: &World, path: &str, key: &str, body: Value) -> Option<(u16, Value)> {
-    let url = format!("http://{}{path}", w.gateway_addr);
+    let url = format!("http://{}{path}", w.stack.gateway_addr);
     call(Method::POST, &url, key, Some(body)).await
 }
 
@@ -603,7 +557,7 @@ async fn every_daemon_killed_once_during_a_large_erasure_it_completes_with_exact
         "summary_members": months.len() * DAYS.len() * NAMES.len(),
     });
     assert_eq!(removed, expected, "{logs}");
-    let url = format!("http://{}/v1/privacy/erasures/{id}", w.gateway_addr);
+    let url = format!("http://{}/v1/privacy/erasures/{id}", w.stack.gateway_addr);
     let r = call(Method::GET, &url, &b.admin, None).await;
     let reply = r.as_ref().filter(|r| r.0 == 200).map(|r| &r.1);
     let reply = reply.unwrap_or_else(|| panic!("erasure status: {r:?}\n{logs}"));

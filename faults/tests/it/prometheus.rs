@@ -8,9 +8,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use faults::load::Load;
-use faults::servers::OwnPostgres;
 use faults::stack::{Shape, Stack};
-use testkit::{free_port, http_get, redis_cleanup, wait_for};
+use testkit::{free_port, http_get, redis_cleanup, wait_for, OwnPostgres};
 
 const REDIS: &str = "redis://127.0.0.1:6379/";
 
@@ -180,32 +179,29 @@ async fn a_real_prometheus_scrapes_every_daemon_and_the_dashboard_and_alerts_fit
     let stack = Stack::start_with(&pg, REDIS, "prometheus", &prefix, shape)
         .await
         .expect("stack");
-    let ready = stack.ready_within(Duration::from_secs(60)).await;
-    assert!(ready, "{}", stack.logs());
+    let ready = stack.daemons.ready_within(Duration::from_secs(60)).await;
+    assert!(ready, "{}", stack.daemons.logs());
     let ops = |d: &Option<testkit::Daemon>| d.as_ref().expect("daemon").ops_addr.clone();
     let targets = [
-        ("ingest-gateway", ops(&stack.gateway)),
-        ("batch-writer", ops(&stack.writers[0])),
-        ("maintenance-worker", ops(&stack.maintenance)),
+        ("ingest-gateway", ops(&stack.daemons.gateway)),
+        ("batch-writer", ops(&stack.daemons.writers[0])),
+        ("maintenance-worker", ops(&stack.daemons.maintenance)),
     ];
     let prom = Prometheus::start(&targets);
     let load = Load::start(&stack.sender, 2, 20, Duration::from_millis(20), false);
     // Read traffic too, so the cache's counters and hit ratio have something to say.
-    let app = std::process::Command::new(
-        faults::stack::bin_dir()
-            .expect("bins")
-            .join("ingest-gateway"),
-    )
-    .args(["apps", "create", "--name", "reader"])
-    .envs(stack.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-    .output()
-    .expect("apps create");
-    let app: serde_json::Value = serde_json::from_slice(&app.stdout).expect("app");
+    let app = stack
+        .daemons
+        .command("ingest-gateway", &["apps", "create", "--name", "reader"])
+        .expect("apps create");
+    let app: serde_json::Value = serde_json::from_str(&app).expect("app");
     let read_key = app["read_key"].as_str().expect("read key").to_owned();
     let today = chrono::Utc::now().date_naive();
     let path = format!("/v1/stats/top-events?from={today}&to={today}&api_key={read_key}");
     for _ in 0..3 {
-        let (status, body) = http_get(&stack.gateway_addr, &path).await.expect("stats");
+        let (status, body) = http_get(&stack.daemons.gateway_addr, &path)
+            .await
+            .expect("stats");
         assert_eq!(status, 200, "{body}");
     }
 

@@ -70,7 +70,7 @@ async fn the_pipeline_runs_over_redis_with_auth_and_tls_and_a_wrong_password_sta
     let app = ingest_gateway::apps::create_app(&pools.write, "tls")
         .await
         .expect("app");
-    let bins = faults::stack::bin_dir().expect("binaries");
+    let bins = testkit::bin_dir().expect("binaries");
     let gateway_addr = format!("127.0.0.1:{}", free_port());
     let mut env = db.env_vars();
     env.extend(

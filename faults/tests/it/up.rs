@@ -26,7 +26,7 @@ fn alive(pid: u32) -> bool {
 }
 
 async fn up_then(signal: &str) {
-    let bins = faults::stack::bin_dir().expect("daemons built");
+    let bins = testkit::bin_dir().expect("daemons built");
     let root = format!("{}/..", env!("CARGO_MANIFEST_DIR"));
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let run_dir = std::env::temp_dir().join(format!("sluice-up-{tag}"));

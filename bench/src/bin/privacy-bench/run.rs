@@ -3,13 +3,12 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use bench::load::{self, Target};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
 use ingest_gateway::apps::{self, KeyKind};
-use testkit::{http_get, Daemon};
+use testkit::{http_get, HttpSender, Stack, StackBuilder};
 use tokio_postgres::Client;
 
 use crate::figures::{folds, metric, phases_text, window, Erasure, Snapshot, Window};
@@ -18,12 +17,11 @@ use crate::{Args, REDIS};
 
 /// The daemons and the load, running.
 pub struct Run {
-    daemons: Daemons,
-    addr: String,
+    daemons: Stack,
     /// The daemons' stream prefix.
     prefix: String,
-    admin_key: String,
-    http: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    /// The privacy routes, with the admin key.
+    erasures: HttpSender,
     stop: tokio_util::sync::CancellationToken,
     accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
     refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -35,54 +33,37 @@ pub struct RunParts {
     pub cpu: Vec<(String, f64)>,
 }
 
-/// The gateway, the writers and the maintenance worker, started and ready.
-struct Daemons {
-    gateway: Daemon,
-    writers: Vec<Daemon>,
-    maintenance: Daemon,
-}
-
-impl Daemons {
-    async fn start(env: &[(String, String)], writers: usize) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe()?;
-        let bin = |name: &str| exe.with_file_name(name).to_string_lossy().into_owned();
-        eprintln!("Starting the gateway, {writers} writers and the maintenance worker...");
-        let gateway = Daemon::start(&bin("ingest-gateway"), env).await;
-        let mut started = Vec::new();
-        for i in 0..writers {
-            let mut e = env.to_vec();
-            e.push(("WRITER_CONSUMER_NAME".into(), format!("privacy-{i}")));
-            started.push(Daemon::start(&bin("batch-writer"), &e).await);
-        }
-        // Its log (JSON, info) tells what each scheduled views fold did.
-        let mut m_env = env.to_vec();
-        m_env.retain(|(k, _)| k != "LOG_LEVEL");
-        m_env.extend([
-            ("LOG_LEVEL".to_owned(), "info".to_owned()),
-            ("LOG_FORMAT".to_owned(), "json".to_owned()),
-        ]);
-        let maintenance = Daemon::start(&bin("maintenance-worker"), &m_env).await;
-        for d in std::iter::once(&gateway).chain(&started) {
-            anyhow::ensure!(
-                d.wait_ready(Duration::from_secs(60)).await,
-                "a daemon is not ready"
-            );
-        }
-        let leads = testkit::wait_for(Duration::from_secs(60), || async {
-            let m = http_get(&maintenance.ops_addr, "/metrics").await?.1;
-            (metric(&m, "sluice_maintenance_leader", "") == 1.0).then_some(())
-        })
-        .await;
+/// The gateway, the writers and the maintenance worker, started, ready and leading. The
+/// maintenance worker logs JSON at info: its log tells what each scheduled views fold did.
+async fn start_daemons(args: &Args) -> anyhow::Result<Stack> {
+    let writers = args.writers;
+    eprintln!("Starting the gateway, {writers} writers and the maintenance worker...");
+    let stack = StackBuilder::new(testkit::db_env(&args.db), REDIS, &args.db)
+        .pools(8, 2, 4, 1)
+        .var("QUEUE_HIGH_WATER", args.queue_high_water.to_string())
+        .writers(writers, "privacy-")
+        .maintenance(1)
+        .maintenance_var("LOG_LEVEL", "info")
+        .maintenance_var("LOG_FORMAT", "json")
+        .start()
+        .await?;
+    for d in stack.gateway.iter().chain(stack.writers.iter().flatten()) {
         anyhow::ensure!(
-            leads.is_some(),
-            "the maintenance worker did not become leader"
+            d.wait_ready(Duration::from_secs(60)).await,
+            "a daemon is not ready"
         );
-        Ok(Self {
-            gateway,
-            writers: started,
-            maintenance,
-        })
     }
+    let maintenance = stack.running_maintenance();
+    let leads = testkit::wait_for(Duration::from_secs(60), || async {
+        let m = http_get(&maintenance.ops_addr, "/metrics").await?.1;
+        (metric(&m, "sluice_maintenance_leader", "") == 1.0).then_some(())
+    })
+    .await;
+    anyhow::ensure!(
+        leads.is_some(),
+        "the maintenance worker did not become leader"
+    );
+    Ok(stack)
 }
 
 /// Waits until no erasure is open (one an interrupted run left is carried out first).
@@ -115,10 +96,10 @@ impl Run {
         let admin = apps::create_key(&db, &l.app_id, KeyKind::Admin).await?;
         // A queue an interrupted run left behind would be drained into this database.
         testkit::redis_cleanup(REDIS, &args.db).await;
-        let addr = format!("127.0.0.1:{}", testkit::free_port());
-        let daemons = Daemons::start(&daemon_env(&addr, args), args.writers).await?;
+        let daemons = start_daemons(args).await?;
+        let addr = &daemons.gateway_addr;
         wait_no_open_erasure(c, Duration::from_secs(args.max_erasure_seconds)).await?;
-        let target = Target::new(&addr, &ingest.key, args.connections);
+        let target = Target::new(addr, &ingest.key, args.connections);
         let bodies = load::bodies(args.batch, 32);
         let stop = tokio_util::sync::CancellationToken::new();
         let (accepted, refused, load) = load::until_stopped(
@@ -130,19 +111,17 @@ impl Run {
             Duration::from_millis(100),
             stop.clone(),
         );
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let http =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(connector);
+        let erasures = HttpSender::new(
+            format!("http://{addr}/v1/privacy/erasures"),
+            format!("Bearer {}", admin.key),
+            1,
+        );
         eprintln!("Load on; {} s of warm-up...", args.warmup);
         tokio::time::sleep(Duration::from_secs(args.warmup)).await;
         Ok(Self {
             daemons,
-            addr,
             prefix: args.db.clone(),
-            admin_key: admin.key,
-            http,
+            erasures,
             stop,
             accepted,
             refused,
@@ -152,14 +131,14 @@ impl Run {
 
     async fn snapshot(&self) -> Snapshot {
         let mut written = 0.0;
-        for w in &self.daemons.writers {
+        for w in self.daemons.writers.iter().flatten() {
             let m = http_get(&w.ops_addr, "/metrics")
                 .await
                 .map(|r| r.1)
                 .unwrap_or_default();
             written += metric(&m, "sluice_events_written_total", "");
         }
-        let m = http_get(&self.daemons.maintenance.ops_addr, "/metrics")
+        let m = http_get(&self.daemons.running_maintenance().ops_addr, "/metrics")
             .await
             .map(|r| r.1)
             .unwrap_or_default();
@@ -250,7 +229,11 @@ impl Run {
             phases,
             pending_at_summary: pending,
             removed: done["removed"].clone(),
-            folds: folds(&self.daemons.maintenance.logs(), accepted_wall, seconds),
+            folds: folds(
+                &self.daemons.running_maintenance().logs(),
+                accepted_wall,
+                seconds,
+            ),
             extended: Instant::now() > window_end + Duration::from_millis(500),
             window: window(&a, &self.snapshot().await),
         })
@@ -321,15 +304,12 @@ impl Run {
         path: &str,
         body: Option<String>,
     ) -> anyhow::Result<(u16, serde_json::Value)> {
-        let req = http::Request::builder()
-            .method(method)
-            .uri(format!("http://{}/v1/privacy/erasures{path}", self.addr))
-            .header("authorization", format!("Bearer {}", self.admin_key))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let resp = self.http.request(req).await?;
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await?.to_bytes();
+        let body = Bytes::from(body.unwrap_or_default());
+        let (status, bytes) = self
+            .erasures
+            .request(method, path, body)
+            .await
+            .context("no answer from the gateway")?;
         Ok((status, serde_json::from_slice(&bytes).unwrap_or_default()))
     }
 
@@ -337,47 +317,14 @@ impl Run {
     pub async fn stop(self) -> RunParts {
         self.stop.cancel();
         let _ = self.load.await;
-        let named = std::iter::once(("ingest-gateway".to_owned(), &self.daemons.gateway))
-            .chain(
-                self.daemons
-                    .writers
-                    .iter()
-                    .enumerate()
-                    .map(|(i, w)| (format!("batch-writer {i}"), w)),
-            )
-            .chain(std::iter::once((
-                "maintenance-worker".to_owned(),
-                &self.daemons.maintenance,
-            )));
+        let named = self.daemons.named();
         let cpu = named
-            .map(|(n, d)| (n, bench::cpu_seconds(d.child.id()).unwrap_or(0.0)))
+            .into_iter()
+            .map(|(n, d)| (n, testkit::cpu_seconds(d.child.id()).unwrap_or(0.0)))
             .collect();
         // Dropping a daemon kills it.
         drop(self.daemons);
         testkit::redis_cleanup(REDIS, &self.prefix).await;
         RunParts { cpu }
     }
-}
-
-fn daemon_env(addr: &str, args: &Args) -> Vec<(String, String)> {
-    let (host, port) = testkit::admin_env();
-    let high_water = args.queue_high_water.to_string();
-    [
-        ("DB_HOST", host.as_str()),
-        ("DB_PORT", port.to_string().as_str()),
-        ("DB_NAME", args.db.as_str()),
-        ("DB_USER", "postgres"),
-        ("DB_POOL_MAX", "8"),
-        ("DB_POOL_MIN", "2"),
-        ("DB_READ_POOL_MAX", "4"),
-        ("DB_READ_POOL_MIN", "1"),
-        ("GATEWAY_ADDR", addr),
-        ("REDIS_URL", REDIS),
-        ("STREAM_PREFIX", args.db.as_str()),
-        ("QUEUE_HIGH_WATER", high_water.as_str()),
-        ("LOG_LEVEL", "warn"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
 }

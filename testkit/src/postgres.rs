@@ -1,29 +1,15 @@
-//! The test server's tools and neighbours: a streaming replica made with pg_basebackup, running
-//! PostgreSQL's tools as `postgres`, and Redis key clean-up.
+//! PostgreSQL servers of a test's own and the tools that make them: a streaming replica of the
+//! test server (pg_basebackup), a cluster on a spare port (initdb) that a fault can restart or
+//! stop without touching anything else. Each is stopped and its directory removed when dropped.
+//! Needs root (the PostgreSQL tools run as `postgres`) and Debian's layout of PostgreSQL.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_postgres::{Client, NoTls};
 
 use crate::db::{admin_env, connect};
-
-/// Deletes every Redis key of a test (or benchmark) prefix: the shard keys `{prefix:N}:...` and
-/// the plain `prefix:...` ones. Uses KEYS, which is fine for a test Redis and nowhere else.
-pub async fn redis_cleanup(url: &str, prefix: &str) {
-    let Ok(client) = redis::Client::open(url) else {
-        return;
-    };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-        return;
-    };
-    for pattern in [format!("{{{prefix}:*"), format!("{prefix}:*")] {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(&pattern)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> =
-                redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-        }
-    }
-}
+use crate::http::free_port;
 
 /// A streaming replica of the test server, made with pg_basebackup into a directory of its own
 /// and started on `port`; stopped (and removed) when dropped. Needs root (it runs the PostgreSQL
@@ -44,6 +30,11 @@ pub fn as_postgres(cmd: &str) -> Result<(), String> {
     } else {
         Err(format!("{cmd}: {}", String::from_utf8_lossy(&out.stderr)))
     }
+}
+
+/// [`as_postgres`] with its error as an `anyhow::Error`.
+fn run_as_postgres(cmd: &str) -> anyhow::Result<()> {
+    as_postgres(cmd).map_err(anyhow::Error::msg)
 }
 
 /// The directory of the newest installed PostgreSQL's binaries (Debian layout).
@@ -113,4 +104,86 @@ impl Drop for Replica {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A PostgreSQL cluster of a test's (or the fault suite's) own, on a spare port.
+pub struct OwnPostgres {
+    pub port: u16,
+    dir: String,
+}
+
+impl OwnPostgres {
+    /// A server with room to spare (`max_connections` 200) for the fault runs.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(200).await
+    }
+
+    /// A server with `max_connections` slots (a stock PostgreSQL has 100, 3 of them kept for
+    /// superusers).
+    pub async fn start_with(max_connections: usize) -> anyhow::Result<Self> {
+        let port = free_port();
+        let dir = format!("/var/lib/postgresql/sluice-faults-{port}");
+        let bin = pg_bin();
+        let _ = std::fs::remove_dir_all(&dir);
+        run_as_postgres(&format!(
+            "{bin}/initdb -D {dir} -A trust -U postgres --no-sync >/dev/null"
+        ))?;
+        run_as_postgres(&format!(
+            "printf \"port = {port}\\nlisten_addresses = '127.0.0.1'\\nunix_socket_directories = '/tmp'\\nmax_connections = {max_connections}\\nshared_buffers = 128MB\\n\" >> {dir}/postgresql.conf"
+        ))?;
+        let me = Self { port, dir };
+        me.start_server()?;
+        Ok(me)
+    }
+
+    fn start_server(&self) -> anyhow::Result<()> {
+        run_as_postgres(&format!(
+            "{}/pg_ctl -D {} -l {}/log -w -t 60 start >/dev/null",
+            pg_bin(),
+            self.dir,
+            self.dir
+        ))
+    }
+
+    /// A crash-like stop (no checkpoint: the restart replays the WAL), then a start.
+    pub fn restart_immediate(&self) -> anyhow::Result<()> {
+        self.stop();
+        self.start_server()
+    }
+
+    pub fn stop(&self) {
+        let _ = as_postgres(&format!(
+            "{}/pg_ctl -D {} -w stop -m immediate >/dev/null",
+            pg_bin(),
+            self.dir
+        ));
+    }
+
+    pub async fn client(&self, db: &str) -> anyhow::Result<Client> {
+        pg_client(self.port, db).await
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A connection, as `postgres`, to database `db` of the server on 127.0.0.1:`port`.
+pub async fn pg_client(port: u16, db: &str) -> anyhow::Result<Client> {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .dbname(db)
+        .connect_timeout(Duration::from_secs(5))
+        .connect(NoTls)
+        .await
+        .with_context(|| format!("connect to {db} on port {port}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
 }

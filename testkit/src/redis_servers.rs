@@ -1,99 +1,35 @@
-//! Servers of the suite's own, on spare ports, so that restarting or stalling them touches nothing
-//! else on the machine: a PostgreSQL cluster (initdb), a Redis with AOF, a three-node Redis
-//! Cluster. Each is stopped and its directory removed when dropped. Needs root (PostgreSQL runs as
-//! `postgres`) and Debian's layout of PostgreSQL.
+//! Redis for tests: a redis-server and a three-node Redis Cluster of a test's own, on spare
+//! ports, with AOF, so that restarting or stalling them touches nothing else on the machine (each
+//! is stopped and its directory removed when dropped); and key clean-up on the shared one.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use testkit::{free_port, pg_bin, wait_for};
-use tokio_postgres::{Client, NoTls};
 
-fn as_postgres(cmd: &str) -> anyhow::Result<()> {
-    testkit::as_postgres(cmd).map_err(anyhow::Error::msg)
-}
+use crate::http::free_port;
+use crate::wait::wait_for;
 
-/// A PostgreSQL cluster of the suite's own.
-pub struct OwnPostgres {
-    pub port: u16,
-    dir: String,
-}
-
-impl OwnPostgres {
-    /// A server with room to spare (`max_connections` 200) for the fault runs.
-    pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with(200).await
+/// Deletes every Redis key of a test (or benchmark) prefix: the shard keys `{prefix:N}:...` and
+/// the plain `prefix:...` ones. Uses KEYS, which is fine for a test Redis and nowhere else.
+pub async fn redis_cleanup(url: &str, prefix: &str) {
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    for pattern in [format!("{{{prefix}:*"), format!("{prefix}:*")] {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> =
+                redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+        }
     }
-
-    /// A server with `max_connections` slots (a stock PostgreSQL has 100, 3 of them kept for
-    /// superusers).
-    pub async fn start_with(max_connections: usize) -> anyhow::Result<Self> {
-        let port = free_port();
-        let dir = format!("/var/lib/postgresql/sluice-faults-{port}");
-        let bin = pg_bin();
-        let _ = std::fs::remove_dir_all(&dir);
-        as_postgres(&format!(
-            "{bin}/initdb -D {dir} -A trust -U postgres --no-sync >/dev/null"
-        ))?;
-        as_postgres(&format!(
-            "printf \"port = {port}\\nlisten_addresses = '127.0.0.1'\\nunix_socket_directories = '/tmp'\\nmax_connections = {max_connections}\\nshared_buffers = 128MB\\n\" >> {dir}/postgresql.conf"
-        ))?;
-        let me = Self { port, dir };
-        me.start_server()?;
-        Ok(me)
-    }
-
-    fn start_server(&self) -> anyhow::Result<()> {
-        as_postgres(&format!(
-            "{}/pg_ctl -D {} -l {}/log -w -t 60 start >/dev/null",
-            pg_bin(),
-            self.dir,
-            self.dir
-        ))
-    }
-
-    /// A crash-like stop (no checkpoint: the restart replays the WAL), then a start.
-    pub fn restart_immediate(&self) -> anyhow::Result<()> {
-        self.stop();
-        self.start_server()
-    }
-
-    pub fn stop(&self) {
-        let _ = as_postgres(&format!(
-            "{}/pg_ctl -D {} -w stop -m immediate >/dev/null",
-            pg_bin(),
-            self.dir
-        ));
-    }
-
-    pub async fn client(&self, db: &str) -> anyhow::Result<Client> {
-        pg_client(self.port, db).await
-    }
-}
-
-impl Drop for OwnPostgres {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A connection, as `postgres`, to database `db` of the server on 127.0.0.1:`port`.
-pub async fn pg_client(port: u16, db: &str) -> anyhow::Result<Client> {
-    let (client, conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(port)
-        .user("postgres")
-        .dbname(db)
-        .connect_timeout(Duration::from_secs(5))
-        .connect(NoTls)
-        .await
-        .with_context(|| format!("connect to {db} on port {port}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
 }
 
 fn redis_server(port: u16, dir: &str, extra: &[&str]) -> anyhow::Result<Child> {
@@ -143,7 +79,7 @@ async fn wait_ping(port: u16) -> bool {
     .is_some()
 }
 
-/// One redis-server of the suite's own, with AOF (`appendfsync everysec`).
+/// One redis-server of a test's own, with AOF (`appendfsync everysec`).
 pub struct OwnRedis {
     pub port: u16,
     dir: String,
