@@ -98,19 +98,18 @@ pub async fn create_app(db: &Db, name: &str) -> Result<CreatedApp, AppsError> {
         ingest_key: new_key(KeyKind::Ingest),
         read_key: new_key(KeyKind::Read),
     };
+    insert_app(db, &app).await?;
+    Ok(app)
+}
+
+/// The app's row and its two keys' rows, in one transaction.
+async fn insert_app(db: &Db, app: &CreatedApp) -> Result<(), DbError> {
     let (app_id, app_name) = (app.app_id.clone(), app.name.clone());
     let keys = [
-        (
-            hash_key(&app.ingest_key).to_vec(),
-            KeyKind::Ingest,
-            key_prefix(&app.ingest_key),
-        ),
-        (
-            hash_key(&app.read_key).to_vec(),
-            KeyKind::Read,
-            key_prefix(&app.read_key),
-        ),
-    ];
+        (&app.ingest_key, KeyKind::Ingest),
+        (&app.read_key, KeyKind::Read),
+    ]
+    .map(|(key, kind)| (hash_key(key).to_vec(), kind, key_prefix(key)));
     db.transaction("create app", move |tx| {
         Box::pin(async move {
             tx.execute(
@@ -130,8 +129,7 @@ pub async fn create_app(db: &Db, name: &str) -> Result<CreatedApp, AppsError> {
             Ok(())
         })
     })
-    .await?;
-    Ok(app)
+    .await
 }
 
 /// One app as `apps list` shows it.
@@ -211,16 +209,21 @@ pub struct KeyInfo {
     pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// The keys of `app_id`, oldest first.
-pub async fn list_keys(db: &Db, app_id: &str) -> Result<Vec<KeyInfo>, AppsError> {
-    let exists = db
+/// Whether `app_id` names an app.
+pub async fn app_exists(db: &Db, app_id: &str) -> Result<bool, AppsError> {
+    let rows = db
         .query(
             "find app",
             "SELECT 1 FROM apps WHERE app_id = $1",
             &[&app_id],
         )
         .await?;
-    if exists.is_empty() {
+    Ok(!rows.is_empty())
+}
+
+/// The keys of `app_id`, oldest first.
+pub async fn list_keys(db: &Db, app_id: &str) -> Result<Vec<KeyInfo>, AppsError> {
+    if !app_exists(db, app_id).await? {
         return Err(AppsError::UnknownApp(app_id.to_owned()));
     }
     let rows = db

@@ -102,23 +102,28 @@ pub fn decode(raw: Bytes, encoding: Encoding, max: usize) -> Result<Bytes, ReadE
         Encoding::Gzip => inflate(&raw, max),
         Encoding::Sniff if raw.starts_with(&[0x1f, 0x8b]) => inflate(&raw, max),
         Encoding::Sniff => Ok(raw),
-        Encoding::Deflate => {
-            let zlib = bounded(flate2::read::ZlibDecoder::new(&raw[..]), max, "deflate");
-            match zlib {
-                Err(ReadError::BadCompression(..)) => {
-                    bounded(flate2::read::DeflateDecoder::new(&raw[..]), max, "deflate")
-                }
-                other => other,
-            }
-        }
-        Encoding::Zstd => {
-            let decoder = zstd::stream::read::Decoder::new(&raw[..])
-                .map_err(|e| ReadError::BadCompression("zstd", e.to_string()))?;
-            bounded(decoder, max, "zstd")
-        }
+        Encoding::Deflate => inflate_deflate(&raw, max),
+        Encoding::Zstd => unzstd(&raw, max),
     }
 }
 
+/// zlib-wrapped deflate, else raw deflate.
+fn inflate_deflate(raw: &[u8], max: usize) -> Result<Bytes, ReadError> {
+    match bounded(flate2::read::ZlibDecoder::new(raw), max, "deflate") {
+        Err(ReadError::BadCompression(..)) => {
+            bounded(flate2::read::DeflateDecoder::new(raw), max, "deflate")
+        }
+        other => other,
+    }
+}
+
+fn unzstd(raw: &[u8], max: usize) -> Result<Bytes, ReadError> {
+    let decoder = zstd::stream::read::Decoder::new(raw)
+        .map_err(|e| ReadError::BadCompression("zstd", e.to_string()))?;
+    bounded(decoder, max, "zstd")
+}
+
+/// The output of `decoder`, stopping as soon as it passes `max` bytes.
 fn bounded(decoder: impl Read, max: usize, what: &'static str) -> Result<Bytes, ReadError> {
     let mut out = Vec::new();
     decoder

@@ -73,17 +73,26 @@ pub struct GatewayConfig {
     pub stats_max_range_days: u32,
 }
 
+impl CorsOrigins {
+    /// `CORS_ALLOWED_ORIGINS`: `*` (the default) or a comma-separated list of origins.
+    fn from_env(env: &Env) -> Self {
+        match env.get("CORS_ALLOWED_ORIGINS").unwrap_or("*").trim() {
+            "*" => CorsOrigins::Any,
+            list => CorsOrigins::List(origins(list)),
+        }
+    }
+}
+
+/// The origins of a comma-separated list, each without a trailing slash.
+fn origins(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|o| o.trim().trim_end_matches('/').to_owned())
+        .filter(|o| !o.is_empty())
+        .collect()
+}
+
 impl GatewayConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let cors = match env.get("CORS_ALLOWED_ORIGINS").unwrap_or("*").trim() {
-            "*" => CorsOrigins::Any,
-            list => CorsOrigins::List(
-                list.split(',')
-                    .map(|o| o.trim().trim_end_matches('/').to_owned())
-                    .filter(|o| !o.is_empty())
-                    .collect(),
-            ),
-        };
         Ok(Self {
             // The read pool serves the read API (and the first key load); the pool on the primary
             // is small and lazy: key lookups, notifications' re-reads and the periodic reload.
@@ -93,50 +102,64 @@ impl GatewayConfig {
             log: LogConfig::from_env(env)?,
             addr: env.addr("GATEWAY_ADDR", "0.0.0.0:8080")?,
             metrics_addr: env.addr("METRICS_ADDR", "0.0.0.0:9100")?,
-            max_events_per_request: env.bounded("MAX_EVENTS_PER_REQUEST", 1000, 1, 100_000)?
-                as usize,
-            max_body_bytes: env.bounded("MAX_BODY_BYTES", 1 << 20, 1024, 1 << 30)? as usize,
-            sdk_max_body_bytes: env.bounded("SDK_MAX_BODY_BYTES", 5 << 20, 1024, 1 << 30)? as usize,
-            sdk_max_event_bytes: env.bounded("SDK_MAX_EVENT_BYTES", 32 << 10, 256, 16 << 20)?
-                as usize,
-            cors,
-            rate_limit_events_per_sec: env.bounded(
-                "RATE_LIMIT_EVENTS_PER_SEC",
-                0,
-                0,
-                100_000_000,
-            )? as u32,
+            max_events_per_request: usize_of(env, "MAX_EVENTS_PER_REQUEST", 1000, 1, 100_000)?,
+            max_body_bytes: usize_of(env, "MAX_BODY_BYTES", 1 << 20, 1024, 1 << 30)?,
+            sdk_max_body_bytes: usize_of(env, "SDK_MAX_BODY_BYTES", 5 << 20, 1024, 1 << 30)?,
+            sdk_max_event_bytes: usize_of(env, "SDK_MAX_EVENT_BYTES", 32 << 10, 256, 16 << 20)?,
+            cors: CorsOrigins::from_env(env),
+            rate_limit_events_per_sec: u32_of(env, "RATE_LIMIT_EVENTS_PER_SEC", 0, 0, 100_000_000)?,
             queue_high_water: env.bounded("QUEUE_HIGH_WATER", 2_000_000, 1, u64::MAX / 2)?,
-            dedupe_window: Duration::from_secs(
-                env.bounded("DEDUPE_WINDOW_HOURS", 24, 1, 24 * 365)? * 3600,
-            ),
+            dedupe_window: secs_of(env, "DEDUPE_WINDOW_HOURS", 24, 1, 24 * 365)? * 3600,
             retention_months: config::retention_months(env)?,
             stream_shards: config::stream_shards(env)?,
             stream_prefix: env.string("STREAM_PREFIX", "sluice"),
             key_refresh: env.millis("KEY_REFRESH_MS", 60_000, 100, 3_600_000)?,
             privacy_poll: env.millis("PRIVACY_POLL_MS", 60_000, 100, 3_600_000)?,
             redis_timeout: env.millis("REDIS_TIMEOUT_MS", 2000, 10, 60_000)?,
-            max_connections: env.bounded("MAX_CONNECTIONS", 20_000, 1, 1_000_000)? as usize,
+            max_connections: usize_of(env, "MAX_CONNECTIONS", 20_000, 1, 1_000_000)?,
             header_read_timeout: env.millis("HEADER_READ_TIMEOUT_MS", 10_000, 100, 600_000)?,
             body_read_timeout: env.millis("BODY_READ_TIMEOUT_MS", 30_000, 100, 600_000)?,
             shutdown_grace: env.millis("SHUTDOWN_GRACE_MS", 10_000, 0, 600_000)?,
-            cache_ttl_live: std::time::Duration::from_secs(env.bounded(
-                "CACHE_TTL_LIVE_SECS",
-                10,
-                1,
-                86_400,
-            )?),
-            cache_ttl_closed: std::time::Duration::from_secs(env.bounded(
-                "CACHE_TTL_CLOSED_SECS",
-                3600,
-                1,
-                30 * 86_400,
-            )?),
+            cache_ttl_live: secs_of(env, "CACHE_TTL_LIVE_SECS", 10, 1, 86_400)?,
+            cache_ttl_closed: secs_of(env, "CACHE_TTL_CLOSED_SECS", 3600, 1, 30 * 86_400)?,
             cache_timeout: env.millis("CACHE_TIMEOUT_MS", 200, 10, 60_000)?,
             cache_stats_interval: env.millis("CACHE_STATS_INTERVAL_MS", 15_000, 100, 3_600_000)?,
-            stats_max_range_days: env.bounded("STATS_MAX_RANGE_DAYS", 366, 1, 3660)? as u32,
+            stats_max_range_days: u32_of(env, "STATS_MAX_RANGE_DAYS", 366, 1, 3660)?,
         })
     }
+}
+
+/// A count or a size within `min..=max` (bounds that fit a `usize`).
+fn usize_of(
+    env: &Env,
+    var: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<usize, ConfigError> {
+    Ok(env.bounded(var, default, min, max)? as usize)
+}
+
+/// A count within `min..=max` (bounds that fit a `u32`).
+fn u32_of(
+    env: &Env,
+    var: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u32, ConfigError> {
+    Ok(env.bounded(var, default, min, max)? as u32)
+}
+
+/// A whole number of seconds within `min..=max` (hours when multiplied by 3600).
+fn secs_of(
+    env: &Env,
+    var: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(env.bounded(var, default, min, max)?))
 }
 
 #[cfg(test)]

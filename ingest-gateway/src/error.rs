@@ -1,4 +1,7 @@
-//! Every error a client can get, with its status and stable code, in one exhaustive match.
+//! Every error a client can get, with its status, stable code, `Retry-After` and metrics reason:
+//! one exhaustive match per part, the variants grouped.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
@@ -48,9 +51,8 @@ pub enum ApiError {
     ErasureNotFound,
 }
 
-/// The cache's single-flight passes a computation's error on as text; the only computations are
-/// read queries, whose only failure is the database's.
-/// A read that could not be computed is the database's failure.
+/// A read that could not be computed is the database's failure: the read queries are the cache's
+/// only computations.
 impl From<crate::cache::ComputeFailed> for ApiError {
     fn from(_: crate::cache::ComputeFailed) -> Self {
         ApiError::DbUnavailable
@@ -60,7 +62,6 @@ impl From<crate::cache::ComputeFailed> for ApiError {
 impl ApiError {
     /// One example of each variant, so tests can check the codes and statuses of all of them.
     pub fn examples() -> Vec<ApiError> {
-        use std::time::Duration;
         vec![
             ApiError::MissingKey,
             ApiError::UnknownKey,
@@ -99,135 +100,118 @@ impl ApiError {
     /// Status, stable code, `Retry-After` seconds, and the `reason` label of
     /// `sluice_events_rejected_total`.
     pub fn parts(&self) -> (StatusCode, &'static str, Option<u32>, &'static str) {
+        (
+            self.status(),
+            self.code(),
+            self.retry_after(),
+            self.reason(),
+        )
+    }
+
+    /// The HTTP status, variants grouped per status.
+    pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            MissingKey => (
-                StatusCode::UNAUTHORIZED,
-                "missing_key",
-                None,
-                "unauthorized",
-            ),
-            UnknownKey | RevokedKey => (
-                StatusCode::UNAUTHORIZED,
-                "invalid_key",
-                None,
-                "unauthorized",
-            ),
-            ReadKeyCannotIngest => (StatusCode::FORBIDDEN, "read_key", None, "forbidden"),
-            IngestKeyCannotRead => (StatusCode::FORBIDDEN, "ingest_key", None, "forbidden"),
-            Read(ReadError::TooLarge(_)) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                None,
-                "body_too_large",
-            ),
-            Read(ReadError::UnsupportedType) => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_content_type",
-                None,
-                "unsupported_media",
-            ),
-            Read(ReadError::UnsupportedEncoding) => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_content_encoding",
-                None,
-                "unsupported_media",
-            ),
-            Read(ReadError::BadGzip(_)) => (
-                StatusCode::BAD_REQUEST,
-                "invalid_gzip",
-                None,
-                "invalid_body",
-            ),
-            Read(ReadError::BadCompression(..)) => (
-                StatusCode::BAD_REQUEST,
-                "invalid_compression",
-                None,
-                "invalid_body",
-            ),
-            Read(ReadError::Timeout(_)) => (
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                None,
-                "invalid_body",
-            ),
-            Read(ReadError::Broken) => (
-                StatusCode::BAD_REQUEST,
-                "body_incomplete",
-                None,
-                "invalid_body",
-            ),
-            Body(e @ BodyError::TooManyEvents { .. }) => {
-                (StatusCode::BAD_REQUEST, e.code(), None, "too_many_events")
+            MissingKey | UnknownKey | RevokedKey => StatusCode::UNAUTHORIZED,
+            ReadKeyCannotIngest
+            | IngestKeyCannotRead
+            | AdminKeyCannotIngestOrRead
+            | AdminKeyRequired => StatusCode::FORBIDDEN,
+            Read(ReadError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            Read(ReadError::UnsupportedType | ReadError::UnsupportedEncoding) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
-            Body(e) => (StatusCode::BAD_REQUEST, e.code(), None, "invalid_body"),
-            AllInvalid(_) => (
-                StatusCode::BAD_REQUEST,
-                "invalid_events",
-                None,
-                "invalid_event",
-            ),
-            RateLimited { .. } => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                Some(1),
-                "rate_limited",
-            ),
-            Queue(QueueError::Full { .. }) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "queue_full",
-                Some(5),
-                "queue_full",
-            ),
-            Queue(QueueError::Unavailable) | Queue(QueueError::Evicting(_)) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "queue_unavailable",
-                Some(2),
-                "queue_unavailable",
-            ),
-            BadQuery(_) => (
-                StatusCode::BAD_REQUEST,
-                "invalid_query",
-                None,
-                "invalid_body",
-            ),
-            ShuttingDown => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                Some(1),
-                "shutting_down",
-            ),
-            DbUnavailable => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "db_unavailable",
-                Some(2),
-                "db_unavailable",
-            ),
-            KeyLookupBusy => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "key_lookup_busy",
-                Some(1),
-                "key_lookup_busy",
-            ),
-            AdminKeyCannotIngestOrRead => (StatusCode::FORBIDDEN, "admin_key", None, "forbidden"),
-            AdminKeyRequired => (
-                StatusCode::FORBIDDEN,
-                "admin_key_required",
-                None,
-                "forbidden",
-            ),
-            InvalidErasure(_) => (
-                StatusCode::BAD_REQUEST,
-                "invalid_erasure",
-                None,
-                "invalid_body",
-            ),
-            ErasureNotFound => (
-                StatusCode::NOT_FOUND,
-                "erasure_not_found",
-                None,
-                "invalid_body",
-            ),
+            Read(ReadError::Timeout(_)) => StatusCode::REQUEST_TIMEOUT,
+            Read(ReadError::BadGzip(_) | ReadError::BadCompression(..) | ReadError::Broken)
+            | Body(_)
+            | AllInvalid(_)
+            | BadQuery(_)
+            | InvalidErasure(_) => StatusCode::BAD_REQUEST,
+            ErasureNotFound => StatusCode::NOT_FOUND,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Queue(_) | ShuttingDown | DbUnavailable | KeyLookupBusy => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    /// The stable error code clients (and docs/openapi.json) know the error by.
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            MissingKey => "missing_key",
+            UnknownKey | RevokedKey => "invalid_key",
+            ReadKeyCannotIngest => "read_key",
+            IngestKeyCannotRead => "ingest_key",
+            AdminKeyCannotIngestOrRead => "admin_key",
+            AdminKeyRequired => "admin_key_required",
+            Read(ReadError::TooLarge(_)) => "body_too_large",
+            Read(ReadError::UnsupportedType) => "unsupported_content_type",
+            Read(ReadError::UnsupportedEncoding) => "unsupported_content_encoding",
+            Read(ReadError::BadGzip(_)) => "invalid_gzip",
+            Read(ReadError::BadCompression(..)) => "invalid_compression",
+            Read(ReadError::Timeout(_)) => "body_timeout",
+            Read(ReadError::Broken) => "body_incomplete",
+            Body(e) => e.code(),
+            AllInvalid(_) => "invalid_events",
+            RateLimited { .. } => "rate_limited",
+            Queue(QueueError::Full { .. }) => "queue_full",
+            Queue(QueueError::Unavailable | QueueError::Evicting(_)) => "queue_unavailable",
+            BadQuery(_) => "invalid_query",
+            ShuttingDown => "shutting_down",
+            DbUnavailable => "db_unavailable",
+            KeyLookupBusy => "key_lookup_busy",
+            InvalidErasure(_) => "invalid_erasure",
+            ErasureNotFound => "erasure_not_found",
+        }
+    }
+
+    /// The `Retry-After` seconds of the errors worth retrying (the 429 and the 503s).
+    pub fn retry_after(&self) -> Option<u32> {
+        use ApiError::*;
+        match self {
+            RateLimited { .. } | ShuttingDown | KeyLookupBusy => Some(1),
+            Queue(QueueError::Unavailable | QueueError::Evicting(_)) | DbUnavailable => Some(2),
+            Queue(QueueError::Full { .. }) => Some(5),
+            MissingKey
+            | UnknownKey
+            | RevokedKey
+            | ReadKeyCannotIngest
+            | IngestKeyCannotRead
+            | AdminKeyCannotIngestOrRead
+            | AdminKeyRequired
+            | Read(_)
+            | Body(_)
+            | AllInvalid(_)
+            | BadQuery(_)
+            | InvalidErasure(_)
+            | ErasureNotFound => None,
+        }
+    }
+
+    /// The `reason` label of `sluice_events_rejected_total` (one of
+    /// [`shared::metrics::REJECT_REASONS`]).
+    pub fn reason(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            MissingKey | UnknownKey | RevokedKey => "unauthorized",
+            ReadKeyCannotIngest
+            | IngestKeyCannotRead
+            | AdminKeyCannotIngestOrRead
+            | AdminKeyRequired => "forbidden",
+            Read(ReadError::TooLarge(_)) => "body_too_large",
+            Read(ReadError::UnsupportedType | ReadError::UnsupportedEncoding) => {
+                "unsupported_media"
+            }
+            Body(BodyError::TooManyEvents { .. }) => "too_many_events",
+            Read(_) | Body(_) | BadQuery(_) | InvalidErasure(_) | ErasureNotFound => "invalid_body",
+            AllInvalid(_) => "invalid_event",
+            RateLimited { .. } => "rate_limited",
+            Queue(QueueError::Full { .. }) => "queue_full",
+            Queue(QueueError::Unavailable | QueueError::Evicting(_)) => "queue_unavailable",
+            ShuttingDown => "shutting_down",
+            DbUnavailable => "db_unavailable",
+            KeyLookupBusy => "key_lookup_busy",
         }
     }
 

@@ -13,6 +13,7 @@ use shared::queue::{self, Keys, QueuedEvent, EVENTS_PER_ENTRY};
 use shared::redis_conn::RedisConn;
 use shared::secret::Secret;
 use tokio::sync::OnceCell;
+use tokio::time::error::Elapsed;
 
 /// Why events were not queued; every variant is a 503 or 429 for the client, never a 500.
 #[derive(Debug, thiserror::Error)]
@@ -73,11 +74,7 @@ impl Queue {
             return Ok(false);
         };
         match shared::redis_conn::eviction_policy(&mut conn).await {
-            Ok(Some(p)) if p != "noeviction" => {
-                tracing::error!(policy = %p, "The queue's Redis must run with maxmemory-policy noeviction: an evicting Redis can drop the stream and lose events.");
-                *self.bad_policy.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.clone());
-                return Err(QueueError::Evicting(p));
-            }
+            Ok(Some(p)) if p != "noeviction" => return Err(self.evicting(p)),
             Ok(None) => tracing::warn!("CONFIG GET is not allowed on the queue's Redis: cannot check that maxmemory-policy is noeviction. Make sure it is: an evicting Redis loses events."),
             _ => {}
         }
@@ -85,6 +82,13 @@ impl Queue {
         self.poll_depth().await;
         tracing::info!("Connected to the queue's Redis.");
         Ok(true)
+    }
+
+    /// Refuses an evicting Redis: every push and readiness check says so from now on.
+    fn evicting(&self, policy: String) -> QueueError {
+        tracing::error!(policy = %policy, "The queue's Redis must run with maxmemory-policy noeviction: an evicting Redis can drop the stream and lose events.");
+        *self.bad_policy.lock().unwrap_or_else(|e| e.into_inner()) = Some(policy.clone());
+        QueueError::Evicting(policy)
     }
 
     /// Keeps trying to connect (with exponential backoff) until connected, then polls the queue
@@ -132,11 +136,7 @@ impl Queue {
 
     /// Ready: connected, reachable at the last poll, a safe eviction policy, below high water.
     pub fn readiness(&self) -> (bool, serde_json::Value) {
-        let bad = self
-            .bad_policy
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let bad = self.bad_policy();
         let connected = self.conn.initialized();
         let reachable = connected && self.reachable.load(Ordering::Relaxed);
         let depth = self.depth();
@@ -152,16 +152,20 @@ impl Queue {
         )
     }
 
-    fn conn(&self) -> Result<RedisConn, QueueError> {
-        if let Some(p) = self
-            .bad_policy
+    /// The eviction policy that made the queue refuse Redis, if one did.
+    fn bad_policy(&self) -> Option<String> {
+        self.bad_policy
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-        {
-            return Err(QueueError::Evicting(p));
+    }
+
+    /// The connection to push on: none while Redis is unreachable or evicting.
+    fn conn(&self) -> Result<RedisConn, QueueError> {
+        match self.bad_policy() {
+            Some(p) => Err(QueueError::Evicting(p)),
+            None => self.conn.get().cloned().ok_or(QueueError::Unavailable),
         }
-        self.conn.get().cloned().ok_or(QueueError::Unavailable)
     }
 
     /// Queues the events of one request on one shard, all or none.
@@ -173,14 +177,7 @@ impl Queue {
         let mut conn = self.conn()?;
         let shard =
             (self.next_shard.fetch_add(1, Ordering::Relaxed) % self.keys.shards() as usize) as u16;
-        let mut payloads = Vec::with_capacity(events.len().div_ceil(EVENTS_PER_ENTRY));
-        for chunk in events.chunks(EVENTS_PER_ENTRY) {
-            let payload = queue::encode(chunk).map_err(|e| {
-                tracing::error!(error = %e, "Cannot encode events.");
-                QueueError::Unavailable
-            })?;
-            payloads.push((chunk.len(), payload));
-        }
+        let payloads = encode(events)?;
         // A cluster client resends after a dropped connection: a token of this push alone keeps
         // it once-only.
         let token = conn
@@ -193,11 +190,20 @@ impl Queue {
             token.as_deref(),
             payloads.iter().map(|(n, p)| (*n, &p[..])),
         );
-        let reply: Result<redis::RedisResult<Vec<String>>, _> =
-            tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await;
+        let reply = tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await;
+        self.pushed(reply, events.len(), depth)
+    }
+
+    /// What a push's reply means for the client; the depth counts the events at once.
+    fn pushed(
+        &self,
+        reply: Result<redis::RedisResult<Vec<String>>, Elapsed>,
+        events: usize,
+        depth: u64,
+    ) -> Result<(), QueueError> {
         match reply {
             Ok(Ok(_ids)) => {
-                self.depth.fetch_add(events.len() as u64, Ordering::Relaxed);
+                self.depth.fetch_add(events as u64, Ordering::Relaxed);
                 Ok(())
             }
             Ok(Err(e)) if e.to_string().contains("OOM") => {
@@ -227,4 +233,17 @@ impl Queue {
             _ => Err(QueueError::Unavailable),
         }
     }
+}
+
+/// The entries of one request: up to [`EVENTS_PER_ENTRY`] events each, with their count.
+fn encode(events: &[QueuedEvent]) -> Result<Vec<(usize, Vec<u8>)>, QueueError> {
+    let mut payloads = Vec::with_capacity(events.len().div_ceil(EVENTS_PER_ENTRY));
+    for chunk in events.chunks(EVENTS_PER_ENTRY) {
+        let payload = queue::encode(chunk).map_err(|e| {
+            tracing::error!(error = %e, "Cannot encode events.");
+            QueueError::Unavailable
+        })?;
+        payloads.push((chunk.len(), payload));
+    }
+    Ok(payloads)
 }

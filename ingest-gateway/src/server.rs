@@ -9,8 +9,8 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::routes::{self, AppState};
@@ -24,41 +24,50 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
         .header_read_timeout(state.config.header_read_timeout)
         .keep_alive(true)
         .max_buf_size(64 * 1024);
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let (stream, _peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "Accept failed.");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
+    while let Some((permit, stream)) = accept(&listener, &permits, &shutdown).await {
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let svc = service_fn(move |req| {
             let state = state.clone();
             async move { Ok::<_, Infallible>(routes::handle(state, req).await) }
         });
-        let conn = http.serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn);
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {
             let _ = conn.await;
             drop(permit);
         });
     }
     drop(listener);
-    let grace = state.config.shutdown_grace;
+    drain(graceful, state.config.shutdown_grace).await;
+}
+
+/// The next connection, once a permit under the connection cap is free; `None` at shutdown.
+async fn accept(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+) -> Option<(OwnedSemaphorePermit, TcpStream)> {
+    let permit = tokio::select! {
+        p = permits.clone().acquire_owned() => p.ok()?,
+        _ = shutdown.cancelled() => return None,
+    };
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => return Some((permit, stream)),
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "Accept failed.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.cancelled() => return None,
+        }
+    }
+}
+
+/// Waits for the open connections to finish, at most `grace`.
+async fn drain(graceful: GracefulShutdown, grace: Duration) {
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("All connections drained."),
         _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "Grace period over; closing remaining connections."),

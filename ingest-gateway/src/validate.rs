@@ -36,6 +36,15 @@ pub enum BodyError {
 }
 
 impl BodyError {
+    /// The error of a body that is neither an object nor an array: valid JSON of another kind is
+    /// a shape error; anything else is not JSON.
+    pub fn of_other_json(body: &[u8]) -> Self {
+        match serde_json::from_slice::<&RawValue>(body) {
+            Ok(_) => BodyError::NotObjectOrArray,
+            Err(e) => BodyError::InvalidJson(e.to_string()),
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             BodyError::InvalidJson(_) => "invalid_json",
@@ -219,17 +228,39 @@ pub fn event(raw: &RawValue, ctx: &Context<'_>) -> Result<QueuedEvent, String> {
     }
     let ev: RawEvent<'_> = serde_json::from_str(text).map_err(|e| strip_position(&e))?;
     let name = EventName::parse(ev.event_name.as_deref().ok_or("event_name is required")?)?;
-    let client_id = ev.event_id.is_some();
-    let event_id = match ev.event_id.as_deref() {
-        None => Uuid::now_v7(),
-        Some(s) => {
-            let id = Uuid::try_parse(s).map_err(|_| format!("event_id {s:?} is not a UUID"))?;
-            if id.is_nil() {
-                return Err("event_id must not be the nil UUID".into());
-            }
-            id
-        }
+    let event_id = event_id(ev.event_id.as_deref())?;
+    let occurred = occurred_at(&ev, ctx)?;
+    Ok(QueuedEvent {
+        event_id,
+        app_id: ctx.app_id.to_owned(),
+        event_name: name.into_inner(),
+        occurred_at_us: occurred.timestamp_micros(),
+        received_at_us: ctx.received_at.timestamp_micros(),
+        user_id: ev.user_id.map(|s| short_id("user_id", &s)).transpose()?,
+        session_id: ev
+            .session_id
+            .map(|s| short_id("session_id", &s))
+            .transpose()?,
+        metadata: ev.metadata.map(metadata).transpose()?,
+        client_id: ev.event_id.is_some(),
+    })
+}
+
+/// The client's event id, a UUID other than nil; a new UUIDv7 when there is none.
+fn event_id(given: Option<&str>) -> Result<Uuid, String> {
+    let Some(s) = given else {
+        return Ok(Uuid::now_v7());
     };
+    let id = Uuid::try_parse(s).map_err(|_| format!("event_id {s:?} is not a UUID"))?;
+    if id.is_nil() {
+        return Err("event_id must not be the nil UUID".into());
+    }
+    Ok(id)
+}
+
+/// The event's time (now when it has none), corrected by the client's clock skew when it says
+/// when it was sent; within the retention window and at most a day ahead.
+fn occurred_at(ev: &RawEvent<'_>, ctx: &Context<'_>) -> Result<DateTime<Utc>, String> {
     let mut occurred = match ev.timestamp.as_deref() {
         None => ctx.received_at,
         Some(s) => rfc3339("timestamp", s)?,
@@ -243,20 +274,7 @@ pub fn event(raw: &RawValue, ctx: &Context<'_>) -> Result<QueuedEvent, String> {
         rfc3339("sent_at", sent)?;
     }
     within_window(occurred, ctx.received_at, ctx.oldest)?;
-    Ok(QueuedEvent {
-        event_id,
-        app_id: ctx.app_id.to_owned(),
-        event_name: name.into_inner(),
-        occurred_at_us: occurred.timestamp_micros(),
-        received_at_us: ctx.received_at.timestamp_micros(),
-        user_id: ev.user_id.map(|s| short_id("user_id", &s)).transpose()?,
-        session_id: ev
-            .session_id
-            .map(|s| short_id("session_id", &s))
-            .transpose()?,
-        metadata: ev.metadata.map(metadata).transpose()?,
-        client_id,
-    })
+    Ok(occurred)
 }
 
 /// serde's messages end with "at line L column C", which says nothing useful inside one element.
@@ -270,22 +288,7 @@ fn strip_position(e: &serde_json::Error) -> String {
 
 /// Decodes a whole body: a single event object or an array of them.
 pub fn body(bytes: &[u8], ctx: &Context<'_>) -> Result<Decoded, BodyError> {
-    let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
-    let items: Vec<&RawValue> = match first {
-        Some(b'[') => {
-            serde_json::from_slice(bytes).map_err(|e| BodyError::InvalidJson(e.to_string()))?
-        }
-        Some(b'{') => {
-            vec![serde_json::from_slice(bytes).map_err(|e| BodyError::InvalidJson(e.to_string()))?]
-        }
-        _ => {
-            // Valid JSON of another kind is a shape error; anything else is not JSON.
-            return match serde_json::from_slice::<&RawValue>(bytes) {
-                Ok(_) => Err(BodyError::NotObjectOrArray),
-                Err(e) => Err(BodyError::InvalidJson(e.to_string())),
-            };
-        }
-    };
+    let items = items(bytes)?;
     if items.len() > ctx.max_events {
         return Err(BodyError::TooManyEvents {
             count: items.len(),
@@ -306,6 +309,16 @@ pub fn body(bytes: &[u8], ctx: &Context<'_>) -> Result<Decoded, BodyError> {
         }
     }
     Ok(out)
+}
+
+/// The body's events, each as its raw text.
+fn items(bytes: &[u8]) -> Result<Vec<&RawValue>, BodyError> {
+    let invalid = |e: serde_json::Error| BodyError::InvalidJson(e.to_string());
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => serde_json::from_slice(bytes).map_err(invalid),
+        Some(b'{') => Ok(vec![serde_json::from_slice(bytes).map_err(invalid)?]),
+        _ => Err(BodyError::of_other_json(bytes)),
+    }
 }
 
 #[cfg(test)]
