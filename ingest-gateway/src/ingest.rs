@@ -10,7 +10,7 @@ use shared::metrics;
 use shared::schema::partitions::retention_floor;
 
 use crate::apps::KeyKind;
-use crate::auth::{presented_key, Grant, KeyCheck};
+use crate::auth::{authenticate, Grant};
 use crate::error::ApiError;
 use crate::routes::AppState;
 use crate::{body, validate};
@@ -33,37 +33,6 @@ pub fn count_refusal(api: &'static str, e: &ApiError) {
         _ => 1,
     };
     metrics::events_rejected(api, reason, n);
-}
-
-/// The app behind the request's key, which must be of kind `want`.
-pub async fn authenticate(
-    state: &AppState,
-    req: &Request<Incoming>,
-    want: KeyKind,
-) -> Result<Grant, ApiError> {
-    let key = presented_key(req.headers(), req.uri().query()).ok_or(ApiError::MissingKey)?;
-    grant_for(state, key, want).await
-}
-
-/// The app behind `key`, which must be of kind `want`.
-pub async fn grant_for(state: &AppState, key: &str, want: KeyKind) -> Result<Grant, ApiError> {
-    let grant = match state.keys.check(&state.pools.write, key).await {
-        Ok(KeyCheck::Live(g)) => g,
-        Ok(KeyCheck::Unknown) => return Err(ApiError::UnknownKey),
-        Ok(KeyCheck::Revoked) => return Err(ApiError::RevokedKey),
-        Ok(KeyCheck::Busy) => return Err(ApiError::KeyLookupBusy),
-        Err(e) => {
-            tracing::warn!(error = %e, "Cannot look an API key up.");
-            return Err(ApiError::DbUnavailable);
-        }
-    };
-    match (want, grant.kind) {
-        (want, kind) if want == kind => Ok(grant),
-        (_, KeyKind::Admin) => Err(ApiError::AdminKeyCannotIngestOrRead),
-        (KeyKind::Admin, _) => Err(ApiError::AdminKeyRequired),
-        (KeyKind::Ingest, _) => Err(ApiError::ReadKeyCannotIngest),
-        (KeyKind::Read, _) => Err(ApiError::IngestKeyCannotRead),
-    }
 }
 
 /// The app's rate limit, the suppression list, then the queue: what every ingest route does with
@@ -96,6 +65,15 @@ pub async fn enqueue(
     Ok(events.len())
 }
 
+/// Counts the events of a request that was queued: those queued as accepted, those refused one
+/// by one as invalid.
+pub fn count_accepted(api: &'static str, queued: usize, rejected: usize) {
+    metrics::events_accepted(api, queued as u64);
+    if rejected > 0 {
+        metrics::events_rejected(api, "invalid_event", rejected as u64);
+    }
+}
+
 async fn handle(
     state: &AppState,
     req: Request<Incoming>,
@@ -104,6 +82,18 @@ async fn handle(
         return Err(ApiError::ShuttingDown);
     }
     let grant = authenticate(state, &req, KeyKind::Ingest).await?;
+    let bytes = read_body(state, req).await?;
+    let decoded = decode(state, &grant, &bytes)?;
+    let queued = enqueue(state, "native", &grant, &decoded.valid).await?;
+    count_accepted("native", queued, decoded.rejected.len());
+    Ok(crate::reply::json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({"accepted": decoded.valid.len(), "rejected": decoded.rejected}),
+    ))
+}
+
+/// The body, within the size and time limits, inflated when gzip.
+async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let gzip = body::check_headers(req.headers())?;
     let (parts, incoming) = req.into_parts();
     let cfg = &state.config;
@@ -115,25 +105,21 @@ async fn handle(
         cfg.body_read_timeout,
     )
     .await?;
+    Ok(bytes)
+}
+
+/// The body's events, validated one by one for the app; an error when none is valid.
+fn decode(state: &AppState, grant: &Grant, bytes: &[u8]) -> Result<validate::Decoded, ApiError> {
     let received_at = Utc::now();
     let ctx = validate::Context {
         app_id: &grant.app_id,
         received_at,
-        oldest: retention_floor(received_at, cfg.retention_months),
-        max_events: cfg.max_events_per_request,
+        oldest: retention_floor(received_at, state.config.retention_months),
+        max_events: state.config.max_events_per_request,
     };
-    let decoded = validate::body(&bytes, &ctx)?;
+    let decoded = validate::body(bytes, &ctx)?;
     if decoded.valid.is_empty() {
         return Err(ApiError::AllInvalid(decoded.rejected));
     }
-    let queued = enqueue(state, "native", &grant, &decoded.valid).await?;
-    let accepted = decoded.valid.len();
-    metrics::events_accepted("native", queued as u64);
-    if !decoded.rejected.is_empty() {
-        metrics::events_rejected("native", "invalid_event", decoded.rejected.len() as u64);
-    }
-    Ok(crate::reply::json(
-        StatusCode::ACCEPTED,
-        &serde_json::json!({"accepted": accepted, "rejected": decoded.rejected}),
-    ))
+    Ok(decoded)
 }

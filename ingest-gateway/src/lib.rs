@@ -17,11 +17,13 @@
 //! - [`page`]: `GET /`, the page that shows an app's events (static, served from the binary).
 //! - [`privacy`]: erasure requests and the suppression list.
 //! - [`apps`]: apps and API keys (`apps create`, `keys revoke`).
+//! - [`commands`]: the one-shot commands of the binary.
 
 pub mod apps;
 pub mod auth;
 pub mod body;
 pub mod cache;
+pub mod commands;
 pub mod config;
 pub mod error;
 pub mod ingest;
@@ -40,14 +42,15 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use shared::daemon::{self, Ops};
+use shared::daemon::{self, Ops, Startup};
 use shared::db::Pools;
 use shared::metrics::Daemon;
-use shared::ops::Readiness;
 use shared::queue::Keys;
 use shared::tasks::Tasks;
 
 pub use config::GatewayConfig;
+
+use routes::AppState;
 
 /// Runs the gateway until `shutdown` is cancelled. Refuses to start when the queue's Redis is
 /// reachable but evicts keys; starts (not ready, answering 503) when Redis is unreachable.
@@ -57,7 +60,7 @@ pub async fn run(
     ops_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let startup = daemon::Startup::default();
+    let startup = Startup::default();
     let background = CancellationToken::new();
     let tasks = Tasks::new(background.clone());
     let ops = Ops::start(
@@ -67,25 +70,74 @@ pub async fn run(
         shutdown.clone(),
         &tasks,
     );
+    let Some(state) = start(config, &startup, &shutdown, &tasks, &background).await? else {
+        ops.stop().await;
+        return Ok(());
+    };
+    startup.started(routes::ready_check(state.clone()));
+    daemon::spawn_upkeep(&state.pools.write, &tasks);
+    daemon::spawn_upkeep(&state.pools.read, &tasks);
+    tracing::info!(addr = %listener.local_addr()?, "Gateway listening.");
+    server::serve(listener, state, shutdown).await;
+    background.cancel();
+    tracing::info!("Gateway stopped.");
+    ops.stop().await;
+    Ok(())
+}
+
+/// Everything before the first request: the pools, the keys and suppression lists, the queue,
+/// and the background tasks. `None` when shutdown came first.
+async fn start(
+    config: GatewayConfig,
+    startup: &Startup,
+    shutdown: &CancellationToken,
+    tasks: &Tasks,
+    background: &CancellationToken,
+) -> anyhow::Result<Option<Arc<AppState>>> {
     // The pool on the primary ("write") is opened on first use: key lookups and reloads.
     let pools = Pools::new(&config.db)?;
-    // Keys and suppression lists are read before the first request is served; notifications
-    // (on the key-change session) and the periodic re-reads keep them.
     let cache = cache::Cache::new(
         config.redis.cache_url.clone(),
         &config.stream_prefix,
         config.cache_timeout,
     );
     let privacy = Arc::new(privacy::Privacy::new(Some(cache.clone())));
+    let Some(keys) = load_keys(&pools, &privacy, startup, shutdown).await? else {
+        return Ok(None);
+    };
+    let queue = connect_queue(&config).await?;
+    let state = Arc::new(AppState {
+        config,
+        pools,
+        keys,
+        queue,
+        cache,
+        privacy,
+        shutdown: shutdown.clone(),
+    });
+    spawn_background(&state, tasks, background);
+    Ok(Some(state))
+}
+
+/// The keys and the suppression lists, read before the first request is served (waiting, not
+/// ready, while PostgreSQL refuses); `None` when shutdown came first. Notifications (on the
+/// key-change session) and the periodic re-reads keep them.
+async fn load_keys(
+    pools: &Pools,
+    privacy: &privacy::Privacy,
+    startup: &Startup,
+    shutdown: &CancellationToken,
+) -> Result<Option<auth::KeyCache>, daemon::StartError> {
     let load = || async {
         let keys = auth::KeyCache::load(&pools.read).await?;
         privacy.refresh(&pools.write).await?;
         Ok(keys)
     };
-    let Some(keys) = daemon::connect_then(&pools.read, &startup, &shutdown, load).await? else {
-        ops.stop().await;
-        return Ok(());
-    };
+    daemon::connect_then(&pools.read, startup, shutdown, load).await
+}
+
+/// The queue, connected once if Redis answers (an evicting Redis is an error).
+async fn connect_queue(config: &GatewayConfig) -> anyhow::Result<Arc<queue::Queue>> {
     let queue = queue::Queue::new(
         Keys::new(&config.stream_prefix, config.stream_shards),
         config.redis.url.clone(),
@@ -95,41 +147,27 @@ pub async fn run(
     if !queue.connect().await? {
         tracing::warn!("The queue's Redis is unreachable; answering 503 until it is back.");
     }
-    queue.spawn_watch(&tasks);
+    Ok(queue)
+}
+
+/// The background tasks that keep the state current: queue depth, key reloads and notifications
+/// (on the key-change session), suppression lists, cache connection and gauges.
+fn spawn_background(state: &Arc<AppState>, tasks: &Tasks, background: &CancellationToken) {
+    let (config, primary) = (&state.config, &state.pools.write);
+    state.queue.spawn_watch(tasks);
     // On the primary, like every key read: a replica may still show a key just revoked.
-    keys.spawn_refresh(pools.write.clone(), config.key_refresh, &tasks);
-    cache.spawn_connect(background.clone());
-    cache.spawn_gauges(config.cache_stats_interval, &tasks);
-    privacy.spawn_poll(config.privacy_poll, pools.write.clone(), &tasks);
-    keys.spawn_listen(
+    state
+        .keys
+        .spawn_refresh(primary.clone(), config.key_refresh, tasks);
+    state.cache.spawn_connect(background.clone());
+    state.cache.spawn_gauges(config.cache_stats_interval, tasks);
+    state
+        .privacy
+        .spawn_poll(config.privacy_poll, primary.clone(), tasks);
+    state.keys.spawn_listen(
         config.db.clone(),
-        pools.write.clone(),
-        privacy.clone(),
-        &tasks,
+        primary.clone(),
+        state.privacy.clone(),
+        tasks,
     );
-    let state = Arc::new(routes::AppState {
-        config,
-        pools: pools.clone(),
-        keys,
-        queue,
-        cache,
-        privacy,
-        shutdown: shutdown.clone(),
-    });
-    let ready_state = state.clone();
-    startup.started(Arc::new(move || {
-        let s = ready_state.clone();
-        Box::pin(async move {
-            let (ready, detail) = routes::readiness(&s).await;
-            Readiness { ready, detail }
-        })
-    }));
-    daemon::spawn_upkeep(&pools.write, &tasks);
-    daemon::spawn_upkeep(&pools.read, &tasks);
-    tracing::info!(addr = %listener.local_addr()?, "Gateway listening.");
-    server::serve(listener, state, shutdown).await;
-    background.cancel();
-    tracing::info!("Gateway stopped.");
-    ops.stop().await;
-    Ok(())
 }

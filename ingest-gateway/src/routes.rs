@@ -9,12 +9,14 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use shared::db::Pools;
+use shared::ops::{Readiness, ReadyCheck};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::KeyCache;
 use crate::config::GatewayConfig;
 use crate::queue::Queue;
-use crate::{ingest, reply};
+use crate::stats::{self, Kind::Daily, Kind::Top};
+use crate::{ingest, privacy, reply};
 
 /// Every route the gateway answers, as (method, path): the OpenAPI description must list the
 /// same (a test checks).
@@ -67,6 +69,7 @@ pub struct AppState {
     pub shutdown: CancellationToken,
 }
 
+/// Answers one request; counts it under its route label (a fixed set) with its status.
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let origin = req
@@ -74,53 +77,71 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Fu
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let sdk = crate::sdk::route(req.uri().path());
-    let (route, mut resp) = match (req.method(), req.uri().path()) {
-        (&Method::POST, _) if sdk.is_some() => match sdk {
-            Some(r) => (r.api.route_label(), crate::sdk::post(&state, req, r).await),
-            None => ("other", not_found()),
-        },
-        (&Method::OPTIONS, _) if sdk.is_some() => {
-            ("sdk_preflight", preflight(&state, origin.as_deref()))
-        }
-        (_, _) if sdk.is_some() => ("sdk_other", method_not_allowed("POST, OPTIONS")),
-        (&Method::POST, "/v1/events") => ("events", ingest::post_events(&state, req).await),
-        (&Method::OPTIONS, "/v1/events") => {
-            ("events_preflight", preflight(&state, origin.as_deref()))
-        }
-        (_, "/v1/events") => ("events", method_not_allowed("POST, OPTIONS")),
-        (&Method::GET, "/v1/stats/daily") => (
-            "stats_daily",
-            crate::stats::handle(&state, req, crate::stats::Kind::Daily).await,
-        ),
-        (&Method::GET, "/v1/stats/top-events") => (
-            "stats_top",
-            crate::stats::handle(&state, req, crate::stats::Kind::Top).await,
-        ),
-        (_, "/v1/stats/daily" | "/v1/stats/top-events") => ("stats", method_not_allowed("GET")),
-        (&Method::POST, "/v1/privacy/erasures") => {
-            ("privacy", crate::privacy::post(&state, req).await)
-        }
-        (_, "/v1/privacy/erasures") => ("privacy", method_not_allowed("POST")),
-        (&Method::GET, p) if erasure_id(p).is_some() => {
-            let id = erasure_id(p).unwrap_or_default().to_owned();
-            ("privacy", crate::privacy::get(&state, req, &id).await)
-        }
-        (_, p) if erasure_id(p).is_some() => ("privacy", method_not_allowed("GET")),
-        (&Method::GET | &Method::HEAD, "/") => ("page", crate::page::serve()),
-        (_, "/") => ("page", method_not_allowed("GET, HEAD")),
-        (&Method::GET | &Method::HEAD, "/healthz") => (
-            "healthz",
-            reply::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-        ),
-        (&Method::GET | &Method::HEAD, "/readyz") => ("readyz", readyz(&state).await),
-        _ => ("other", not_found()),
+    let (route, mut resp) = match crate::sdk::route(req.uri().path()) {
+        Some(sdk) => sdk_route(&state, req, sdk, origin.as_deref()).await,
+        None => route(&state, req, origin.as_deref()).await,
     };
     if let Some(o) = origin.as_deref() {
         add_cors(&state, o, &mut resp);
     }
     shared::metrics::http_request(route, resp.status().as_u16(), started.elapsed());
     resp
+}
+
+/// The SDK routes: `POST` and CORS preflights.
+async fn sdk_route(
+    state: &AppState,
+    req: Request<Incoming>,
+    sdk: crate::sdk::Route,
+    origin: Option<&str>,
+) -> (&'static str, Response<Full<Bytes>>) {
+    match *req.method() {
+        Method::POST => (
+            sdk.api.route_label(),
+            crate::sdk::post(state, req, sdk).await,
+        ),
+        Method::OPTIONS => ("sdk_preflight", preflight(state, origin)),
+        _ => ("sdk_other", method_not_allowed("POST, OPTIONS")),
+    }
+}
+
+/// Every other route, by path then method: the route label and the answer.
+async fn route(
+    state: &AppState,
+    req: Request<Incoming>,
+    origin: Option<&str>,
+) -> (&'static str, Response<Full<Bytes>>) {
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    match (req.method(), req.uri().path()) {
+        (&Method::POST, "/v1/events") => ("events", ingest::post_events(state, req).await),
+        (&Method::OPTIONS, "/v1/events") => ("events_preflight", preflight(state, origin)),
+        (_, "/v1/events") => ("events", method_not_allowed("POST, OPTIONS")),
+        (&Method::GET, "/v1/stats/daily") => {
+            ("stats_daily", stats::handle(state, req, Daily).await)
+        }
+        (&Method::GET, "/v1/stats/top-events") => {
+            ("stats_top", stats::handle(state, req, Top).await)
+        }
+        (_, "/v1/stats/daily" | "/v1/stats/top-events") => ("stats", method_not_allowed("GET")),
+        (&Method::POST, "/v1/privacy/erasures") => ("privacy", privacy::post(state, req).await),
+        (_, "/v1/privacy/erasures") => ("privacy", method_not_allowed("POST")),
+        (method, p) if erasure_id(p).is_some() => {
+            let id = erasure_id(p).unwrap_or_default().to_owned();
+            match *method {
+                Method::GET => ("privacy", privacy::get(state, req, &id).await),
+                _ => ("privacy", method_not_allowed("GET")),
+            }
+        }
+        (_, "/") if get => ("page", crate::page::serve()),
+        (_, "/") => ("page", method_not_allowed("GET, HEAD")),
+        (_, "/healthz") if get => ("healthz", healthz()),
+        (_, "/readyz") if get => ("readyz", readyz(state).await),
+        _ => ("other", not_found()),
+    }
+}
+
+fn healthz() -> Response<Full<Bytes>> {
+    reply::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
 }
 
 /// The `{id}` of `/v1/privacy/erasures/{id}`.
@@ -139,6 +160,11 @@ fn add_cors(state: &AppState, origin: &str, resp: &mut Response<Full<Bytes>>) {
     }
 }
 
+/// The request headers a browser may send (the SDKs' among them).
+const ALLOWED_HEADERS: &str = "authorization, content-type, content-encoding, x-api-key, \
+     x-write-key, posthog-sdk-info, posthog-attempt, posthog-request-id, posthog-request-timestamp";
+
+/// The answer to a CORS preflight: `204` with what the origin may send, for a day.
 fn preflight(state: &AppState, origin: Option<&str>) -> Response<Full<Bytes>> {
     let Some(origin) = origin else {
         return reply::error(
@@ -164,10 +190,7 @@ fn preflight(state: &AppState, origin: Option<&str>) -> Response<Full<Bytes>> {
     );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static(
-            "authorization, content-type, content-encoding, x-api-key, x-write-key, \
-             posthog-sdk-info, posthog-attempt, posthog-request-id, posthog-request-timestamp",
-        ),
+        HeaderValue::from_static(ALLOWED_HEADERS),
     );
     h.insert(
         header::ACCESS_CONTROL_MAX_AGE,
@@ -189,6 +212,17 @@ fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     r.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(allow));
     r
+}
+
+/// The daemon's readiness check: [`readiness`] of the running gateway.
+pub fn ready_check(state: Arc<AppState>) -> ReadyCheck {
+    Arc::new(move || {
+        let state = state.clone();
+        Box::pin(async move {
+            let (ready, detail) = readiness(&state).await;
+            Readiness { ready, detail }
+        })
+    })
 }
 
 /// Ready: not shutting down, and the queue reachable and below its high-water mark.

@@ -17,8 +17,9 @@ use sha2::{Digest, Sha256};
 use shared::db::Db;
 
 use crate::apps::KeyKind;
+use crate::auth::authenticate;
+use crate::cache::ComputeFailed;
 use crate::error::ApiError;
-use crate::ingest::authenticate;
 use crate::routes::AppState;
 use crate::validate::EventName;
 
@@ -52,37 +53,15 @@ impl Kind {
 
 /// Parses and checks the query string: dates, their order, the range, the limit.
 pub fn parse(kind: Kind, query: Option<&str>, max_days: u32) -> Result<Query, ApiError> {
-    let bad = |m: String| ApiError::BadQuery(m);
-    let mut from = None;
-    let mut to = None;
-    let mut event_name = None;
-    let mut limit = None;
+    let mut q = Params::default();
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        let date = |v: &str| {
-            NaiveDate::parse_from_str(v, "%Y-%m-%d")
-                .map_err(|_| bad(format!("{k} must be a date YYYY-MM-DD, got {v:?}")))
-        };
-        match (k.as_ref(), kind) {
-            ("from", _) => from = Some(date(&v)?),
-            ("to", _) => to = Some(date(&v)?),
-            ("event_name", Kind::Daily) => {
-                event_name = Some(EventName::parse(&v).map_err(bad)?.into_inner())
-            }
-            ("limit", Kind::Top) => {
-                let n: u32 = v
-                    .parse()
-                    .map_err(|_| bad(format!("limit must be a whole number, got {v:?}")))?;
-                if !(1..=MAX_LIMIT).contains(&n) {
-                    return Err(bad(format!("limit must be 1 to {MAX_LIMIT}, got {n}")));
-                }
-                limit = Some(n);
-            }
-            ("api_key", _) => {}
-            (other, _) => return Err(bad(format!("unknown parameter {other:?}"))),
-        }
+        q.set(kind, &k, &v)?;
     }
-    let from = from.ok_or_else(|| bad("from is required (YYYY-MM-DD)".into()))?;
-    let to = to.ok_or_else(|| bad("to is required (YYYY-MM-DD)".into()))?;
+    let from = q
+        .from
+        .ok_or_else(|| bad("from is required (YYYY-MM-DD)".into()))?;
+    let to =
+        q.to.ok_or_else(|| bad("to is required (YYYY-MM-DD)".into()))?;
     if from > to {
         return Err(bad(format!("from ({from}) is after to ({to})")));
     }
@@ -95,9 +74,54 @@ pub fn parse(kind: Kind, query: Option<&str>, max_days: u32) -> Result<Query, Ap
     Ok(Query {
         from,
         to,
-        event_name,
-        limit: limit.unwrap_or(DEFAULT_LIMIT),
+        event_name: q.event_name,
+        limit: q.limit.unwrap_or(DEFAULT_LIMIT),
     })
+}
+
+fn bad(message: String) -> ApiError {
+    ApiError::BadQuery(message)
+}
+
+/// The parameters of a query string as given, each checked on its own.
+#[derive(Default)]
+struct Params {
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+    event_name: Option<String>,
+    limit: Option<u32>,
+}
+
+impl Params {
+    /// One parameter: those of the endpoint, and `api_key` (read by [`authenticate`]).
+    fn set(&mut self, kind: Kind, k: &str, v: &str) -> Result<(), ApiError> {
+        let date = |v: &str| {
+            NaiveDate::parse_from_str(v, "%Y-%m-%d")
+                .map_err(|_| bad(format!("{k} must be a date YYYY-MM-DD, got {v:?}")))
+        };
+        match (k, kind) {
+            ("from", _) => self.from = Some(date(v)?),
+            ("to", _) => self.to = Some(date(v)?),
+            ("event_name", Kind::Daily) => {
+                self.event_name = Some(EventName::parse(v).map_err(bad)?.into_inner())
+            }
+            ("limit", Kind::Top) => self.limit = Some(limit(v)?),
+            ("api_key", _) => {}
+            (other, _) => return Err(bad(format!("unknown parameter {other:?}"))),
+        }
+        Ok(())
+    }
+}
+
+/// `limit`: 1 to [`MAX_LIMIT`].
+fn limit(v: &str) -> Result<u32, ApiError> {
+    let n: u32 = v
+        .parse()
+        .map_err(|_| bad(format!("limit must be a whole number, got {v:?}")))?;
+    if !(1..=MAX_LIMIT).contains(&n) {
+        return Err(bad(format!("limit must be 1 to {MAX_LIMIT}, got {n}")));
+    }
+    Ok(n)
 }
 
 /// The cache key: the app, the endpoint and the query; invalidating `{prefix}:v1:{app}:` clears
@@ -156,39 +180,47 @@ async fn answer(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let grant = authenticate(state, req, KeyKind::Read).await?;
     let q = parse(kind, req.uri().query(), state.config.stats_max_range_days)?;
-    let today = Utc::now().date_naive();
-    let ttl = if q.to >= today {
+    let generation = state.privacy.generation(&grant.app_id);
+    let key = cache_key(state.cache.prefix(), &grant.app_id, generation, kind, &q);
+    let ttl = ttl(state, &q);
+    let (app, db) = (grant.app_id.to_string(), state.pools.read.clone());
+    let (body, hit) = state
+        .cache
+        .get_or_compute(&key, ttl, || compute(db, app, kind, q))
+        .await?;
+    Ok(cached_response(body, hit))
+}
+
+/// How long an answer is cached: briefly when its range includes today, long otherwise.
+fn ttl(state: &AppState, q: &Query) -> std::time::Duration {
+    if q.to >= Utc::now().date_naive() {
         state.config.cache_ttl_live
     } else {
         state.config.cache_ttl_closed
+    }
+}
+
+/// The answer's JSON from the read pool (its failure logged: the cache passes on only that
+/// it failed).
+async fn compute(db: Db, app: String, kind: Kind, q: Query) -> Result<String, ComputeFailed> {
+    let r = match kind {
+        Kind::Daily => daily(&db, &app, &q).await,
+        Kind::Top => top(&db, &app, &q).await,
     };
-    let generation = state.privacy.generation(&grant.app_id);
-    let key = cache_key(state.cache.prefix(), &grant.app_id, generation, kind, &q);
-    let app = grant.app_id.to_string();
-    let db = state.pools.read.clone();
-    let (body, hit) = state
-        .cache
-        .get_or_compute(&key, ttl, || async move {
-            let r = match kind {
-                Kind::Daily => daily(&db, &app, &q).await,
-                Kind::Top => top(&db, &app, &q).await,
-            };
-            r.map_err(|e| {
-                tracing::warn!(error = %e, "Read query failed.");
-                crate::cache::ComputeFailed
-            })
-        })
-        .await?;
-    let mut resp = Response::builder()
-        .status(StatusCode::OK)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_default();
+    r.map_err(|e| {
+        tracing::warn!(error = %e, "Read query failed.");
+        ComputeFailed
+    })
+}
+
+/// `200` with the answer's JSON and `X-Cache: HIT|MISS`.
+fn cached_response(body: String, hit: bool) -> Response<Full<Bytes>> {
+    let mut resp = crate::reply::json_text(StatusCode::OK, body);
     resp.headers_mut().insert(
         "x-cache",
         HeaderValue::from_static(if hit { "HIT" } else { "MISS" }),
     );
-    Ok(resp)
+    resp
 }
 
 /// Per (day, event name): the summary's counts plus the inserted events not yet folded into it

@@ -5,18 +5,25 @@
 //! with SCAN (never KEYS). The cache may live on another, LRU, Redis (`CACHE_REDIS_URL`). Every
 //! call is bounded by a short timeout and a cache that is down is simply a miss: answers still
 //! come from PostgreSQL.
+//!
+//! Here: connection, `GET`, `SET EX` and single flight. `counts.rs`: hit and miss counts, the
+//! gauges loop, `cache stats`. `scan.rs`: invalidation and the count of cached answers.
+
+mod counts;
+mod scan;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde::Serialize;
 use shared::redis_conn::RedisConn;
 use shared::secret::Secret;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
+
+pub use counts::CacheStats;
 
 /// The computation behind a miss failed (the closure that ran it logged why); every request
 /// that waited on the same flight gets this too.
@@ -36,17 +43,6 @@ pub struct Cache {
     unflushed: [AtomicU64; 2],
 }
 
-/// What `ingest-gateway cache stats` prints.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct CacheStats {
-    pub hits: u64,
-    pub misses: u64,
-    pub hit_ratio: Option<f64>,
-    pub keys: u64,
-    pub memory_bytes: Option<u64>,
-    pub maxmemory_policy: Option<String>,
-}
-
 impl Cache {
     pub fn new(url: Secret, prefix: &str, timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
@@ -64,6 +60,15 @@ impl Cache {
     /// The prefix of every cache key (so invalidation never touches the queue's keys).
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The prefix of the cached answers: every app's, or one app's (see
+    /// [`crate::stats::cache_key`]).
+    pub fn answers_prefix(&self, app: Option<&str>) -> String {
+        match app {
+            Some(app) => format!("{}:v1:{app}:", self.prefix),
+            None => format!("{}:v1:", self.prefix),
+        }
     }
 
     /// Tries to connect once; `false` when the cache Redis is unreachable.
@@ -117,28 +122,6 @@ impl Cache {
         }
     }
 
-    /// Every `every` until `stop`: adds this process's hits and misses to Redis's daily
-    /// counters, and publishes the cache's keys, memory and hit ratio on `/metrics`; once more
-    /// at the stop, so no count is lost.
-    pub fn spawn_gauges(self: &Arc<Self>, every: Duration, tasks: &shared::tasks::Tasks) {
-        let me = self.clone();
-        let stop = tasks.stop_token();
-        tasks.spawn("cache_gauges", async move {
-            let each = me.clone();
-            shared::shutdown::every(every, stop, move || {
-                let me = each.clone();
-                async move {
-                    me.flush_counts().await;
-                    if let Some(s) = me.stats().await {
-                        shared::metrics::cache_state(s.keys, s.memory_bytes, s.hit_ratio);
-                    }
-                }
-            })
-            .await;
-            me.flush_counts().await;
-        });
-    }
-
     /// `GET`: the value, or none (also when the cache is down).
     pub async fn get(&self, key: &str) -> Option<String> {
         let mut conn = self.conn.get()?.clone();
@@ -171,142 +154,6 @@ impl Cache {
         .is_some()
     }
 
-    /// Deletes every cache key under `prefix` (which must lie inside [`Cache::prefix`]), with
-    /// SCAN and UNLINK in batches; the number deleted.
-    pub async fn invalidate_prefix(&self, prefix: &str) -> Option<u64> {
-        let mut conn = self.conn.get()?.clone();
-        let pattern = format!("{}*", escape_glob(prefix));
-        let mut cursor: u64 = 0;
-        let mut deleted = 0;
-        loop {
-            let (next, keys) = tokio::time::timeout(
-                self.timeout * 5,
-                self.scan_page(&mut conn, cursor, &pattern),
-            )
-            .await
-            .ok()??;
-            if !keys.is_empty() {
-                let n: u64 = redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async(&mut conn)
-                    .await
-                    .ok()?;
-                deleted += n;
-            }
-            cursor = next;
-            if cursor == 0 {
-                return Some(deleted);
-            }
-        }
-    }
-
-    /// One SCAN page of the keys matching `pattern`, on the node holding the cache's keys: the
-    /// next cursor and the keys.
-    async fn scan_page(
-        &self,
-        conn: &mut RedisConn,
-        cursor: u64,
-        pattern: &str,
-    ) -> Option<(u64, Vec<String>)> {
-        let mut scan = redis::cmd("SCAN");
-        scan.arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000);
-        conn.query_at_key(&scan, &self.prefix).await.ok()
-    }
-
-    fn stats_key(&self, what: &str) -> String {
-        format!(
-            "{}:stats:{what}:{}",
-            self.prefix,
-            chrono::Utc::now().format("%Y%m%d")
-        )
-    }
-
-    /// Counts a hit or a miss: a Prometheus counter, and a count the gauges loop adds to Redis's
-    /// daily counter (kept two days), which `cache stats` reads across replicas.
-    pub fn record(&self, hit: bool) {
-        if hit {
-            shared::metrics::cache_hit();
-        } else {
-            shared::metrics::cache_miss();
-        }
-        self.unflushed[usize::from(!hit)].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Adds the hits and misses counted since the last flush to Redis's daily counters
-    /// (`INCRBY`, and `EXPIRE NX` of two days, atomically); what could not be added is kept for
-    /// the next flush.
-    pub async fn flush_counts(&self) {
-        let counts = [0, 1].map(|i| self.unflushed[i].swap(0, Ordering::Relaxed));
-        if counts == [0, 0] {
-            return;
-        }
-        let keys = [self.stats_key("hits"), self.stats_key("misses")];
-        let done = self
-            .call::<()>(|| {
-                let mut p = redis::pipe();
-                p.atomic();
-                for (key, n) in keys.iter().zip(counts) {
-                    p.cmd("INCRBY").arg(key).arg(n).ignore();
-                    p.cmd("EXPIRE").arg(key).arg(2 * 86_400).arg("NX").ignore();
-                }
-                p
-            })
-            .await;
-        if done.is_none() {
-            for (i, n) in counts.into_iter().enumerate() {
-                self.unflushed[i].fetch_add(n, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Today's hits and misses, the number of cached answers, and the cache Redis's memory.
-    pub async fn stats(&self) -> Option<CacheStats> {
-        let mut conn = self.conn.get()?.clone();
-        let (hits, misses): (Option<u64>, Option<u64>) = tokio::time::timeout(
-            self.timeout,
-            redis::pipe()
-                .get(self.stats_key("hits"))
-                .get(self.stats_key("misses"))
-                .query_async(&mut conn),
-        )
-        .await
-        .ok()?
-        .ok()?;
-        let (hits, misses) = (hits.unwrap_or(0), misses.unwrap_or(0));
-        let mut keys = 0;
-        let mut cursor: u64 = 0;
-        let pattern = format!("{}:v1:*", escape_glob(&self.prefix));
-        loop {
-            let (next, batch) = self.scan_page(&mut conn, cursor, &pattern).await?;
-            keys += batch.len() as u64;
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
-        let info: String = conn
-            .query_at_key(redis::cmd("INFO").arg("memory"), &self.prefix)
-            .await
-            .ok()?;
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.trim().to_owned())
-        };
-        Some(CacheStats {
-            hits,
-            misses,
-            hit_ratio: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
-            keys,
-            memory_bytes: field("used_memory:").and_then(|v| v.parse().ok()),
-            maxmemory_policy: field("maxmemory_policy:"),
-        })
-    }
-
     /// The cached value of `key`, or `compute`'s result, stored for `ttl`. Concurrent misses of
     /// one key in this process compute once. Refresh-ahead: an answer is kept for twice `ttl`, and
     /// once it is older than `ttl` the first request to see it recomputes it while the others are
@@ -322,48 +169,65 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<String, ComputeFailed>>,
     {
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        let cached = self.get(key).await;
-        if let Some((fresh_until, value)) = cached.as_deref().and_then(split_entry) {
-            let stale = now_ms >= fresh_until;
-            // A stale answer is refreshed by one request; the others keep being served it.
-            if !stale
-                || self
-                    .inflight
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .contains_key(key)
-            {
-                self.record(true);
-                return Ok((value.to_owned(), true));
-            }
+        if let Some(value) = self.cached(key).await {
+            self.record(true);
+            return Ok((value, true));
         }
-        let flight: Flight = {
-            let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            map.entry(key.to_owned()).or_default().clone()
-        };
+        let out = self.compute_once(key, ttl, compute).await;
+        self.record(false);
+        out.map(|v| (v, false))
+    }
+
+    /// The cached answer of `key` while it is fresh, or while stale if another request of this
+    /// process is refreshing it (a stale answer is refreshed by one request; the others keep
+    /// being served it).
+    async fn cached(&self, key: &str) -> Option<String> {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let cached = self.get(key).await?;
+        let (fresh_until, value) = split_entry(&cached)?;
+        (now_ms < fresh_until || self.flights().contains_key(key)).then(|| value.to_owned())
+    }
+
+    /// `compute`, run by one of the concurrent callers for `key` (the others wait for its
+    /// result); an answer is stored fresh for `ttl`.
+    async fn compute_once<F, Fut>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        compute: F,
+    ) -> Result<String, ComputeFailed>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<String, ComputeFailed>>,
+    {
+        let flight = self.flights().entry(key.to_owned()).or_default().clone();
         let mut computed_here = false;
         let out = flight
             .get_or_init(|| async {
                 computed_here = true;
                 let r = compute().await;
                 if let Ok(v) = &r {
-                    let fresh_until =
-                        chrono::Utc::now().timestamp_millis() + ttl.as_millis() as i64;
-                    self.put(key, &format!("{fresh_until}|{v}"), ttl * 2).await;
+                    self.put_entry(key, v, ttl).await;
                 }
                 r
             })
             .await
             .clone();
         if computed_here {
-            self.inflight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(key);
+            self.flights().remove(key);
         }
-        self.record(false);
-        out.map(|v| (v, false))
+        out
+    }
+
+    fn flights(&self) -> MutexGuard<'_, HashMap<String, Flight>> {
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores `value` as fresh for `ttl` and kept for twice that (see [`split_entry`]).
+    async fn put_entry(&self, key: &str, value: &str, ttl: Duration) {
+        let fresh_until = chrono::Utc::now().timestamp_millis() + ttl.as_millis() as i64;
+        self.put(key, &format!("{fresh_until}|{value}"), ttl * 2)
+            .await;
     }
 }
 
@@ -371,18 +235,6 @@ impl Cache {
 fn split_entry(raw: &str) -> Option<(i64, &str)> {
     let (t, v) = raw.split_once('|')?;
     Some((t.parse().ok()?, v))
-}
-
-/// Escapes Redis glob characters so a prefix matches itself only.
-fn escape_glob(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -394,11 +246,5 @@ mod tests {
         assert_eq!(split_entry("1700|{\"a\":1}"), Some((1700, "{\"a\":1}")));
         assert_eq!(split_entry("{\"a\":1}"), None);
         assert_eq!(split_entry("x|y"), None);
-    }
-
-    #[test]
-    fn glob_characters_are_escaped() {
-        assert_eq!(escape_glob("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
-        assert_eq!(escape_glob("sluice:cache:app_1"), "sluice:cache:app_1");
     }
 }

@@ -1,8 +1,13 @@
 use std::io::Write;
 
-use http::HeaderValue;
+use base64::Engine;
+use bytes::Bytes;
+use chrono::Utc;
+use http::{HeaderMap, HeaderValue};
 
+use super::keys::{basic_user, header_key};
 use super::*;
+use crate::validate::BodyError;
 
 #[test]
 fn routes_name_their_family_and_type() {

@@ -1,7 +1,13 @@
 use chrono::{Duration, TimeZone};
 use serde_json::json;
 
+use serde_json::value::RawValue;
+use serde_json::Value;
+use shared::queue::QueuedEvent;
+
+use super::metadata::check_raw;
 use super::*;
+use crate::validate::MAX_METADATA_DEPTH;
 
 fn ctx() -> Context<'static> {
     let now = Utc
