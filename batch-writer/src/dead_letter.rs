@@ -4,6 +4,7 @@
 use serde::Serialize;
 use shared::db::{Db, DbError};
 use shared::queue::{self, Keys, QueuedEvent};
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 /// One dead letter as `dead-letter list` shows it.
@@ -21,6 +22,13 @@ pub struct DeadLetter {
     pub event: Option<serde_json::Value>,
 }
 
+const INSERT_EVENT: &str = "INSERT INTO dead_letters \
+    (event_id, app_id, payload, error, stream, entry_id, deliveries) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING";
+
+const LEDGER_PARTS: &str = "INSERT INTO entry_ledger (entry_key, whole) VALUES ($1, false) \
+    ON CONFLICT (entry_key) DO NOTHING";
+
 /// Stores one refused event, once: a second delivery of its entry (its writer died before the
 /// acknowledgement) finds it there and adds nothing. In the same transaction the entry gets a
 /// "parts" ledger row (if it has none): its other events may have been written, or none, and a
@@ -35,41 +43,40 @@ pub async fn store_event(
     entry: (&str, Uuid),
     deliveries: u32,
 ) -> Result<(), DbError> {
-    let payload = queue::encode(std::slice::from_ref(event)).map_err(|e| DbError::Other {
-        op: "encode dead letter",
-        message: e.to_string(),
-    })?;
+    let payload = payload(event)?;
     let (entry_id, entry_key) = entry;
     let (event_id, app_id) = (event.event_id, event.app_id.clone());
     let (error, stream, entry_id) = (error.to_owned(), stream.to_owned(), entry_id.to_owned());
+    let deliveries = deliveries as i32;
     db.transaction("store dead letter", move |tx| {
         Box::pin(async move {
-            tx.execute(
-                "INSERT INTO dead_letters (event_id, app_id, payload, error, stream, entry_id, deliveries) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                &[
-                    &event_id,
-                    &app_id,
-                    &payload,
-                    &error,
-                    &stream,
-                    &entry_id,
-                    &(deliveries as i32),
-                ],
-            )
-            .await
-            .map_err(DbError::query("store dead letter"))?;
-            tx.execute(
-                "INSERT INTO entry_ledger (entry_key, whole) VALUES ($1, false) \
-                 ON CONFLICT (entry_key) DO NOTHING",
-                &[&entry_key],
-            )
-            .await
-            .map_err(DbError::query("record dead-lettered entry"))?;
+            let row: [&(dyn ToSql + Sync); 7] = [
+                &event_id,
+                &app_id,
+                &payload,
+                &error,
+                &stream,
+                &entry_id,
+                &deliveries,
+            ];
+            tx.execute(INSERT_EVENT, &row)
+                .await
+                .map_err(DbError::query("store dead letter"))?;
+            tx.execute(LEDGER_PARTS, &[&entry_key])
+                .await
+                .map_err(DbError::query("record dead-lettered entry"))?;
             Ok(())
         })
     })
     .await
+}
+
+/// One event as a dead letter's payload.
+fn payload(event: &QueuedEvent) -> Result<Vec<u8>, DbError> {
+    queue::encode(std::slice::from_ref(event)).map_err(|e| DbError::Other {
+        op: "encode dead letter",
+        message: e.to_string(),
+    })
 }
 
 /// Stores an entry that cannot be decoded, as it was, once per stream entry.
@@ -214,20 +221,10 @@ async fn replay_one(
         .transaction()
         .await
         .map_err(DbError::query("begin replay"))?;
-    let Some(row) = tx
-        .query_opt(
-            "SELECT payload FROM dead_letters WHERE id = $1 FOR UPDATE SKIP LOCKED",
-            &[&id],
-        )
-        .await
-        .map_err(DbError::query("lock dead letter"))?
-    else {
+    let Some(payload) = lock(&tx, id).await? else {
         return Ok(0);
     };
-    let payload: Vec<u8> = row.get(0);
-    let mut events = queue::decode(&payload)?;
-    let erased = erased_users(&tx, &events).await?;
-    events.retain(|e| !erased.contains(&user_of(e)));
+    let events = replayable(&tx, payload).await?;
     if events.is_empty() {
         // Every event is of a user being erased or suppressed: the erasure removes the row.
         tracing::info!(
@@ -236,10 +233,51 @@ async fn replay_one(
         );
         return Ok(0);
     }
+    push(redis, keys, script, id, &events).await?;
+    tx.execute("DELETE FROM dead_letters WHERE id = $1", &[&id])
+        .await
+        .map_err(DbError::query("delete dead letter"))?;
+    tx.commit().await.map_err(DbError::query("commit replay"))?;
+    Ok(events.len())
+}
+
+/// Dead letter `id`'s payload, locked for this transaction; `None` when another replay holds it
+/// or it is gone.
+async fn lock(tx: &tokio_postgres::Transaction<'_>, id: i64) -> Result<Option<Vec<u8>>, DbError> {
+    let row = tx
+        .query_opt(
+            "SELECT payload FROM dead_letters WHERE id = $1 FOR UPDATE SKIP LOCKED",
+            &[&id],
+        )
+        .await
+        .map_err(DbError::query("lock dead letter"))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// The events of a dead letter's payload to put back on the queue: those of users under erasure
+/// or suppressed are withheld, the others marked for dedupe.
+async fn replayable(
+    tx: &tokio_postgres::Transaction<'_>,
+    payload: Vec<u8>,
+) -> anyhow::Result<Vec<QueuedEvent>> {
+    let mut events = queue::decode(&payload)?;
+    let erased = erased_users(tx, &events).await?;
+    events.retain(|e| !erased.contains(&user_of(e)));
     for e in &mut events {
         e.client_id = true;
     }
-    let payload = queue::encode(&events)?;
+    Ok(events)
+}
+
+/// Pushes dead letter `id`'s `events` onto the queue as one entry.
+async fn push(
+    redis: &mut shared::redis_conn::RedisConn,
+    keys: &Keys,
+    script: &redis::Script,
+    id: i64,
+    events: &[QueuedEvent],
+) -> anyhow::Result<()> {
+    let payload = queue::encode(events)?;
     // The id decides the shard, so the replay is spread like the original traffic.
     let shard = (id as u64 % keys.shards() as u64) as u16;
     // The dead letter's id makes the push once-only (a cluster client may resend it).
@@ -249,9 +287,5 @@ async fn replay_one(
         queue::push_invocation(script, keys, shard, token, [(events.len(), &payload[..])])
             .invoke_async(redis)
             .await?;
-    tx.execute("DELETE FROM dead_letters WHERE id = $1", &[&id])
-        .await
-        .map_err(DbError::query("delete dead letter"))?;
-    tx.commit().await.map_err(DbError::query("commit replay"))?;
-    Ok(events.len())
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The batch writer: drains the event streams through one consumer group and writes the events
 //! into `analytics_events` with binary COPY, exactly once.
 //!
+//! - [`cli`]: the command line and the `dead-letter` commands.
 //! - [`config`]: environment to [`WriterConfig`].
 //! - [`reader`]: XREADGROUP / XAUTOCLAIM on one shard, raw reply parsing.
 //! - [`pipeline`]: readers → batcher → writers → acknowledgement; retries and splitting.
@@ -10,6 +11,7 @@
 //! - [`dead_letter`]: the dead-letter table, `dead-letter list` and `replay`.
 
 pub mod bookkeeping;
+pub mod cli;
 pub mod config;
 pub mod dead_letter;
 pub mod pending;
@@ -87,34 +89,40 @@ pub async fn run(
         shutdown.clone(),
         &tasks,
     );
-    let db = daemon::pool(&config.db, PoolName::Write)?;
-    if !daemon::connect(&db, &startup, &shutdown).await? {
-        ops.stop().await;
-        return Ok(());
-    }
-    startup.started(daemon::pool_ready(db.clone()));
-    daemon::spawn_upkeep(&db, &tasks);
-    let Some(redis) = connect_redis(&config, &shutdown).await? else {
+    let Some(ctx) = start(config, &startup, &tasks, shutdown).await? else {
         chores.cancel();
         ops.stop().await;
         return Ok(());
     };
-    let Some(pipeline) = register(&db, &config.stream_prefix, &shutdown).await else {
-        chores.cancel();
-        ops.stop().await;
-        return Ok(());
-    };
-    tracing::info!(consumer = %config.consumer, shards = config.stream_shards, pipeline, "Batch writer running.");
-    let ctx = Arc::new(pipeline::Ctx::new(
-        config,
-        pipeline,
-        store::Store::new(db),
-        redis,
-        shutdown,
-    ));
     pipeline::run(ctx, &tasks).await;
     chores.cancel();
     tracing::info!("Batch writer stopped.");
     ops.stop().await;
     Ok(())
+}
+
+/// Opens the write pool (waiting, not ready, while PostgreSQL refuses), connects to the queue
+/// and registers the pipeline; `None` when `shutdown` came first.
+async fn start(
+    config: WriterConfig,
+    startup: &daemon::Startup,
+    tasks: &Tasks,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Option<Arc<pipeline::Ctx>>> {
+    let db = daemon::pool(&config.db, PoolName::Write)?;
+    if !daemon::connect(&db, startup, &shutdown).await? {
+        return Ok(None);
+    }
+    startup.started(daemon::pool_ready(db.clone()));
+    daemon::spawn_upkeep(&db, tasks);
+    let Some(redis) = connect_redis(&config, &shutdown).await? else {
+        return Ok(None);
+    };
+    let Some(pipeline) = register(&db, &config.stream_prefix, &shutdown).await else {
+        return Ok(None);
+    };
+    tracing::info!(consumer = %config.consumer, shards = config.stream_shards, pipeline, "Batch writer running.");
+    let store = store::Store::new(db);
+    let ctx = pipeline::Ctx::new(config, pipeline, store, redis, shutdown);
+    Ok(Some(Arc::new(ctx)))
 }

@@ -113,23 +113,7 @@ impl Reader {
             .arg(count)
             .query_async(&mut self.conn)
             .await?;
-        let mut entries = Vec::new();
-        if let Value::Array(mut parts) = reply {
-            if parts.len() >= 3 {
-                if let Value::Array(deleted) = parts.swap_remove(2) {
-                    if !deleted.is_empty() {
-                        tracing::error!(
-                            count = deleted.len(),
-                            stream = %self.stream,
-                            "Entries were deleted from the stream while pending: their events are lost."
-                        );
-                    }
-                }
-            }
-            if parts.len() >= 2 {
-                parse_entries(parts.swap_remove(1), self.shard, &mut entries);
-            }
-        }
+        let mut entries = self.claimed(reply);
         if entries.is_empty() {
             return Ok(entries);
         }
@@ -141,6 +125,29 @@ impl Reader {
             e.deliveries = counts.get(&e.id).copied().unwrap_or(2).max(2);
         }
         Ok(entries)
+    }
+
+    /// The entries of an `XAUTOCLAIM` reply; entries deleted while pending are logged as lost.
+    fn claimed(&self, reply: Value) -> Vec<Entry> {
+        let mut entries = Vec::new();
+        let Value::Array(mut parts) = reply else {
+            return entries;
+        };
+        if parts.len() >= 3 {
+            if let Value::Array(deleted) = parts.swap_remove(2) {
+                if !deleted.is_empty() {
+                    tracing::error!(
+                        count = deleted.len(),
+                        stream = %self.stream,
+                        "Entries were deleted from the stream while pending: their events are lost."
+                    );
+                }
+            }
+        }
+        if parts.len() >= 2 {
+            parse_entries(parts.swap_remove(1), self.shard, &mut entries);
+        }
+        entries
     }
 
     async fn delivery_counts(
@@ -205,49 +212,72 @@ fn text(v: &Value) -> Option<String> {
 /// Parses `[[id, [field, value, ...]], ...]`.
 fn parse_entries(v: Value, shard: u16, out: &mut Vec<Entry>) {
     let Value::Array(items) = v else { return };
-    for item in items {
-        let Value::Array(mut pair) = item else {
-            continue;
-        };
-        if pair.len() != 2 {
-            continue;
-        }
-        let fields = pair.pop();
-        let Some(id) = pair.first().and_then(text) else {
-            continue;
-        };
-        let mut version = None;
-        let mut payload = None;
-        let mut declared = 0usize;
-        if let Some(Value::Array(f)) = fields {
-            let mut it = f.into_iter();
-            while let (Some(k), Some(val)) = (it.next(), it.next()) {
-                match (text(&k).as_deref(), val) {
-                    (Some("v"), v) => version = text(&v),
-                    (Some("n"), v) => declared = text(&v).and_then(|s| s.parse().ok()).unwrap_or(0),
-                    (Some("d"), Value::BulkString(b)) => payload = Some(b),
-                    _ => {}
-                }
+    out.extend(
+        items
+            .into_iter()
+            .filter_map(|item| parse_entry(item, shard)),
+    );
+}
+
+/// One `[id, [field, value, ...]]`; `None` when it is not of that shape.
+fn parse_entry(item: Value, shard: u16) -> Option<Entry> {
+    let Value::Array(mut pair) = item else {
+        return None;
+    };
+    if pair.len() != 2 {
+        return None;
+    }
+    let fields = match pair.pop() {
+        Some(Value::Array(f)) => Fields::of(f),
+        _ => Fields::default(),
+    };
+    let id = pair.first().and_then(text)?;
+    Some(Entry {
+        shard,
+        id,
+        deliveries: 1,
+        declared: fields.declared,
+        content: content(fields.version, fields.payload),
+    })
+}
+
+/// An entry's fields: `v` (the format version), `n` (the events declared), `d` (the payload).
+#[derive(Default)]
+struct Fields {
+    version: Option<String>,
+    declared: usize,
+    payload: Option<Vec<u8>>,
+}
+
+impl Fields {
+    fn of(f: Vec<Value>) -> Self {
+        let mut out = Self::default();
+        let mut it = f.into_iter();
+        while let (Some(k), Some(val)) = (it.next(), it.next()) {
+            match (text(&k).as_deref(), val) {
+                (Some("v"), v) => out.version = text(&v),
+                (Some("n"), v) => out.declared = text(&v).and_then(|s| s.parse().ok()).unwrap_or(0),
+                (Some("d"), Value::BulkString(b)) => out.payload = Some(b),
+                _ => {}
             }
         }
-        let content = match (version.as_deref(), payload) {
-            (Some(v), Some(p)) if queue::READABLE_VERSIONS.contains(&v) => {
-                match queue::decode(&p) {
-                    Ok(events) => Ok(events),
-                    Err(e) => Err((p, format!("undecodable payload: {e}"))),
-                }
-            }
-            (v, p) => Err((
-                p.unwrap_or_default(),
-                format!("unknown entry format (version {v:?})"),
-            )),
-        };
-        out.push(Entry {
-            shard,
-            id,
-            deliveries: 1,
-            declared,
-            content,
-        });
+        out
+    }
+}
+
+/// The events of a payload in a readable format, or the payload and why it cannot be read.
+fn content(
+    version: Option<String>,
+    payload: Option<Vec<u8>>,
+) -> Result<Vec<QueuedEvent>, (Vec<u8>, String)> {
+    match (version.as_deref(), payload) {
+        (Some(v), Some(p)) if queue::READABLE_VERSIONS.contains(&v) => match queue::decode(&p) {
+            Ok(events) => Ok(events),
+            Err(e) => Err((p, format!("undecodable payload: {e}"))),
+        },
+        (v, p) => Err((
+            p.unwrap_or_default(),
+            format!("unknown entry format (version {v:?})"),
+        )),
     }
 }

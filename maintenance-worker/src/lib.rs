@@ -2,6 +2,7 @@
 //! the summary view and planner statistics in order on its own cron schedules and carries out
 //! erasure requests, with one replica acting at a time.
 //!
+//! - [`cli`]: the command line and the one-shot commands.
 //! - [`config`]: environment to [`MaintenanceConfig`], schedules parsed at start.
 //! - [`migrate`]: the `migrate` command.
 //! - [`jobs`]: the jobs, one file each, run under a per-job lock.
@@ -12,6 +13,7 @@
 //! - [`stats`]: the `stats` report.
 //! - [`metrics`]: this daemon's metrics.
 
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod erasure;
@@ -30,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use shared::daemon::{self, Ops};
 use shared::db::Db;
 use shared::metrics::{Daemon, PoolName};
-use shared::ops::Readiness;
+use shared::ops::{Readiness, ReadyCheck};
 use shared::tasks::Tasks;
 
 pub use config::MaintenanceConfig;
@@ -115,34 +117,9 @@ pub async fn run(
         return Ok(());
     }
     let leader = leader::Leadership::default();
-    let ctx = job_ctx(&config, db.clone(), clock.clone());
-    let ready = {
-        let (leader, db, clock) = (leader.clone(), db.clone(), clock.clone());
-        Arc::new(move || {
-            let (leader, db, clock) = (leader.clone(), db.clone(), clock.clone());
-            Box::pin(async move {
-                let health = db.health().await;
-                let ahead = jobs::partitions::months_ahead(&db, clock.now()).await.ok();
-                let quarantine = jobs::partitions::quarantine_rows(&db).await.ok();
-                Readiness {
-                    ready: health.reachable && ahead.is_some_and(|a| a >= 2),
-                    detail: serde_json::json!({
-                        "pools": [health],
-                        "partitions_ahead_months": ahead,
-                        "quarantine_rows": quarantine,
-                        "leader": leader.is_leader(),
-                        "leader_attempts": leader.attempts(),
-                    }),
-                }
-            }) as futures::future::BoxFuture<'static, Readiness>
-        })
-    };
-    startup.started(ready);
+    startup.started(readiness(leader.clone(), db.clone(), clock.clone()));
     daemon::spawn_upkeep(&db, &watched);
-    let erasures = erasure::ErasureCtx::new(ctx.clone(), watched.stop_token());
-    let mut tasks = scheduler::spawn(config.schedules.clone(), ctx, leader.clone(), &watched);
-    tasks.push(erasure::spawn(erasures, leader.clone(), &watched));
-    leader.spawn(config.db.clone(), config.leader_retry, &watched);
+    let tasks = spawn_work(&config, job_ctx(&config, db, clock), leader, &watched);
     tracing::info!("Maintenance worker running.");
     shutdown.cancelled().await;
     for t in tasks {
@@ -151,4 +128,42 @@ pub async fn run(
     tracing::info!("Maintenance worker stopped.");
     ops.stop().await;
     Ok(())
+}
+
+/// Ready when the pool reaches the server and partitions are made two months ahead; the detail
+/// shows quarantine and leadership too.
+fn readiness(leader: leader::Leadership, db: Db, clock: Clock) -> ReadyCheck {
+    Arc::new(move || {
+        let (leader, db, clock) = (leader.clone(), db.clone(), clock.clone());
+        Box::pin(async move {
+            let health = db.health().await;
+            let ahead = jobs::partitions::months_ahead(&db, clock.now()).await.ok();
+            let quarantine = jobs::partitions::quarantine_rows(&db).await.ok();
+            Readiness {
+                ready: health.reachable && ahead.is_some_and(|a| a >= 2),
+                detail: serde_json::json!({
+                    "pools": [health],
+                    "partitions_ahead_months": ahead,
+                    "quarantine_rows": quarantine,
+                    "leader": leader.is_leader(),
+                    "leader_attempts": leader.attempts(),
+                }),
+            }
+        }) as futures::future::BoxFuture<'static, Readiness>
+    })
+}
+
+/// Starts the job schedules, the erasure loop and the leadership loop; returns the tasks to wait
+/// for at shutdown.
+fn spawn_work(
+    config: &MaintenanceConfig,
+    ctx: JobCtx,
+    leader: leader::Leadership,
+    watched: &Tasks,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let erasures = erasure::ErasureCtx::new(ctx.clone(), watched.stop_token());
+    let mut tasks = scheduler::spawn(config.schedules.clone(), ctx, leader.clone(), watched);
+    tasks.push(erasure::spawn(erasures, leader.clone(), watched));
+    leader.spawn(config.db.clone(), config.leader_retry, watched);
+    tasks
 }

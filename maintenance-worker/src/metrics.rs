@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{counter, gauge, histogram};
+use shared::metrics::{describe, Described, Kind};
 
 pub const DURATION: &str = "sluice_maintenance_duration_seconds";
 pub const LAST_SUCCESS: &str = "sluice_maintenance_last_success_timestamp_seconds";
@@ -13,27 +14,48 @@ pub const ROWS: &str = "sluice_maintenance_rows_total";
 pub const ERASURES: &str = "sluice_erasures_total";
 pub const ERASURE_ROWS: &str = "sluice_erasure_rows_total";
 
-pub fn register() {
-    describe_histogram!(DURATION, "Maintenance job duration by job.");
-    describe_gauge!(LAST_SUCCESS, "Unix time of each job's last success.");
-    describe_gauge!(
+const DESCRIBED: &[Described] = &[
+    (DURATION, Kind::Histogram, "Maintenance job duration by job."),
+    (
+        LAST_SUCCESS,
+        Kind::Gauge,
+        "Unix time of each job's last success.",
+    ),
+    (
         PARTITIONS_AHEAD,
-        "Months of partitions that exist after the current one."
-    );
-    describe_gauge!(QUARANTINE_ROWS, "Events waiting in events_quarantine.");
-    describe_gauge!(LEADER, "1 while this replica is the acting leader.");
-    describe_counter!(
+        Kind::Gauge,
+        "Months of partitions that exist after the current one.",
+    ),
+    (
+        QUARANTINE_ROWS,
+        Kind::Gauge,
+        "Events waiting in events_quarantine.",
+    ),
+    (
+        LEADER,
+        Kind::Gauge,
+        "1 while this replica is the acting leader.",
+    ),
+    (
         ROWS,
-        "Rows each maintenance job touched (moved, pruned, folded, vacuumed or sampled)."
-    );
-    describe_counter!(
+        Kind::Counter,
+        "Rows each maintenance job touched (moved, pruned, folded, vacuumed or sampled).",
+    ),
+    (
         ERASURES,
-        "Erasure requests finished, by outcome (done, failed)."
-    );
-    describe_counter!(
+        Kind::Counter,
+        "Erasure requests finished, by outcome (done, failed).",
+    ),
+    (
         ERASURE_ROWS,
-        "Rows erasure requests removed, by place (events, quarantine, dead_letters, summary_members)."
-    );
+        Kind::Counter,
+        "Rows erasure requests removed, by place (events, quarantine, dead_letters, summary_members).",
+    ),
+];
+
+/// Describes the worker's metrics and exports its counters at zero.
+pub fn register() {
+    describe(DESCRIBED);
     gauge!(LEADER).set(0.0);
     for job in crate::jobs::Job::ALL {
         counter!(ROWS, "job" => job.name()).absolute(0);

@@ -37,20 +37,27 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 /// The whole report as text.
 pub async fn report(db: &Db) -> Result<String, DbError> {
-    let mut out = String::new();
-    let tables = db
-        .query(
-            "stats: tables",
-            "SELECT c.relname::text, pg_total_relation_size(c.oid), pg_relation_size(c.oid), \
-                    pg_indexes_size(c.oid), greatest(c.reltuples, 0)::bigint, \
-                    coalesce(s.n_dead_tup, 0), coalesce(s.n_live_tup, 0) \
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid \
-             WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm') \
-             ORDER BY c.relname",
-            &[],
-        )
-        .await?;
+    let mut out = tables(db).await?;
+    out.push_str(&partitions_total(db).await?);
+    out.push_str(&indexes(db).await?);
+    out.push_str(&counts(db).await?);
+    Ok(out)
+}
+
+/// Every table and partition of the schema (and materialized view): sizes, row estimate, dead
+/// and live tuples.
+const TABLES: &str = "
+SELECT c.relname::text, pg_total_relation_size(c.oid), pg_relation_size(c.oid),
+       pg_indexes_size(c.oid), greatest(c.reltuples, 0)::bigint,
+       coalesce(s.n_dead_tup, 0), coalesce(s.n_live_tup, 0)
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+ WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm')
+ ORDER BY c.relname";
+
+/// Every table, partition and materialized view: sizes, row estimate, dead tuples.
+async fn tables(db: &Db) -> Result<String, DbError> {
+    let tables = db.query("stats: tables", TABLES, &[]).await?;
     let rows: Vec<Vec<String>> = tables
         .iter()
         .map(|r| {
@@ -64,18 +71,19 @@ pub async fn report(db: &Db) -> Result<String, DbError> {
             ]
         })
         .collect();
-    out.push_str("Tables and partitions\n");
-    out.push_str(&table(
-        &[
-            "table",
-            "total",
-            "heap",
-            "indexes",
-            "rows (estimate)",
-            "dead tuples",
-        ],
-        &rows,
-    ));
+    let header = [
+        "table",
+        "total",
+        "heap",
+        "indexes",
+        "rows (estimate)",
+        "dead tuples",
+    ];
+    Ok(format!("Tables and partitions\n{}", table(&header, &rows)))
+}
+
+/// The size of every partition of `analytics_events` together.
+async fn partitions_total(db: &Db) -> Result<String, DbError> {
     let total: i64 = db
         .query_one(
             "stats: total",
@@ -85,10 +93,14 @@ pub async fn report(db: &Db) -> Result<String, DbError> {
         )
         .await?
         .get(0);
-    out.push_str(&format!(
+    Ok(format!(
         "\nanalytics_events, all partitions: {}\n",
         mib(total)
-    ));
+    ))
+}
+
+/// The 25 largest indexes and how often each was scanned.
+async fn indexes(db: &Db) -> Result<String, DbError> {
     let indexes = db
         .query(
             "stats: indexes",
@@ -108,24 +120,23 @@ pub async fn report(db: &Db) -> Result<String, DbError> {
             ]
         })
         .collect();
-    out.push_str("\nLargest indexes\n");
-    out.push_str(&table(&["index", "table", "size", "scans"], &rows));
-    let quarantine: i64 = db
-        .query_one(
-            "stats: quarantine",
-            "SELECT count(*) FROM events_quarantine",
-            &[],
-        )
-        .await?
-        .get(0);
-    let dead_letters: i64 = db
-        .query_one(
-            "stats: dead letters",
-            "SELECT count(*) FROM dead_letters",
-            &[],
-        )
-        .await?
-        .get(0);
+    Ok(format!(
+        "\nLargest indexes\n{}",
+        table(&["index", "table", "size", "scans"], &rows)
+    ))
+}
+
+/// Quarantined rows, dead letters and the buffer cache hit ratio.
+async fn counts(db: &Db) -> Result<String, DbError> {
+    let count = |op: &'static str, sql: &'static str| async move {
+        db.query_one(op, sql, &[]).await.map(|r| r.get::<_, i64>(0))
+    };
+    let quarantine = count(
+        "stats: quarantine",
+        "SELECT count(*) FROM events_quarantine",
+    )
+    .await?;
+    let dead_letters = count("stats: dead letters", "SELECT count(*) FROM dead_letters").await?;
     let hit: Option<f64> = db
         .query_one(
             "stats: cache hit ratio",
@@ -135,9 +146,8 @@ pub async fn report(db: &Db) -> Result<String, DbError> {
         )
         .await?
         .get(0);
-    out.push_str(&format!(
+    Ok(format!(
         "\nRows in quarantine: {quarantine}\nDead letters: {dead_letters}\nBuffer cache hit ratio: {}\n",
         hit.map_or("n/a".to_owned(), |h| format!("{:.2}%", h * 100.0))
-    ));
-    Ok(out)
+    ))
 }

@@ -128,9 +128,6 @@ impl DbConfig {
         let (rmax, rmin) = read.map_or((0, 0), |n| n.size(v.read_max, v.read_min));
         (self.primary.pool_max, self.primary.pool_min) = (wmax, wmin);
         (self.read_pool_max, self.read_pool_min) = (rmax, rmin);
-        if let Some(r) = &mut self.replica {
-            (r.pool_max, r.pool_min) = (rmax, rmin);
-        }
         self
     }
 }
@@ -290,7 +287,11 @@ mod tests {
             .sized_for(Some(writer(3)), None);
         assert_eq!((db.primary.pool_max, db.primary.pool_min), (5, 3));
         assert_eq!((db.read_pool_max, db.read_pool_min), (0, 0));
-        assert_eq!(db.replica.map(|r| r.pool_max), Some(0));
+        let read = db.read_endpoint();
+        assert_eq!(
+            (read.host.as_str(), read.pool_max, read.pool_min),
+            ("replica", 0, 0)
+        );
     }
 
     #[test]

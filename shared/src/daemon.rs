@@ -66,25 +66,14 @@ where
     let mut backoff =
         crate::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
-        let attempt = async {
-            db.warm().await?;
-            check_schema(db).await?;
-            Ok(first().await?)
-        };
-        match attempt.await {
+        match try_open(db, &mut first).await {
             Ok(v) => {
                 startup.note(None);
                 return Ok(Some(v));
             }
             // A refusal, or a failed query (not a schema mismatch).
             Err(StartError::Db(e) | StartError::Schema(schema::SchemaError::Db(e))) => {
-                tracing::warn!(
-                    pool = db.name().as_str(),
-                    sqlstate = e.sql_state().unwrap_or("none"),
-                    error = %e,
-                    "Cannot open the database pool; not ready, retrying."
-                );
-                startup.note(Some(e.to_string()));
+                note_refusal(db, startup, &e)
             }
             Err(e) => return Err(e),
         }
@@ -93,6 +82,27 @@ where
             return Ok(None);
         }
     }
+}
+
+/// One try: the pool's minimum opened, the schema checked, then `first`.
+async fn try_open<T, Fut>(db: &Db, first: impl FnOnce() -> Fut) -> Result<T, StartError>
+where
+    Fut: std::future::Future<Output = Result<T, DbError>>,
+{
+    db.warm().await?;
+    check_schema(db).await?;
+    Ok(first().await?)
+}
+
+/// Logs a refused start with the server's SQLSTATE, and shows it on `/readyz`.
+fn note_refusal(db: &Db, startup: &Startup, e: &DbError) {
+    tracing::warn!(
+        pool = db.name().as_str(),
+        sqlstate = e.sql_state().unwrap_or("none"),
+        error = %e,
+        "Cannot open the database pool; not ready, retrying."
+    );
+    startup.note(Some(e.to_string()));
 }
 
 /// Refuses to start against a schema this binary does not expect.

@@ -58,15 +58,7 @@ pub async fn serve(
     stopped: CancellationToken,
     tasks: Tasks,
 ) {
-    let upkeep = metrics.clone();
-    tokio::spawn(crate::shutdown::every(
-        Duration::from_secs(5),
-        stopped.clone(),
-        move || {
-            upkeep.run_upkeep();
-            std::future::ready(())
-        },
-    ));
+    spawn_upkeep(metrics.clone(), stopped.clone());
     let state = Arc::new(OpsState {
         metrics,
         ready,
@@ -85,16 +77,30 @@ pub async fn serve(
             },
             _ = stopped.cancelled() => return,
         };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(state.clone(), req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc);
-            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
-        });
+        tokio::spawn(serve_connection(state.clone(), stream));
     }
+}
+
+/// The recorder's upkeep (histogram buckets drained) every 5 seconds until `stopped`.
+fn spawn_upkeep(metrics: PrometheusHandle, stopped: CancellationToken) {
+    tokio::spawn(crate::shutdown::every(
+        Duration::from_secs(5),
+        stopped,
+        move || {
+            metrics.run_upkeep();
+            std::future::ready(())
+        },
+    ));
+}
+
+/// Answers the requests of one connection, for a minute at most.
+async fn serve_connection(state: Arc<OpsState>, stream: tokio::net::TcpStream) {
+    let svc = service_fn(move |req| handle(state.clone(), req));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), svc);
+    let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
 }
 
 async fn handle(
@@ -105,53 +111,56 @@ async fn handle(
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"));
     }
     let resp = match req.uri().path() {
-        "/metrics" => {
-            let body = state.metrics.render();
-            Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                .body(Full::new(Bytes::from(body)))
-                .unwrap_or_default()
-        }
-        "/healthz" => {
-            let dead = state.tasks.dead();
-            if dead.is_empty() {
-                json(StatusCode::OK, serde_json::json!({"status": "ok"}))
-            } else {
-                json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({"status": "unhealthy", "dead_tasks": dead}),
-                )
-            }
-        }
-        "/readyz" => {
-            let dead = state.tasks.dead();
-            let r = if !dead.is_empty() {
-                Readiness {
-                    ready: false,
-                    detail: serde_json::json!({"dead_tasks": dead}),
-                }
-            } else if state.shutdown.is_cancelled() {
-                Readiness {
-                    ready: false,
-                    detail: serde_json::json!({"shutting_down": true}),
-                }
-            } else {
-                (state.ready)().await
-            };
-            let status = if r.ready {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            json(
-                status,
-                serde_json::json!({"ready": r.ready, "detail": r.detail}),
-            )
-        }
+        "/metrics" => Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .body(Full::new(Bytes::from(state.metrics.render())))
+            .unwrap_or_default(),
+        "/healthz" => healthz(&state),
+        "/readyz" => readyz(&state).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(resp)
+}
+
+/// 200 while every watched task runs; 503 naming those that died.
+fn healthz(state: &OpsState) -> Response<Full<Bytes>> {
+    let dead = state.tasks.dead();
+    if dead.is_empty() {
+        json(StatusCode::OK, serde_json::json!({"status": "ok"}))
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "unhealthy", "dead_tasks": dead}),
+        )
+    }
+}
+
+/// The daemon's own check, unless a task died or shutdown began (503 either way).
+async fn readyz(state: &OpsState) -> Response<Full<Bytes>> {
+    let dead = state.tasks.dead();
+    let r = if !dead.is_empty() {
+        Readiness {
+            ready: false,
+            detail: serde_json::json!({"dead_tasks": dead}),
+        }
+    } else if state.shutdown.is_cancelled() {
+        Readiness {
+            ready: false,
+            detail: serde_json::json!({"shutting_down": true}),
+        }
+    } else {
+        (state.ready)().await
+    };
+    let status = if r.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(
+        status,
+        serde_json::json!({"ready": r.ready, "detail": r.detail}),
+    )
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

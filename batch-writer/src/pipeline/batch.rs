@@ -29,43 +29,53 @@ pub async fn batcher(
             Some(at) => tokio::select! {
                 e = rx.recv() => e,
                 _ = tokio::time::sleep_until(at.into()) => {
-                    if let Some(b) = current.take() {
-                        if tx.send(b).await.is_err() { return; }
-                    }
+                    if !send(&tx, current.take()).await { return; }
                     continue;
                 }
             },
             None => rx.recv().await,
         };
         let Some(entry) = next else {
-            if let Some(b) = current.take() {
-                let _ = tx.send(b).await;
-            }
+            send(&tx, current.take()).await;
             return;
         };
-        let n = entry.event_count();
-        if current.as_ref().is_some_and(|b| b.events + n > size) {
-            if let Some(b) = current.take() {
-                if tx.send(b).await.is_err() {
-                    return;
-                }
-            }
-        }
-        let b = current.get_or_insert_with(|| Batch {
-            entries: Vec::new(),
-            events: 0,
-            opened: Instant::now(),
-        });
-        b.entries.push(entry);
-        b.events += n;
-        if b.events >= size {
-            if let Some(b) = current.take() {
-                if tx.send(b).await.is_err() {
-                    return;
-                }
-            }
+        if !add(&tx, &mut current, entry, size).await {
+            return;
         }
     }
+}
+
+/// Sends `batch`, if any, to the writers; false when they are gone.
+async fn send(tx: &mpsc::Sender<Batch>, batch: Option<Batch>) -> bool {
+    match batch {
+        Some(b) => tx.send(b).await.is_ok(),
+        None => true,
+    }
+}
+
+/// Adds `entry` to the open batch (opening one if needed), sending the batch first when the entry
+/// would take it over `size` events, and after when it is full. False when the writers are gone.
+async fn add(
+    tx: &mpsc::Sender<Batch>,
+    current: &mut Option<Batch>,
+    entry: Entry,
+    size: usize,
+) -> bool {
+    let n = entry.event_count();
+    if current.as_ref().is_some_and(|b| b.events + n > size) && !send(tx, current.take()).await {
+        return false;
+    }
+    let b = current.get_or_insert_with(|| Batch {
+        entries: Vec::new(),
+        events: 0,
+        opened: Instant::now(),
+    });
+    b.entries.push(entry);
+    b.events += n;
+    if b.events >= size {
+        return send(tx, current.take()).await;
+    }
+    true
 }
 
 #[cfg(test)]

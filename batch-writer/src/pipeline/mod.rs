@@ -98,25 +98,34 @@ pub async fn run(ctx: Arc<Ctx>, tasks: &Tasks) {
     let work = tasks.with_stop(ctx.shutdown.clone());
     let (entry_tx, entry_rx) = mpsc::channel::<Entry>(256);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(ctx.config.writers);
-    let mut readers = Vec::new();
-    for shard in 0..ctx.keys.shards() {
-        readers.push(work.spawn(
-            "stream_reader",
-            read::read_loop(ctx.clone(), shard, entry_tx.clone()),
-        ));
-    }
+    let readers: Vec<_> = (0..ctx.keys.shards())
+        .map(|shard| {
+            let read = read::read_loop(ctx.clone(), shard, entry_tx.clone());
+            work.spawn("stream_reader", read)
+        })
+        .collect();
     drop(entry_tx);
-    let batcher = work.spawn(
-        "batcher",
-        batch::batcher(
-            entry_rx,
-            batch_tx,
-            ctx.config.batch_size,
-            ctx.config.batch_linger,
-        ),
-    );
+    let (size, linger) = (ctx.config.batch_size, ctx.config.batch_linger);
+    let batcher = work.spawn("batcher", batch::batcher(entry_rx, batch_tx, size, linger));
+    let writers = spawn_writers(&ctx, &work, batch_rx);
+    spawn_chores(&ctx, tasks);
+    for r in readers {
+        let _ = r.await;
+    }
+    let _ = batcher.await;
+    for w in writers {
+        let _ = w.await;
+    }
+}
+
+/// `WRITER_CONCURRENCY` writer tasks, each taking the batcher's next batch in turn.
+fn spawn_writers(
+    ctx: &Arc<Ctx>,
+    work: &Tasks,
+    batch_rx: mpsc::Receiver<Batch>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let batch_rx = Arc::new(Mutex::new(batch_rx));
-    let writers: Vec<_> = (0..ctx.config.writers)
+    (0..ctx.config.writers)
         .map(|_| {
             let ctx = ctx.clone();
             let rx = batch_rx.clone();
@@ -130,15 +139,7 @@ pub async fn run(ctx: Arc<Ctx>, tasks: &Tasks) {
                 }
             })
         })
-        .collect();
-    spawn_chores(&ctx, tasks);
-    for r in readers {
-        let _ = r.await;
-    }
-    let _ = batcher.await;
-    for w in writers {
-        let _ = w.await;
-    }
+        .collect()
 }
 
 /// The lag gauge every second, consumer reaping, and the queue's low-water mark.

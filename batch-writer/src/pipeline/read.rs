@@ -61,70 +61,116 @@ fn read_count(batch_size: usize) -> usize {
 /// Claims idle entries (every `CLAIM_IDLE_MS` / 2) and reads new ones from one shard, until
 /// shutdown; reconnects with backoff.
 pub(super) async fn read_loop(ctx: Arc<Ctx>, shard: u16, tx: mpsc::Sender<Entry>) {
-    let cfg = &ctx.config;
-    let claim_every = (cfg.claim_idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
-    let block = Duration::from_millis(500);
-    let mut backoff = Backoff::standard();
-    let mut reader: Option<Reader> = None;
-    let mut last_claim: Option<Instant> = None;
+    let mut source = ShardSource::new(&ctx, shard);
     while !ctx.shutdown.is_cancelled() {
-        let r = match reader.as_mut() {
-            Some(r) => r,
-            None => {
-                match Reader::connect(
-                    &cfg.redis.url,
-                    shard,
-                    ctx.keys.stream(shard),
-                    cfg.consumer.clone(),
-                    block,
-                )
-                .await
-                {
-                    Ok(r) => {
-                        backoff.reset();
-                        reader.insert(r)
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, shard, "Cannot reach the queue's Redis; retrying.");
-                        ctx.backoff(&mut backoff).await;
-                        continue;
-                    }
-                }
-            }
+        let Some(mut got) = source.next().await else {
+            continue;
         };
-        let mut got = Vec::new();
-        if last_claim.is_none_or(|t| t.elapsed() >= claim_every) {
-            last_claim = Some(Instant::now());
-            match r.claim(cfg.claim_idle, 100).await {
-                Ok(claimed) => {
-                    if !claimed.is_empty() {
-                        metrics::claimed(claimed.len() as u64);
-                        tracing::info!(count = claimed.len(), shard, "Claimed idle entries.");
-                    }
-                    got = claimed;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, shard, "Claim failed; reconnecting.");
-                    reader = None;
-                    continue;
-                }
-            }
-        }
-        if got.is_empty() {
-            match r.read_new(read_count(cfg.batch_size)).await {
-                Ok(entries) => got = entries,
-                Err(e) => {
-                    tracing::warn!(error = %e, shard, "Read failed; reconnecting.");
-                    reader = None;
-                    ctx.backoff(&mut backoff).await;
-                    continue;
-                }
-            }
-        }
         ctx.inflight.admit(&mut got);
         for entry in got {
             if tx.send(entry).await.is_err() {
                 return;
+            }
+        }
+    }
+}
+
+/// One shard's reader, its connection kept across reads and dropped after a failure.
+struct ShardSource<'c> {
+    ctx: &'c Ctx,
+    shard: u16,
+    reader: Option<Reader>,
+    backoff: Backoff,
+    claim_every: Duration,
+    last_claim: Option<Instant>,
+}
+
+impl<'c> ShardSource<'c> {
+    fn new(ctx: &'c Ctx, shard: u16) -> Self {
+        let claim_idle = ctx.config.claim_idle;
+        Self {
+            ctx,
+            shard,
+            reader: None,
+            backoff: Backoff::standard(),
+            claim_every: (claim_idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(5)),
+            last_claim: None,
+        }
+    }
+
+    /// Idle entries claimed when a claim is due, else new ones; `None` after a failure (the
+    /// connection is dropped, and the next call reconnects).
+    async fn next(&mut self) -> Option<Vec<Entry>> {
+        self.connect().await?;
+        let mut got = Vec::new();
+        if self
+            .last_claim
+            .is_none_or(|t| t.elapsed() >= self.claim_every)
+        {
+            self.last_claim = Some(Instant::now());
+            got = self.claim().await?;
+        }
+        if got.is_empty() {
+            got = self.read_new().await?;
+        }
+        Some(got)
+    }
+
+    /// Connects unless connected; `None`, after a backoff, when Redis cannot be reached.
+    async fn connect(&mut self) -> Option<()> {
+        if self.reader.is_some() {
+            return Some(());
+        }
+        let cfg = &self.ctx.config;
+        let (shard, block) = (self.shard, Duration::from_millis(500));
+        let stream = self.ctx.keys.stream(shard);
+        match Reader::connect(&cfg.redis.url, shard, stream, cfg.consumer.clone(), block).await {
+            Ok(r) => {
+                self.backoff.reset();
+                self.reader = Some(r);
+                Some(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, shard, "Cannot reach the queue's Redis; retrying.");
+                self.ctx.backoff(&mut self.backoff).await;
+                None
+            }
+        }
+    }
+
+    async fn claim(&mut self) -> Option<Vec<Entry>> {
+        let shard = self.shard;
+        let claimed = self
+            .reader
+            .as_mut()?
+            .claim(self.ctx.config.claim_idle, 100)
+            .await;
+        match claimed {
+            Ok(claimed) => {
+                if !claimed.is_empty() {
+                    metrics::claimed(claimed.len() as u64);
+                    tracing::info!(count = claimed.len(), shard, "Claimed idle entries.");
+                }
+                Some(claimed)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, shard, "Claim failed; reconnecting.");
+                self.reader = None;
+                None
+            }
+        }
+    }
+
+    async fn read_new(&mut self) -> Option<Vec<Entry>> {
+        let count = read_count(self.ctx.config.batch_size);
+        let read = self.reader.as_mut()?.read_new(count).await;
+        match read {
+            Ok(entries) => Some(entries),
+            Err(e) => {
+                tracing::warn!(error = %e, shard = self.shard, "Read failed; reconnecting.");
+                self.reader = None;
+                self.ctx.backoff(&mut self.backoff).await;
+                None
             }
         }
     }

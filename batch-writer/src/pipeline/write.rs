@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 use shared::metrics;
 use shared::queue::{self, QueuedEvent};
 use shared::retry::Backoff;
+use uuid::Uuid;
 
 use super::batch::Batch;
 use super::{ack, retry, Ctx};
 use crate::dead_letter;
+use crate::reader::Entry;
 use crate::store::{EntryInfo, Item, Mode, WriteError, Written};
 
 /// An event the database refused, with its entry's index in the batch and why.
@@ -120,26 +122,38 @@ async fn settle_failures(
             done[entry_idx] = false;
             continue;
         }
-        let stream = ctx.keys.stream(entry.shard);
-        let key = infos[entry_idx].key;
-        let stored = retry(ctx, || {
-            dead_letter::store_event(
-                ctx.store.db(),
-                event,
-                &error,
-                &stream,
-                (&entry.id, key),
-                entry.deliveries,
-            )
-        })
-        .await;
-        if stored {
-            metrics::dead_lettered(1);
-            tracing::warn!(event_id = %event.event_id, deliveries = entry.deliveries, error = %error, "Event dead-lettered.");
-        } else {
+        if !store_dead_letter(ctx, entry, infos[entry_idx].key, event, &error).await {
             done[entry_idx] = false;
         }
     }
+}
+
+/// Stores a refused event of `entry` (ledger key `key`) as a dead letter, retrying transient
+/// errors; false when shutdown gave up first.
+async fn store_dead_letter(
+    ctx: &Ctx,
+    entry: &Entry,
+    key: Uuid,
+    event: &QueuedEvent,
+    error: &str,
+) -> bool {
+    let stream = ctx.keys.stream(entry.shard);
+    let stored = retry(ctx, || {
+        dead_letter::store_event(
+            ctx.store.db(),
+            event,
+            error,
+            &stream,
+            (&entry.id, key),
+            entry.deliveries,
+        )
+    })
+    .await;
+    if stored {
+        metrics::dead_lettered(1);
+        tracing::warn!(event_id = %event.event_id, deliveries = entry.deliveries, error = %error, "Event dead-lettered.");
+    }
+    stored
 }
 
 /// What writing one range came to.
@@ -192,27 +206,10 @@ async fn write_all<'a>(
     events: &[Item<'a>],
     infos: &mut [EntryInfo],
 ) -> Option<(Written, Vec<Failure<'a>>)> {
-    let mut backoff = Backoff::standard();
-    loop {
-        match ctx.store.write(events, infos, Mode::Whole).await {
-            Ok(w) => {
-                metrics::batch("written");
-                return Some((w, Vec::new()));
-            }
-            Err(WriteError::Transient(e)) => {
-                if ctx.give_up() {
-                    return None;
-                }
-                tracing::warn!(error = %e, "Batch write failed; retrying with backoff.");
-                infos.iter_mut().for_each(|i| i.suspect = true);
-                ctx.backoff(&mut backoff).await;
-            }
-            Err(WriteError::Data(e)) => {
-                metrics::batch("split");
-                tracing::info!(error = %e, events = events.len(), "Batch refused; splitting it to find the bad events.");
-                break;
-            }
-        }
+    match write_whole(ctx, events, infos).await {
+        Outcome::Written(w) => return Some((w, Vec::new())),
+        Outcome::Stop => return None,
+        Outcome::Refused(_) => {}
     }
     let infos: &[EntryInfo] = infos;
     let (total, refused) = bisect(events.len(), |range| {
@@ -224,6 +221,33 @@ async fn write_all<'a>(
         .map(|(i, e)| (events[i].0, events[i].1, e))
         .collect();
     Some((total, failures))
+}
+
+/// The whole batch in one transaction, retried on transient errors (after which every entry is
+/// suspect: the failed commit may have gone through).
+async fn write_whole(ctx: &Ctx, events: &[Item<'_>], infos: &mut [EntryInfo]) -> Outcome<Written> {
+    let mut backoff = Backoff::standard();
+    loop {
+        match ctx.store.write(events, infos, Mode::Whole).await {
+            Ok(w) => {
+                metrics::batch("written");
+                return Outcome::Written(w);
+            }
+            Err(WriteError::Transient(e)) => {
+                if ctx.give_up() {
+                    return Outcome::Stop;
+                }
+                tracing::warn!(error = %e, "Batch write failed; retrying with backoff.");
+                infos.iter_mut().for_each(|i| i.suspect = true);
+                ctx.backoff(&mut backoff).await;
+            }
+            Err(WriteError::Data(e)) => {
+                metrics::batch("split");
+                tracing::info!(error = %e, events = events.len(), "Batch refused; splitting it to find the bad events.");
+                return Outcome::Refused(e.to_string());
+            }
+        }
+    }
 }
 
 /// One range of a split batch, retried on transient errors until written, refused or stopped.

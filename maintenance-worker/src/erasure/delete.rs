@@ -186,41 +186,55 @@ async fn drain(
         if budget.exhausted() {
             return Ok(false);
         }
-        let tx = client
-            .transaction()
-            .await
-            .map_err(DbError::query("begin erasure batch"))?;
-        if place == Place::Events {
-            // The summary's delete trigger records these events for the erasure to take out of
-            // the summary itself, instead of marking their days for recomputation.
-            tx.execute(
-                "SELECT set_config('sluice.erasure_id', $1, true)",
-                &[&req.id.to_string()],
-            )
-            .await
-            .map_err(DbError::query("mark the batch as the erasure's"))?;
-        }
-        let row = tx
-            .query_one(sql, &[&req.app_id, &req.user_ids, &budget.rows])
-            .await
-            .map_err(DbError::query(place.op()))?;
-        let (found, n, days): (i64, i64, Vec<chrono::NaiveDate>) =
-            (row.get(0), row.get(1), row.get(2));
-        if found == 0 {
+        let Some((n, days)) = delete_batch(client, req, place, sql, budget.rows).await? else {
             return Ok(true);
-        }
-        count(&tx, req, place, n as u64, None, &days).await?;
-        tx.commit()
-            .await
-            .map_err(DbError::query("commit erasure batch"))?;
+        };
         for d in days {
             if !req.days.contains(&d) {
                 req.days.push(d);
             }
         }
-        metrics::erasure_rows(place.key(), n as u64);
+        metrics::erasure_rows(place.key(), n);
         budget.spend();
     }
+}
+
+/// One batch of `sql` of at most `rows` rows, in a transaction of its own committed with its
+/// count; the rows deleted and their days, or `None` when it found no candidate.
+async fn delete_batch(
+    client: &mut Object,
+    req: &Request,
+    place: Place,
+    sql: &str,
+    rows: i64,
+) -> Result<Option<(u64, Vec<chrono::NaiveDate>)>, ErasureError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(DbError::query("begin erasure batch"))?;
+    if place == Place::Events {
+        // The summary's delete trigger records these events for the erasure to take out of
+        // the summary itself, instead of marking their days for recomputation.
+        tx.execute(
+            "SELECT set_config('sluice.erasure_id', $1, true)",
+            &[&req.id.to_string()],
+        )
+        .await
+        .map_err(DbError::query("mark the batch as the erasure's"))?;
+    }
+    let row = tx
+        .query_one(sql, &[&req.app_id, &req.user_ids, &rows])
+        .await
+        .map_err(DbError::query(place.op()))?;
+    let (found, n, days): (i64, i64, Vec<chrono::NaiveDate>) = (row.get(0), row.get(1), row.get(2));
+    if found == 0 {
+        return Ok(None);
+    }
+    count(&tx, req, place, n as u64, None, &days).await?;
+    tx.commit()
+        .await
+        .map_err(DbError::query("commit erasure batch"))?;
+    Ok(Some((n as u64, days)))
 }
 
 /// Adds `n` rows of `place` to the request's counts (and moves its dead-letter cursor), in the
@@ -293,12 +307,7 @@ async fn dead_letter_batch(
     let Some(last) = rows.last().map(|r| r.get::<_, i64>(0)) else {
         return Ok(None);
     };
-    let users: HashSet<&str> = req.user_ids.iter().map(String::as_str).collect();
-    let doomed: Vec<i64> = rows
-        .iter()
-        .filter(|r| mentions(r.get(1), &req.app_id, &users))
-        .map(|r| r.get(0))
-        .collect();
+    let doomed = doomed(&rows, req);
     let tx = client
         .transaction()
         .await
@@ -313,6 +322,15 @@ async fn dead_letter_batch(
         .map_err(DbError::query("commit erasure batch"))?;
     metrics::erasure_rows(Place::DeadLetters.key(), n);
     Ok(Some(last))
+}
+
+/// The ids among dead letter `rows` (id, payload) that hold an event of the request's users.
+fn doomed(rows: &[tokio_postgres::Row], req: &Request) -> Vec<i64> {
+    let users: HashSet<&str> = req.user_ids.iter().map(String::as_str).collect();
+    rows.iter()
+        .filter(|r| mentions(r.get(1), &req.app_id, &users))
+        .map(|r| r.get(0))
+        .collect()
 }
 
 /// True when a dead letter's payload (one event, or a raw entry of several) holds an event of

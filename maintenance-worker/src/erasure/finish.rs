@@ -17,6 +17,11 @@ use crate::metrics;
 /// for this long.
 pub const REPLICA_WAIT: Duration = Duration::from_secs(30);
 
+/// One more erasure done for the app: the gateways retire the app's cached answers.
+const BUMP_ERASURES_DONE: &str = "INSERT INTO privacy_epochs (app_id, erasures_done) \
+    VALUES ($1, 1) \
+    ON CONFLICT (app_id) DO UPDATE SET erasures_done = privacy_epochs.erasures_done + 1";
+
 /// Folds the summary (recomputing the dirty days) and records the WAL position after it; once
 /// every streaming replica has replayed that far (gateways read stats there), bumps the app's
 /// `erasures_done` and enters `cache`, in one transaction so the bump happens once.
@@ -25,41 +30,16 @@ pub(super) async fn summary(
     client: &mut Object,
     req: &Request,
 ) -> Result<Step, ErasureError> {
-    let folded: bool = client
-        .query_one(
-            "SELECT fold_lsn IS NOT NULL FROM erasures WHERE erasure_id = $1",
-            &[&req.id],
-        )
-        .await
-        .map_err(DbError::query("read erasure fold"))?
-        .get(0);
-    if !folded {
-        if !fold(ctx, client, req).await? {
-            return Ok(Step::Wait);
-        }
-        client
-            .execute(
-                "UPDATE erasures SET fold_lsn = pg_current_wal_lsn(), phase_at = clock_timestamp() \
-                 WHERE erasure_id = $1 AND status = 'running' AND phase = 'summary'",
-                &[&req.id],
-            )
-            .await
-            .map_err(DbError::query("record erasure fold"))?;
-    }
-    if !replicas_caught_up(client, req).await? {
+    if !fold_once(ctx, client, req).await? || !replicas_caught_up(client, req).await? {
         return Ok(Step::Wait);
     }
     let tx = client
         .transaction()
         .await
         .map_err(DbError::query("begin erasure cache bump"))?;
-    tx.execute(
-        "INSERT INTO privacy_epochs (app_id, erasures_done) VALUES ($1, 1) \
-         ON CONFLICT (app_id) DO UPDATE SET erasures_done = privacy_epochs.erasures_done + 1",
-        &[&req.app_id],
-    )
-    .await
-    .map_err(DbError::query("bump erasures_done"))?;
+    tx.execute(BUMP_ERASURES_DONE, &[&req.app_id])
+        .await
+        .map_err(DbError::query("bump erasures_done"))?;
     let n = tx
         .execute(
             "UPDATE erasures SET phase = 'cache', phase_at = clock_timestamp() \
@@ -76,6 +56,34 @@ pub(super) async fn summary(
         .map_err(DbError::query("commit erasure cache bump"))?;
     tracing::info!(erasure_id = %req.id, phase = "cache", "Erasure moved on.");
     Ok(Step::Next(State::Cache))
+}
+
+/// The fold done once: true when it was done before, or now (its WAL position recorded); false
+/// while a fold runs elsewhere.
+async fn fold_once(ctx: &ErasureCtx, client: &Object, req: &Request) -> Result<bool, ErasureError> {
+    let folded: bool = client
+        .query_one(
+            "SELECT fold_lsn IS NOT NULL FROM erasures WHERE erasure_id = $1",
+            &[&req.id],
+        )
+        .await
+        .map_err(DbError::query("read erasure fold"))?
+        .get(0);
+    if folded {
+        return Ok(true);
+    }
+    if !fold(ctx, client, req).await? {
+        return Ok(false);
+    }
+    client
+        .execute(
+            "UPDATE erasures SET fold_lsn = pg_current_wal_lsn(), phase_at = clock_timestamp() \
+             WHERE erasure_id = $1 AND status = 'running' AND phase = 'summary'",
+            &[&req.id],
+        )
+        .await
+        .map_err(DbError::query("record erasure fold"))?;
+    Ok(true)
 }
 
 /// The views fold with this erasure's events taken out of the summary, under the views job's
@@ -129,16 +137,7 @@ pub(super) async fn cache(
     client: &mut Object,
     req: &Request,
 ) -> Result<Step, ErasureError> {
-    let waited_ms: f64 = client
-        .query_one(
-            "SELECT coalesce(extract(epoch FROM clock_timestamp() - phase_at) * 1000, 0)::float8 \
-             FROM erasures WHERE erasure_id = $1",
-            &[&req.id],
-        )
-        .await
-        .map_err(DbError::query("read erasure phase time"))?
-        .get(0);
-    if waited_ms < ctx.cache_wait.as_millis() as f64 {
+    if !cache_waited(ctx, client, req).await? {
         return Ok(Step::Wait);
     }
     let tx = client
@@ -165,6 +164,20 @@ pub(super) async fn cache(
     metrics::erasure_finished("done");
     tracing::info!(erasure_id = %req.id, %removed, "Erasure done.");
     Ok(Step::Next(State::Done))
+}
+
+/// The request has been in phase `cache` for the cache wait.
+async fn cache_waited(ctx: &ErasureCtx, client: &Object, req: &Request) -> Result<bool, DbError> {
+    let waited_ms: f64 = client
+        .query_one(
+            "SELECT coalesce(extract(epoch FROM clock_timestamp() - phase_at) * 1000, 0)::float8 \
+             FROM erasures WHERE erasure_id = $1",
+            &[&req.id],
+        )
+        .await
+        .map_err(DbError::query("read erasure phase time"))?
+        .get(0);
+    Ok(waited_ms >= ctx.cache_wait.as_millis() as f64)
 }
 
 async fn forget_ids(tx: &Transaction<'_>, id: Uuid) -> Result<(), DbError> {

@@ -20,11 +20,11 @@
 
 mod delete;
 mod finish;
+mod request;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use deadpool_postgres::Object;
 use serde::Serialize;
 use shared::db::DbError;
@@ -34,6 +34,7 @@ use uuid::Uuid;
 
 use crate::jobs::JobCtx;
 use crate::leader::Leadership;
+use request::{load_oldest, set_phase, start, Request};
 
 /// The advisory lock a tick holds (beside the jobs' `0x736c_7569_6365_1000 + n` and the
 /// leader's `..._2000`).
@@ -146,31 +147,6 @@ impl ErasureError {
             ErasureError::Db(e) => e.is_transient(),
             ErasureError::Busy => true,
             ErasureError::UnknownPhase(..) | ErasureError::Vanished(_) => false,
-        }
-    }
-}
-
-/// An open request as loaded at the start of a tick.
-struct Request {
-    id: Uuid,
-    app_id: String,
-    pending: bool,
-    /// `None` while pending, or for a phase this build does not know.
-    state: Option<State>,
-    raw_phase: Option<String>,
-    requested_at: DateTime<Utc>,
-    dead_letters_after: i64,
-    /// The days of the events removed so far (where the users' summary members can be).
-    days: Vec<chrono::NaiveDate>,
-    user_ids: Vec<String>,
-}
-
-impl Request {
-    fn progress(&self, state: State, waiting: bool) -> Progress {
-        Progress {
-            erasure_id: self.id,
-            state,
-            waiting,
         }
     }
 }
@@ -294,50 +270,6 @@ async fn advance_oldest(
     }
 }
 
-async fn load_oldest(client: &Object) -> Result<Option<Request>, DbError> {
-    let Some(row) = client
-        .query_opt(
-            "SELECT erasure_id, app_id, status, phase, requested_at, dead_letters_after, days \
-             FROM erasures WHERE status IN ('pending', 'running') \
-             ORDER BY requested_at, erasure_id LIMIT 1",
-            &[],
-        )
-        .await
-        .map_err(DbError::query("read open erasures"))?
-    else {
-        return Ok(None);
-    };
-    let id: Uuid = row.get(0);
-    let status: String = row.get(2);
-    let raw_phase: Option<String> = row.get(3);
-    let pending = status == "pending";
-    let state = match pending {
-        true => None,
-        false => raw_phase.as_deref().and_then(State::of_phase),
-    };
-    let user_ids = client
-        .query(
-            "SELECT user_id FROM erasure_users WHERE erasure_id = $1 AND user_id IS NOT NULL",
-            &[&id],
-        )
-        .await
-        .map_err(DbError::query("read erasure users"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    Ok(Some(Request {
-        id,
-        app_id: row.get(1),
-        pending,
-        state,
-        raw_phase,
-        requested_at: row.get(4),
-        dead_letters_after: row.get(5),
-        days: row.get(6),
-        user_ids,
-    }))
-}
-
 /// Runs phases until one must wait or pause, or the request is done.
 async fn advance(
     ctx: &ErasureCtx,
@@ -369,50 +301,6 @@ async fn advance(
             Step::Pause => return Ok(req.progress(state, false)),
         }
     }
-}
-
-/// pending -> running, phase `queue`, every count at zero.
-async fn start(client: &Object, req: &mut Request) -> Result<(), ErasureError> {
-    let places: Vec<&str> = shared::privacy::PLACES.to_vec();
-    let n = client
-        .execute(
-            "UPDATE erasures SET status = 'running', started_at = now(), phase = 'queue', \
-             phase_at = clock_timestamp(), \
-             removed = (SELECT jsonb_object_agg(p, 0) FROM unnest($2::text[]) p) || removed \
-             WHERE erasure_id = $1 AND status = 'pending'",
-            &[&req.id, &places],
-        )
-        .await
-        .map_err(DbError::query("start erasure"))?;
-    if n != 1 {
-        return Err(ErasureError::Vanished(req.id));
-    }
-    tracing::info!(erasure_id = %req.id, users = req.user_ids.len(), "Erasure started.");
-    req.pending = false;
-    req.state = Some(State::Queue);
-    Ok(())
-}
-
-/// Moves a running request from phase `from` to `to`.
-async fn set_phase(
-    client: &Object,
-    req: &Request,
-    from: State,
-    to: State,
-) -> Result<Step, ErasureError> {
-    let n = client
-        .execute(
-            "UPDATE erasures SET phase = $3, phase_at = clock_timestamp() \
-             WHERE erasure_id = $1 AND status = 'running' AND phase = $2",
-            &[&req.id, &from.as_str(), &to.as_str()],
-        )
-        .await
-        .map_err(DbError::query("advance erasure phase"))?;
-    if n != 1 {
-        return Err(ErasureError::Vanished(req.id));
-    }
-    tracing::info!(erasure_id = %req.id, phase = to.as_str(), "Erasure moved on.");
-    Ok(Step::Next(to))
 }
 
 /// Waits for every pipeline's low-water mark to pass the request. No pipeline at all means

@@ -12,6 +12,7 @@
 //! Each analyze reads a sample of at most 300 x `default_statistics_target` rows a table; the
 //! job's `rows` is that estimate for what it analyzed.
 
+use deadpool_postgres::Object;
 use shared::db::DbError;
 
 use super::JobCtx;
@@ -60,31 +61,16 @@ fn leaf_due(t: &Table) -> bool {
     t.changed > 0 || t.never
 }
 
-pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
-    let mut client = ctx.db.get("analyze job").await?;
-    let tables: Vec<Table> = client
-        .query(STATE, &[])
-        .await
-        .map_err(DbError::query("read table statistics"))?
-        .iter()
-        .map(|r| Table {
-            name: r.get(0),
-            parent: r.get(1),
-            never: r.get(2),
-            described: r.get(3),
-            changed: r.get(4),
-            live: r.get(5),
-            old: r.get(6),
-        })
-        .collect();
-    let target: i64 = client
-        .query_one(
-            "SELECT current_setting('default_statistics_target')::bigint",
-            &[],
-        )
-        .await
-        .map_err(DbError::query("read default_statistics_target"))?
-        .get(0);
+/// What one run analyzes: the parent (with the reason it is due) or the leaves that changed.
+struct Plan<'t> {
+    analyzed: Vec<&'t str>,
+    parent: Option<&'static str>,
+    /// The rows the analyzes sample, estimated.
+    rows: i64,
+}
+
+/// Decides what to analyze; `target` is `default_statistics_target`.
+fn plan(tables: &[Table], target: i64) -> Plan<'_> {
     let sample = |rows: i64| rows.clamp(0, 300 * target);
     let leaves: Vec<&Table> = tables
         .iter()
@@ -108,18 +94,27 @@ pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
             rows += sample(t.live);
         }
     }
-    for name in &analyzed {
-        let tx = client
-            .transaction()
-            .await
-            .map_err(DbError::query("begin an analyze"))?;
-        // Names come from the catalog (`regclass` output is already quoted where needed).
-        tx.batch_execute(&format!("SET LOCAL statement_timeout = 0; ANALYZE {name}"))
-            .await
-            .map_err(DbError::query("analyze a table"))?;
-        tx.commit()
-            .await
-            .map_err(DbError::query("commit an analyze"))?;
+    Plan {
+        analyzed,
+        parent: reason,
+        rows,
+    }
+}
+
+pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
+    let mut client = ctx.db.get("analyze job").await?;
+    let tables = read_state(&client).await?;
+    let target: i64 = client
+        .query_one(
+            "SELECT current_setting('default_statistics_target')::bigint",
+            &[],
+        )
+        .await
+        .map_err(DbError::query("read default_statistics_target"))?
+        .get(0);
+    let plan = plan(&tables, target);
+    for name in &plan.analyzed {
+        analyze(&mut client, name).await?;
     }
     let stats: i64 = client
         .query_one(
@@ -130,9 +125,42 @@ pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
         .map_err(DbError::query("read parent statistics"))?
         .get(0);
     Ok(serde_json::json!({
-        "analyzed": analyzed,
-        "parent": reason.unwrap_or("not due"),
+        "analyzed": plan.analyzed,
+        "parent": plan.parent.unwrap_or("not due"),
         "parent_columns_with_stats": stats,
-        "rows": rows,
+        "rows": plan.rows,
     }))
+}
+
+async fn read_state(client: &Object) -> Result<Vec<Table>, DbError> {
+    Ok(client
+        .query(STATE, &[])
+        .await
+        .map_err(DbError::query("read table statistics"))?
+        .iter()
+        .map(|r| Table {
+            name: r.get(0),
+            parent: r.get(1),
+            never: r.get(2),
+            described: r.get(3),
+            changed: r.get(4),
+            live: r.get(5),
+            old: r.get(6),
+        })
+        .collect())
+}
+
+/// `ANALYZE name` in a transaction of its own, without the statement timeout.
+async fn analyze(client: &mut Object, name: &str) -> Result<(), DbError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(DbError::query("begin an analyze"))?;
+    // Names come from the catalog (`regclass` output is already quoted where needed).
+    tx.batch_execute(&format!("SET LOCAL statement_timeout = 0; ANALYZE {name}"))
+        .await
+        .map_err(DbError::query("analyze a table"))?;
+    tx.commit()
+        .await
+        .map_err(DbError::query("commit an analyze"))
 }

@@ -110,18 +110,31 @@ pub async fn run(job: Job, ctx: &JobCtx) -> Result<Report, JobError> {
     if !locked {
         return Err(JobError::Busy(job.name()));
     }
-    let out = match job {
+    let out = run_unlocked(job, ctx).await;
+    let _ = client
+        .query_one("SELECT pg_advisory_unlock($1)", &[&job.lock_key()])
+        .await;
+    report(job, out, started.elapsed())
+}
+
+/// The job itself; the caller holds its lock.
+async fn run_unlocked(job: Job, ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
+    match job {
         Job::Partitions => partitions::run(ctx).await,
         Job::Retention => retention::run(ctx).await,
         Job::Views => views::run(ctx).await,
         Job::Analyze => analyze::run(ctx).await,
         Job::Vacuum => vacuum::run(ctx).await,
         Job::Dedupe => dedupe::run(ctx).await,
-    };
-    let _ = client
-        .query_one("SELECT pg_advisory_unlock($1)", &[&job.lock_key()])
-        .await;
-    let elapsed = started.elapsed();
+    }
+}
+
+/// Records a run's metrics and logs its outcome.
+fn report(
+    job: Job,
+    out: Result<serde_json::Value, DbError>,
+    elapsed: Duration,
+) -> Result<Report, JobError> {
     metrics::job_finished(job.name(), out.is_ok(), elapsed);
     match out {
         Ok(detail) => {

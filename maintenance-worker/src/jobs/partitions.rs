@@ -83,6 +83,23 @@ async fn drain_quarantine(
             "Discarded quarantined events older than the retention window."
         );
     }
+    let moved = move_quarantined(db).await?;
+    quarantine_rows(db).await?;
+    Ok((moved, discarded))
+}
+
+/// Moves the quarantined events of one month (`$1` to `$2`) into its partition.
+const MOVE_QUARANTINED: &str = "
+WITH moved AS (DELETE FROM events_quarantine
+                WHERE occurred_at >= $1 AND occurred_at < $2
+            RETURNING event_id, app_id, event_name, occurred_at, received_at, user_id, session_id,
+                      metadata)
+INSERT INTO analytics_events
+       (event_id, app_id, event_name, occurred_at, received_at, user_id, session_id, metadata)
+SELECT * FROM moved";
+
+/// Moves the quarantined events of every month that has a partition now into it.
+async fn move_quarantined(db: &Db) -> Result<u64, DbError> {
     let client = db.get("drain quarantine").await?;
     let existing = partitions::existing(&client).await?;
     let months: Vec<DateTime<Utc>> = client
@@ -97,27 +114,16 @@ async fn drain_quarantine(
         .map(|r| r.get(0))
         .collect();
     let mut moved = 0;
-    for start in months {
-        let m = Month::of(start);
+    for m in months.into_iter().map(Month::of) {
         if !existing.contains(&m) {
             continue;
         }
         moved += client
-            .execute(
-                "WITH moved AS (DELETE FROM events_quarantine \
-                   WHERE occurred_at >= $1 AND occurred_at < $2 \
-                   RETURNING event_id, app_id, event_name, occurred_at, received_at, user_id, session_id, metadata) \
-                 INSERT INTO analytics_events \
-                   (event_id, app_id, event_name, occurred_at, received_at, user_id, session_id, metadata) \
-                 SELECT * FROM moved",
-                &[&m.start(), &m.plus(1).start()],
-            )
+            .execute(MOVE_QUARANTINED, &[&m.start(), &m.plus(1).start()])
             .await
             .map_err(DbError::query("move quarantined events"))?;
     }
-    drop(client);
-    quarantine_rows(db).await?;
-    Ok((moved, discarded))
+    Ok(moved)
 }
 
 fn hot_index_name(m: Month) -> String {
@@ -129,9 +135,38 @@ fn hot_index_name(m: Month) -> String {
 /// are never blocked; an index left invalid by an interrupted build is rebuilt.
 async fn hot_indexes(db: &Db, now: DateTime<Utc>) -> Result<(Vec<String>, Vec<String>), DbError> {
     let current = Month::of(now);
+    let (existing, have) = list_hot_indexes(db).await?;
+    let (mut added, mut dropped) = (Vec::new(), Vec::new());
+    for m in existing {
+        let name = hot_index_name(m);
+        let state = have
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, valid)| *valid);
+        let hot = m <= current && m > current.plus(-HOT_MONTHS);
+        if (!hot && state.is_some()) || state == Some(false) {
+            let sql = format!("DROP INDEX CONCURRENTLY IF EXISTS {name}");
+            ddl(db, "drop hot index", &sql).await?;
+            dropped.push(name.clone());
+        }
+        if hot && state != Some(true) {
+            let sql = format!(
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {} (app_id, occurred_at) \
+                 INCLUDE (event_name, user_id, session_id)",
+                m.partition_name()
+            );
+            ddl(db, "create hot index", &sql).await?;
+            added.push(name);
+        }
+    }
+    Ok((added, dropped))
+}
+
+/// The partitions, and the hot indexes there are with whether each is valid.
+async fn list_hot_indexes(db: &Db) -> Result<(Vec<Month>, Vec<(String, bool)>), DbError> {
     let client = db.get("hot indexes").await?;
     let existing = partitions::existing(&client).await?;
-    let have: Vec<(String, bool)> = client
+    let have = client
         .query(
             "SELECT c.relname::text, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
              WHERE c.relname LIKE 'analytics_events_p%_hot_idx'",
@@ -142,39 +177,7 @@ async fn hot_indexes(db: &Db, now: DateTime<Utc>) -> Result<(Vec<String>, Vec<St
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    drop(client);
-    let (mut added, mut dropped) = (Vec::new(), Vec::new());
-    for m in existing {
-        let name = hot_index_name(m);
-        let state = have
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, valid)| *valid);
-        let hot = m <= current && m > current.plus(-HOT_MONTHS);
-        if (!hot && state.is_some()) || state == Some(false) {
-            ddl(
-                db,
-                "drop hot index",
-                &format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"),
-            )
-            .await?;
-            dropped.push(name.clone());
-        }
-        if hot && state != Some(true) {
-            ddl(
-                db,
-                "create hot index",
-                &format!(
-                    "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {} (app_id, occurred_at) \
-                     INCLUDE (event_name, user_id, session_id)",
-                    m.partition_name()
-                ),
-            )
-            .await?;
-            added.push(name);
-        }
-    }
-    Ok((added, dropped))
+    Ok((existing, have))
 }
 
 /// The user index of migration 7 on every partition. Partitions created after the migration get
@@ -198,39 +201,30 @@ async fn user_indexes(db: &Db) -> Result<Vec<String>, DbError> {
         .collect();
     drop(client);
     let mut added = Vec::new();
-    for m in existing {
-        let part = m.partition_name();
-        if attached.contains(&part) {
-            continue;
+    for part in existing.iter().map(|m| m.partition_name()) {
+        if !attached.contains(&part) {
+            added.push(build_user_index(db, &part).await?);
         }
-        let name = format!("{part}_user_idx");
-        // An invalid leftover of an interrupted build would be kept by IF NOT EXISTS.
-        ddl(
-            db,
-            "drop invalid user index",
-            &format!(
-                "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = \
-                 to_regclass('{name}') AND NOT indisvalid) THEN DROP INDEX {name}; END IF; END $$"
-            ),
-        )
-        .await?;
-        ddl(
-            db,
-            "create user index",
-            &format!(
-                "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {part} \
-                 (hashtextextended(app_id || chr(31) || user_id, 0)) WHERE user_id IS NOT NULL"
-            ),
-        )
-        .await?;
-        ddl(
-            db,
-            "attach user index",
-            &format!("ALTER INDEX analytics_events_user_idx ATTACH PARTITION {name}"),
-        )
-        .await?;
-        tracing::info!(partition = %part, "Built the user index on a partition.");
-        added.push(name);
     }
     Ok(added)
+}
+
+/// Builds the user index on partition `part` and attaches it; returns its name.
+async fn build_user_index(db: &Db, part: &str) -> Result<String, DbError> {
+    let name = format!("{part}_user_idx");
+    // An invalid leftover of an interrupted build would be kept by IF NOT EXISTS.
+    let drop_invalid = format!(
+        "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = \
+         to_regclass('{name}') AND NOT indisvalid) THEN DROP INDEX {name}; END IF; END $$"
+    );
+    ddl(db, "drop invalid user index", &drop_invalid).await?;
+    let create = format!(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {part} \
+         (hashtextextended(app_id || chr(31) || user_id, 0)) WHERE user_id IS NOT NULL"
+    );
+    ddl(db, "create user index", &create).await?;
+    let attach = format!("ALTER INDEX analytics_events_user_idx ATTACH PARTITION {name}");
+    ddl(db, "attach user index", &attach).await?;
+    tracing::info!(partition = %part, "Built the user index on a partition.");
+    Ok(name)
 }

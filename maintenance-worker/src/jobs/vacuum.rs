@@ -1,12 +1,22 @@
 //! The vacuum job: VACUUM (ANALYZE) of the partitions and tables with enough dead tuples to be
 //! worth it, reported with their dead-tuple counts.
 
+use deadpool_postgres::Object;
 use shared::db::DbError;
 
 use super::JobCtx;
 
 /// Below this many dead tuples a table is left to autovacuum.
 pub const MIN_DEAD: i64 = 1000;
+
+/// The tables besides the partitions the job looks after.
+const TABLES: [&str; 5] = [
+    "events_quarantine",
+    "event_dedupe",
+    "entry_ledger",
+    "dead_letters",
+    "api_keys",
+];
 
 pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
     let client = ctx.db.get("vacuum job").await?;
@@ -15,31 +25,11 @@ pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
         .batch_execute("SET statement_timeout = 0")
         .await
         .map_err(DbError::query("lift statement timeout"))?;
-    let candidates: Vec<(String, i64, i64)> = client
-        .query(
-            "SELECT relname::text, n_dead_tup, n_live_tup FROM pg_stat_user_tables \
-             WHERE (relname LIKE 'analytics_events_p%' OR relname IN \
-                    ('events_quarantine', 'event_dedupe', 'entry_ledger', 'dead_letters', 'api_keys')) \
-               AND n_dead_tup >= $1 ORDER BY n_dead_tup DESC",
-            &[&MIN_DEAD],
-        )
-        .await
-        .map_err(DbError::query("list tables to vacuum"))?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
     let mut done = Vec::new();
-    for (table, dead, live) in candidates {
+    for (table, dead, live) in candidates(&client).await? {
         // Names come from the catalog and are checked against our own naming.
         let ours = shared::schema::partitions::Month::from_partition_name(&table).is_some()
-            || [
-                "events_quarantine",
-                "event_dedupe",
-                "entry_ledger",
-                "dead_letters",
-                "api_keys",
-            ]
-            .contains(&table.as_str());
+            || TABLES.contains(&table.as_str());
         if !ours {
             continue;
         }
@@ -53,4 +43,21 @@ pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
     let _ = client.batch_execute("RESET statement_timeout").await;
     let rows: i64 = done.iter().filter_map(|d| d["dead_tuples"].as_i64()).sum();
     Ok(serde_json::json!({"vacuumed": done, "rows": rows}))
+}
+
+/// The tables with at least [`MIN_DEAD`] dead tuples, most first: name, dead and live tuples.
+async fn candidates(client: &Object) -> Result<Vec<(String, i64, i64)>, DbError> {
+    Ok(client
+        .query(
+            "SELECT relname::text, n_dead_tup, n_live_tup FROM pg_stat_user_tables \
+             WHERE (relname LIKE 'analytics_events_p%' OR relname IN \
+                    ('events_quarantine', 'event_dedupe', 'entry_ledger', 'dead_letters', 'api_keys')) \
+               AND n_dead_tup >= $1 ORDER BY n_dead_tup DESC",
+            &[&MIN_DEAD],
+        )
+        .await
+        .map_err(DbError::query("list tables to vacuum"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }

@@ -245,6 +245,11 @@ pub struct Erased<'a> {
     pub app_id: &'a str,
 }
 
+/// Records the fold: the summary covers every event received before `$1`.
+const RECORD_REFRESH: &str = "UPDATE view_refreshes \
+    SET refreshed_at = clock_timestamp(), covers_before = $1 \
+    WHERE view_name = 'daily_analytics_summary'";
+
 /// One fold. With `erased`, in the same transaction and after the fold (so every event the
 /// erasure deleted is counted in the summary, folded or not before): the erasure's events are
 /// taken out of the summary, with its users' and sessions' ids that no remaining event of that
@@ -263,6 +268,32 @@ pub async fn fold(db: &Db, erased: Option<Erased<'_>>) -> Result<serde_json::Val
         .start()
         .await
         .map_err(DbError::query("begin fold"))?;
+    let (pending, members, upserted, dirty) = fold_pending(&tx).await?;
+    let erased_members = match erased {
+        Some(e) => take_out(&tx, e).await?,
+        None => 0,
+    };
+    tx.execute(RECORD_REFRESH, &[&started])
+        .await
+        .map_err(DbError::query("record refresh"))?;
+    tx.commit().await.map_err(DbError::query("commit fold"))?;
+    Ok(serde_json::json!({
+        "view": "daily_analytics_summary",
+        "pending_rows_folded": pending,
+        "new_members": members,
+        "summary_rows_upserted": upserted,
+        "days_recomputed": dirty,
+        "erased_user_members": erased_members,
+        "rows": pending + members + upserted,
+    }))
+}
+
+/// The fold proper: takes the pending rows and dirty days, recomputes the dirty days and folds
+/// the rest. Returns the pending rows folded, new members, summary rows upserted and days
+/// recomputed.
+async fn fold_pending(
+    tx: &tokio_postgres::Transaction<'_>,
+) -> Result<(i64, i64, i64, i64), DbError> {
     // JIT compilation of these statements (their estimates span every partition) took seconds
     // for queries that run in milliseconds.
     tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL jit = off")
@@ -281,66 +312,23 @@ pub async fn fold(db: &Db, erased: Option<Erased<'_>>) -> Result<serde_json::Val
         .query_one(FOLD, &[])
         .await
         .map_err(DbError::query("fold pending summary rows"))?;
-    let (pending, members, upserted, dirty): (i64, i64, i64, i64) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-    let erased_members = match erased {
-        Some(e) => take_out(&tx, e).await?,
-        None => 0,
-    };
-    tx.execute(
-        "UPDATE view_refreshes SET refreshed_at = clock_timestamp(), covers_before = $1 \
-         WHERE view_name = 'daily_analytics_summary'",
-        &[&started],
-    )
-    .await
-    .map_err(DbError::query("record refresh"))?;
-    tx.commit().await.map_err(DbError::query("commit fold"))?;
-    Ok(serde_json::json!({
-        "view": "daily_analytics_summary",
-        "pending_rows_folded": pending,
-        "new_members": members,
-        "summary_rows_upserted": upserted,
-        "days_recomputed": dirty,
-        "erased_user_members": erased_members,
-        "rows": pending + members + upserted,
-    }))
+    Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
 }
+
+/// The temporary tables of an erasure's part of the fold.
+const ERASED_TABLES: &str = "
+CREATE TEMP TABLE sluice_erased (day date, event_name text, events bigint) ON COMMIT DROP;
+CREATE TEMP TABLE sluice_erased_ids (day date, event_name text, kind \"char\", member text)
+  ON COMMIT DROP;
+CREATE TEMP TABLE sluice_gone (day date, event_name text, kind \"char\", member text)
+  ON COMMIT DROP;
+CREATE TEMP TABLE sluice_left (day date, event_name text, user_id text, session_id text)
+  ON COMMIT DROP;";
 
 /// The erasure's part of [`fold`]; returns the user members it removed.
 async fn take_out(tx: &tokio_postgres::Transaction<'_>, e: Erased<'_>) -> Result<i64, DbError> {
+    find_erased(tx, e).await?;
     let (id, app) = (&e.erasure_id, &e.app_id);
-    tx.batch_execute(
-        "CREATE TEMP TABLE sluice_erased (day date, event_name text, events bigint) ON COMMIT DROP;
-         CREATE TEMP TABLE sluice_erased_ids (day date, event_name text, kind \"char\", member text)
-           ON COMMIT DROP;
-         CREATE TEMP TABLE sluice_gone (day date, event_name text, kind \"char\", member text)
-           ON COMMIT DROP;
-         CREATE TEMP TABLE sluice_left (day date, event_name text, user_id text, session_id text)
-           ON COMMIT DROP;",
-    )
-    .await
-    .map_err(DbError::query("prepare the erasure's summary"))?;
-    tx.execute(ERASED_TAKE, &[id, app])
-        .await
-        .map_err(DbError::query("take the erasure's events"))?;
-    tx.execute(ERASED_IDS, &[id, app])
-        .await
-        .map_err(DbError::query("take the erasure's ids"))?;
-    tx.batch_execute("ANALYZE sluice_erased; ANALYZE sluice_erased_ids")
-        .await
-        .map_err(DbError::query("analyze the erasure's ids"))?;
-    tx.execute(ERASED_LEFT, &[app])
-        .await
-        .map_err(DbError::query("find the erased users' events left"))?;
-    tx.batch_execute("ANALYZE sluice_left")
-        .await
-        .map_err(DbError::query("analyze the erased users' events left"))?;
-    tx.execute(ERASED_GONE, &[app])
-        .await
-        .map_err(DbError::query("find the erasure's gone ids"))?;
-    tx.batch_execute("ANALYZE sluice_gone")
-        .await
-        .map_err(DbError::query("analyze the erasure's gone ids"))?;
     let row = tx
         .query_one(ERASED_APPLY, &[app])
         .await
@@ -365,4 +353,35 @@ async fn take_out(tx: &tokio_postgres::Transaction<'_>, e: Erased<'_>) -> Result
     .await
     .map_err(DbError::query("count the erasure's summary members"))?;
     Ok(users)
+}
+
+/// Fills the temporary tables: the erasure's events and ids per day and name, the erased users'
+/// events left, and the ids no remaining event carries (each analyzed for the next statement).
+async fn find_erased(tx: &tokio_postgres::Transaction<'_>, e: Erased<'_>) -> Result<(), DbError> {
+    let (id, app) = (&e.erasure_id, &e.app_id);
+    tx.batch_execute(ERASED_TABLES)
+        .await
+        .map_err(DbError::query("prepare the erasure's summary"))?;
+    tx.execute(ERASED_TAKE, &[id, app])
+        .await
+        .map_err(DbError::query("take the erasure's events"))?;
+    tx.execute(ERASED_IDS, &[id, app])
+        .await
+        .map_err(DbError::query("take the erasure's ids"))?;
+    tx.batch_execute("ANALYZE sluice_erased; ANALYZE sluice_erased_ids")
+        .await
+        .map_err(DbError::query("analyze the erasure's ids"))?;
+    tx.execute(ERASED_LEFT, &[app])
+        .await
+        .map_err(DbError::query("find the erased users' events left"))?;
+    tx.batch_execute("ANALYZE sluice_left")
+        .await
+        .map_err(DbError::query("analyze the erased users' events left"))?;
+    tx.execute(ERASED_GONE, &[app])
+        .await
+        .map_err(DbError::query("find the erasure's gone ids"))?;
+    tx.batch_execute("ANALYZE sluice_gone")
+        .await
+        .map_err(DbError::query("analyze the erasure's gone ids"))?;
+    Ok(())
 }

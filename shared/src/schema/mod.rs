@@ -148,39 +148,10 @@ async fn migrate_locked(
     client: &Client,
     window: PartitionWindow,
 ) -> Result<MigrateReport, SchemaError> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS sluice_schema_migrations (
-                version    integer PRIMARY KEY,
-                name       text NOT NULL,
-                checksum   text NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now()
-            )",
-        )
-        .await
-        .map_err(DbError::query("create migrations table"))?;
-    let rows = client
-        .query(
-            "SELECT version, name, checksum FROM sluice_schema_migrations ORDER BY version",
-            &[],
-        )
-        .await
-        .map_err(DbError::query("read applied migrations"))?;
-    let applied: Vec<(i32, String, String)> = rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+    let applied = applied_migrations(client).await?;
     let mut report = MigrateReport::default();
     for m in MIGRATIONS {
-        if let Some((_, name, sum)) = applied.iter().find(|(v, _, _)| *v == m.version) {
-            if *sum != m.checksum() {
-                return Err(SchemaError::ChecksumMismatch {
-                    version: m.version,
-                    name: name.clone(),
-                    applied: sum.clone(),
-                    current: m.checksum(),
-                });
-            }
+        if already_applied(&applied, m)? {
             continue;
         }
         apply(client, m).await?;
@@ -199,6 +170,50 @@ async fn migrate_locked(
         partitions::wanted_months(window.now, window.retention_months, window.premake_months);
     report.partitions_created = partitions::ensure(client, &months).await?.len();
     Ok(report)
+}
+
+/// The migrations applied so far, as (version, name, checksum) in version order; the table
+/// that records them is created first if needed.
+async fn applied_migrations(client: &Client) -> Result<Vec<(i32, String, String)>, SchemaError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS sluice_schema_migrations (
+                version    integer PRIMARY KEY,
+                name       text NOT NULL,
+                checksum   text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .map_err(DbError::query("create migrations table"))?;
+    let rows = client
+        .query(
+            "SELECT version, name, checksum FROM sluice_schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .map_err(DbError::query("read applied migrations"))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// True when `m` is among `applied`; an error when it was applied with another checksum (an
+/// applied migration is never edited).
+fn already_applied(applied: &[(i32, String, String)], m: &Migration) -> Result<bool, SchemaError> {
+    let Some((_, name, sum)) = applied.iter().find(|(v, _, _)| *v == m.version) else {
+        return Ok(false);
+    };
+    if *sum != m.checksum() {
+        return Err(SchemaError::ChecksumMismatch {
+            version: m.version,
+            name: name.clone(),
+            applied: sum.clone(),
+            current: m.checksum(),
+        });
+    }
+    Ok(true)
 }
 
 async fn apply(client: &Client, m: &Migration) -> Result<(), SchemaError> {
