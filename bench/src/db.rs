@@ -9,12 +9,7 @@ use shared::db::Db;
 
 /// A write pool on database `name`.
 pub fn pool(name: &str) -> anyhow::Result<Db> {
-    let (host, port) = testkit::admin_env();
-    let env = shared::config::Env::from_pairs(vec![
-        ("DB_HOST".to_owned(), host),
-        ("DB_PORT".to_owned(), port.to_string()),
-        ("DB_NAME".to_owned(), name.to_owned()),
-    ]);
+    let env = shared::config::Env::from_pairs(testkit::db_env(name));
     Ok(shared::db::Pools::new(&shared::config::DbConfig::from_env(&env)?)?.write)
 }
 

@@ -112,13 +112,7 @@ impl Stack {
     ) -> anyhow::Result<Self> {
         let db = format!("faults_{name}_{}", std::process::id()).replace('-', "_");
         let mut daemons = builder(pg.port, &db, redis_url, prefix, shape).build()?;
-        let admin = pg.client("postgres").await?;
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-            .await?;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {db}"))
-            .await?;
+        testkit::recreate_database(&pg.client("postgres").await?, &db).await?;
         daemons.command("maintenance-worker", &["migrate"])?;
         pg.client(&db).await?.batch_execute(POISON_SQL).await?;
         let app = daemons.command("ingest-gateway", &["apps", "create", "--name", name])?;

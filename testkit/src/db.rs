@@ -62,6 +62,17 @@ pub async fn connect(db: &str) -> Client {
     client
 }
 
+/// Drops database `name` (with FORCE) of the server `admin` is connected to, if it exists, and
+/// creates it empty: a benchmark's or a fault run's database, made anew.
+pub async fn recreate_database(admin: &Client, name: &str) -> Result<(), tokio_postgres::Error> {
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+}
+
 /// A database of its own for one test; dropped (with FORCE) when this guard is dropped.
 pub struct TestDb {
     pub name: String,

@@ -11,6 +11,7 @@
 //! - [`postgres`]: a streaming replica of the test server, a PostgreSQL of a test's own, and the
 //!   PostgreSQL tools run as `postgres`.
 //! - [`redis_servers`]: a Redis and a Redis Cluster of a test's own; key clean-up.
+//! - [`fixtures`]: small fixtures tests share (an event as the gateway queues it).
 //! - [`http`]: a spare port, a minimal GET, and the one HTTP sender of every load.
 //! - [`procfs`]: a process's memory and CPU time from `/proc`.
 //! - [`wait`]: polling until a condition holds.
@@ -19,6 +20,7 @@
 
 pub mod daemon;
 pub mod db;
+pub mod fixtures;
 pub mod http;
 pub mod postgres;
 pub mod procfs;
@@ -29,7 +31,8 @@ mod template;
 pub mod wait;
 
 pub use daemon::{bin_dir, Daemon, DAEMONS};
-pub use db::{admin_env, admin_password, connect, db_env, TestDb};
+pub use db::{admin_env, admin_password, connect, db_env, recreate_database, TestDb};
+pub use fixtures::view_event;
 pub use http::{free_port, http_get, HttpSender};
 pub use postgres::{as_postgres, pg_bin, pg_client, OwnPostgres, Replica};
 pub use procfs::{cpu_seconds, peak_rss_mib, proc_status_kib, rss_mib};

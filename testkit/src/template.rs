@@ -6,7 +6,7 @@
 
 use shared::schema::{self, PartitionWindow, MIGRATIONS};
 
-use crate::db::connect;
+use crate::db::{connect, recreate_database};
 
 /// The template's name changes with the migrations and the month, so a stale template is never
 /// used; it is built once by whichever test gets there first.
@@ -55,12 +55,8 @@ async fn build(admin: &tokio_postgres::Client, name: &str, now: chrono::DateTime
             .await;
     }
     let building = format!("{name}_building");
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
-        .await
-        .expect("drop a half-built template");
-    admin
-        .batch_execute(&format!("CREATE DATABASE {building}"))
+    // A half-built template of a run that died is dropped first.
+    recreate_database(admin, &building)
         .await
         .expect("create template database");
     {

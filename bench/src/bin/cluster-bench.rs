@@ -6,20 +6,15 @@
 //!
 //! `cargo build --release --bins && target/release/cluster-bench`
 
-use std::time::Duration;
-
-use bench::load::{self, LoadResult, Target};
+use bench::load::{self, LoadResult, Phases, Target};
 use bench::print_table;
 use clap::Parser;
 use testkit::{OwnCluster, OwnRedis, StackBuilder, TestDb};
 
 #[derive(Parser)]
 struct Args {
-    /// Seconds per phase.
-    #[arg(long, default_value_t = 8)]
-    seconds: u64,
-    #[arg(long, default_value_t = 64)]
-    connections: usize,
+    #[command(flatten)]
+    phases: Phases,
     #[arg(long, default_value_t = 12)]
     shards: u16,
 }
@@ -36,17 +31,12 @@ async fn measure(
         .var("QUEUE_HIGH_WATER", "100000000")
         .start()
         .await?;
-    let target = Target::new(&gw.gateway_addr, key, args.connections);
-    let phase = Duration::from_secs(args.seconds);
-    let batched = load::closed_loop(
-        &target,
-        &load::bodies(100, 16),
-        100,
-        args.connections,
-        phase,
-    )
-    .await;
-    let single = load::closed_loop(&target, &load::bodies(1, 64), 1, args.connections, phase).await;
+    let target = Target::new(&gw.gateway_addr, key, args.phases.connections);
+    let batched = args
+        .phases
+        .closed(&target, &load::bodies(100, 16), 100)
+        .await;
+    let single = args.phases.closed(&target, &load::bodies(1, 64), 1).await;
     Ok((batched, single))
 }
 

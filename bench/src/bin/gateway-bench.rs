@@ -7,20 +7,15 @@
 //!
 //! `cargo build --release --bins && target/release/gateway-bench`
 
-use std::time::Duration;
-
-use bench::load::{self, Target};
+use bench::load::{self, Phases, Target};
 use bench::print_table;
 use clap::Parser;
 use testkit::{cpu_seconds, peak_rss_mib, StackBuilder, TestDb};
 
 #[derive(Parser)]
 struct Args {
-    /// Seconds per phase.
-    #[arg(long, default_value_t = 8)]
-    seconds: u64,
-    #[arg(long, default_value_t = 64)]
-    connections: usize,
+    #[command(flatten)]
+    phases: Phases,
     /// Fixed rate of the latency phase, events per second (single-event requests).
     #[arg(long, default_value_t = 10_000.0)]
     rate: f64,
@@ -34,7 +29,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let phase = Duration::from_secs(args.seconds);
+    let phase = args.phases.duration();
     let db = TestDb::migrated().await;
     let pools = shared::db::Pools::new(&db.config())?;
     let app = ingest_gateway::apps::create_app(&pools.write, "bench").await?;
@@ -62,44 +57,26 @@ async fn main() -> anyhow::Result<()> {
         redis: redis_pid,
         prefix: prefix.clone(),
     };
-    let target = Target::new(addr, &app.ingest_key, args.connections);
-    let segment_target = Target::segment(addr, &app.ingest_key, args.connections);
+    let target = Target::new(addr, &app.ingest_key, args.phases.connections);
+    let segment_target = Target::segment(addr, &app.ingest_key, args.phases.connections);
     let batch_bodies = load::bodies(100, 16);
     let segment_bodies = load::segment_bodies(100, 16);
     // The two batched loads alternate, so drift on the machine touches both alike.
     let (mut natives, mut segments) = (Vec::new(), Vec::new());
     let rounds = args.rounds.max(1);
+    let p = &args.phases;
     for round in 1..=rounds {
         eprintln!(
             "Round {round}/{}: batches of 100, {} connections...",
-            rounds, args.connections
+            rounds, p.connections
         );
-        natives.push(
-            meter
-                .phase(load::closed_loop(
-                    &target,
-                    &batch_bodies,
-                    100,
-                    args.connections,
-                    phase,
-                ))
-                .await,
-        );
+        natives.push(meter.phase(p.closed(&target, &batch_bodies, 100)).await);
         eprintln!(
             "Round {round}/{}: Segment /v1/batch, batches of 100...",
             rounds
         );
-        segments.push(
-            meter
-                .phase(load::closed_loop(
-                    &segment_target,
-                    &segment_bodies,
-                    100,
-                    args.connections,
-                    phase,
-                ))
-                .await,
-        );
+        let segment = p.closed(&segment_target, &segment_bodies, 100);
+        segments.push(meter.phase(segment).await);
     }
     let ratios: Vec<f64> = natives
         .iter()
@@ -117,27 +94,12 @@ async fn main() -> anyhow::Result<()> {
     let (native_spread, segment_spread) = (spread(&natives), spread(&segments));
     let batched = median(natives);
     let segment = median(segments);
-    eprintln!("Single events, {} connections...", args.connections);
+    eprintln!("Single events, {} connections...", p.connections);
     let single_bodies = load::bodies(1, 64);
-    let single = meter
-        .phase(load::closed_loop(
-            &target,
-            &single_bodies,
-            1,
-            args.connections,
-            phase,
-        ))
-        .await;
+    let single = meter.phase(p.closed(&target, &single_bodies, 1)).await;
     eprintln!("Fixed {} events/s, single events...", args.rate);
-    let paced = meter
-        .phase(load::fixed_rate(
-            &target,
-            &single_bodies,
-            1,
-            args.rate,
-            phase,
-        ))
-        .await;
+    let paced = load::fixed_rate(&target, &single_bodies, 1, args.rate, phase);
+    let paced = meter.phase(paced).await;
     let rss = peak_rss_mib(pid).unwrap_or(0.0);
     let cpu = cpu_seconds(pid).unwrap_or(0.0);
     let total_events = [&batched, &segment, &single, &paced]

@@ -32,17 +32,9 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let target = Target::new(&args.addr, &args.key, args.connections);
-    let bodies = load::bodies(args.batch, 32);
     let duration = Duration::from_secs(args.seconds);
-    let result = load::run_with_progress(
-        &target,
-        &bodies,
-        args.batch as u64,
-        args.rate,
-        args.connections,
-        duration,
-    )
-    .await;
+    let plan = load::Plan::new(args.batch, args.rate, args.connections, duration);
+    let result = plan.run(&target).await;
     println!(
         "accepted {} events in {:.1} s: {:.0} events/s, {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms, {} failed requests",
         result.events_accepted,

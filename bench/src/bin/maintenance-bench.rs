@@ -172,12 +172,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let admin = testkit::connect("postgres").await;
     if !args.reuse {
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
-            .await?;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {DB}"))
-            .await?;
+        testkit::recreate_database(&admin, DB).await?;
     }
     let c = testkit::connect(DB).await;
     bench::db::migrate(&c).await?;

@@ -210,13 +210,8 @@ async fn prepare(events: i64) -> anyhow::Result<()> {
             eprintln!("Reusing {DB} ({n} events).");
             return Ok(());
         }
-        admin
-            .batch_execute(&format!("DROP DATABASE {DB} WITH (FORCE)"))
-            .await?;
     }
-    admin
-        .batch_execute(&format!("CREATE DATABASE {DB}"))
-        .await?;
+    testkit::recreate_database(&admin, DB).await?;
     let c = testkit::connect(DB).await;
     bench::db::migrate(&c).await?;
     for app in 0..APPS {

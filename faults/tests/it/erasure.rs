@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
-use shared::queue::{Keys, QueuedEvent};
+use shared::queue::Keys;
 use shared::schema::partitions::{self, Month};
 use testkit::{redis_cleanup, wait_for, Daemon, Stack, StackBuilder, TestDb};
 use tokio_postgres::Client;
@@ -200,17 +200,7 @@ async fn quarantine(c: &Client, app: &str, user: &str, n: i64, at: DateTime<Utc>
 
 /// A dead letter of one event of `user` in `app`, as the writer stores it.
 async fn dead_letter(c: &Client, app: &str, user: &str) {
-    let e = QueuedEvent {
-        event_id: Uuid::new_v4(),
-        app_id: app.to_owned(),
-        event_name: "view".to_owned(),
-        occurred_at_us: Utc::now().timestamp_micros(),
-        received_at_us: Utc::now().timestamp_micros(),
-        user_id: Some(user.to_owned()),
-        session_id: None,
-        metadata: None,
-        client_id: false,
-    };
+    let e = testkit::view_event(app, user);
     let payload = shared::queue::encode(std::slice::from_ref(&e)).expect("encode");
     c.execute(
         "INSERT INTO dead_letters (event_id, app_id, payload, error, stream, entry_id, deliveries) \

@@ -25,6 +25,23 @@ fn certificates(dir: &std::path::Path) {
     run("printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > ext.cnf && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext.cnf");
 }
 
+/// Starts a gateway that Redis does not take (a wrong password, a certificate nobody trusts):
+/// not ready. The gateway has tried Redis and says so; only then is its 503 an answer. Its
+/// logs; it is stopped.
+async fn refused_gateway(bin: &str, env: &[(String, String)]) -> String {
+    let gw = Daemon::start(bin, env).await;
+    let tried = wait_for(Duration::from_secs(15), || async {
+        gw.logs().contains("unreachable").then_some(())
+    })
+    .await;
+    assert!(tried.is_some(), "{}", gw.logs());
+    assert!(matches!(
+        http_get(&gw.ops_addr, "/readyz").await,
+        Some((503, _))
+    ));
+    gw.logs()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_runs_over_redis_with_auth_and_tls_and_a_wrong_password_stays_out_of_logs() {
     let dir = std::env::temp_dir().join(format!("sluice-tls-{}", uuid::Uuid::new_v4().simple()));
@@ -93,19 +110,8 @@ async fn the_pipeline_runs_over_redis_with_auth_and_tls_and_a_wrong_password_sta
         "REDIS_URL".into(),
         format!("rediss://:Wrong-pw-123@localhost:{port}/"),
     ));
-    let gw = Daemon::start(&bin("ingest-gateway"), &bad).await;
-    // The gateway has tried Redis and says so; only then is its 503 an answer.
-    let tried = testkit::wait_for(Duration::from_secs(15), || async {
-        gw.logs().contains("unreachable").then_some(())
-    })
-    .await;
-    assert!(tried.is_some(), "{}", gw.logs());
-    assert!(matches!(
-        http_get(&gw.ops_addr, "/readyz").await,
-        Some((503, _))
-    ));
-    assert!(!gw.logs().contains("Wrong-pw-123"), "{}", gw.logs());
-    drop(gw);
+    let logs = refused_gateway(&bin("ingest-gateway"), &bad).await;
+    assert!(!logs.contains("Wrong-pw-123"), "{logs}");
 
     // The right password but a certificate nobody trusts (no SSL_CERT_FILE): not ready either.
     let mut untrusted: Vec<(String, String)> = env
@@ -117,18 +123,7 @@ async fn the_pipeline_runs_over_redis_with_auth_and_tls_and_a_wrong_password_sta
         "REDIS_URL".into(),
         format!("rediss://:s3cret-Redis-pw@localhost:{port}/"),
     ));
-    let gw = Daemon::start(&bin("ingest-gateway"), &untrusted).await;
-    // The gateway has tried Redis and says so; only then is its 503 an answer.
-    let tried = testkit::wait_for(Duration::from_secs(15), || async {
-        gw.logs().contains("unreachable").then_some(())
-    })
-    .await;
-    assert!(tried.is_some(), "{}", gw.logs());
-    assert!(matches!(
-        http_get(&gw.ops_addr, "/readyz").await,
-        Some((503, _))
-    ));
-    drop(gw);
+    refused_gateway(&bin("ingest-gateway"), &untrusted).await;
 
     env.push((
         "REDIS_URL".into(),

@@ -87,17 +87,9 @@ async fn main() -> anyhow::Result<()> {
 
     let duration = Duration::from_secs(args.seconds);
     let target = Target::new(&stack.gateway_addr, &app.ingest_key, args.connections);
-    let bodies = load::bodies(args.batch, 32);
+    let plan = load::Plan::new(args.batch, args.rate, args.connections, duration);
     let load_started = Instant::now();
-    let result = load::run_with_progress(
-        &target,
-        &bodies,
-        args.batch as u64,
-        args.rate,
-        args.connections,
-        duration,
-    )
-    .await;
+    let result = plan.run(&target).await;
     eprintln!("Load done; waiting for the drain...");
     let accepted = result.events_accepted as f64;
     let written = || async { metric(&scrape(&writer_ops).await.concat(), WRITTEN) };

@@ -45,12 +45,7 @@ pub async fn prepare(admin: &Client, args: &Args) -> anyhow::Result<Loaded> {
             eprintln!("No reusable {db} with this history; loading it.");
         }
     }
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-        .await?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await?;
+    testkit::recreate_database(admin, db).await?;
     let c = testkit::connect(db).await;
     migrate(&c).await?;
     let loaded = load_history(&c, args).await?;
