@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use shared::db::{Db, DbError};
 use shared::queue::{self, Keys};
 use shared::redis_conn::RedisConn;
+use tokio_postgres::types::ToSql;
 
 /// This pipeline's number, registering the prefix on first use. Concurrent registrations of
 /// different prefixes may pick the same number: the loser retries.
@@ -85,6 +86,13 @@ pub struct LowWater {
     pub age_ms: u64,
 }
 
+/// The mark (`$2`, bounded by PostgreSQL's clock) and its age (`$3`, ms) of pipeline `$1`.
+const REPORT_LOW_WATER: &str = "UPDATE stream_pipelines \
+    SET queue_low_water = least($2, now() + interval '10 minutes'), \
+        queue_low_water_db = now() - make_interval(secs => $3::bigint / 1000.0), \
+        low_water_at = now() \
+    WHERE pipeline_id = $1";
+
 /// Records a low-water mark read now, replacing the last one: a mark read earlier and recorded
 /// later (two writers) is merely cautious. A mark ahead of PostgreSQL's clock by more than the
 /// prune job's margin (a Redis clock running fast) is recorded as that bound, so it cannot hold
@@ -95,14 +103,9 @@ pub async fn report_low_water(db: &Db, pipeline: u16, low: LowWater) -> Result<(
     let at =
         DateTime::<Utc>::from_timestamp_millis(low.ms as i64).unwrap_or(DateTime::<Utc>::MIN_UTC);
     let age_ms = low.age_ms.min(i64::MAX as u64) as i64;
-    db.execute(
-        "report queue low water",
-        "UPDATE stream_pipelines SET queue_low_water = least($2, now() + interval '10 minutes'), \
-         queue_low_water_db = now() - make_interval(secs => $3::bigint / 1000.0), \
-         low_water_at = now() WHERE pipeline_id = $1",
-        &[&(pipeline as i16), &at, &age_ms],
-    )
-    .await?;
+    let params: [&(dyn ToSql + Sync); 3] = [&(pipeline as i16), &at, &age_ms];
+    db.execute("report queue low water", REPORT_LOW_WATER, &params)
+        .await?;
     Ok(())
 }
 

@@ -82,17 +82,15 @@ async fn tables(db: &Db) -> Result<String, DbError> {
     Ok(format!("Tables and partitions\n{}", table(&header, &rows)))
 }
 
+/// The size of every partition of `analytics_events` together, in bytes.
+const PARTITIONS: &str = "
+SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0)::bigint
+  FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent
+ WHERE p.relname = 'analytics_events'";
+
 /// The size of every partition of `analytics_events` together.
 async fn partitions_total(db: &Db) -> Result<String, DbError> {
-    let total: i64 = db
-        .query_one(
-            "stats: total",
-            "SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0)::bigint FROM pg_inherits i \
-             JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'analytics_events'",
-            &[],
-        )
-        .await?
-        .get(0);
+    let total: i64 = db.query_one("stats: total", PARTITIONS, &[]).await?.get(0);
     Ok(format!(
         "\nanalytics_events, all partitions: {}\n",
         mib(total)

@@ -166,14 +166,15 @@ pub(super) async fn cache(
     Ok(Step::Next(State::Done))
 }
 
+/// Milliseconds since the request entered its phase.
+const PHASE_MS: &str = "SELECT \
+    coalesce(extract(epoch FROM clock_timestamp() - phase_at) * 1000, 0)::float8 \
+    FROM erasures WHERE erasure_id = $1";
+
 /// The request has been in phase `cache` for the cache wait.
 async fn cache_waited(ctx: &ErasureCtx, client: &Object, req: &Request) -> Result<bool, DbError> {
     let waited_ms: f64 = client
-        .query_one(
-            "SELECT coalesce(extract(epoch FROM clock_timestamp() - phase_at) * 1000, 0)::float8 \
-             FROM erasures WHERE erasure_id = $1",
-            &[&req.id],
-        )
+        .query_one(PHASE_MS, &[&req.id])
         .await
         .map_err(DbError::query("read erasure phase time"))?
         .get(0);

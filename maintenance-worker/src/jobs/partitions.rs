@@ -40,13 +40,18 @@ pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
 pub async fn months_ahead(db: &Db, now: DateTime<Utc>) -> Result<u32, DbError> {
     let client = db.get("count partitions ahead").await?;
     let existing = partitions::existing(&client).await?;
-    let current = Month::of(now);
+    let n = ahead(&existing, Month::of(now));
+    metrics::partitions_ahead(n);
+    Ok(n)
+}
+
+/// Months among `existing`, without a gap, after `current`.
+fn ahead(existing: &[Month], current: Month) -> u32 {
     let mut n = 0;
     while existing.contains(&current.plus(n as i32 + 1)) {
         n += 1;
     }
-    metrics::partitions_ahead(n);
-    Ok(n)
+    n
 }
 
 /// Events waiting in quarantine; also published as `sluice_quarantine_rows`.
@@ -227,4 +232,16 @@ async fn build_user_index(db: &Db, part: &str) -> Result<String, DbError> {
     ddl(db, "attach user index", &attach).await?;
     tracing::info!(partition = %part, "Built the user index on a partition.");
     Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_ahead_stop_at_the_first_gap() {
+        let now = Month::of(Utc::now());
+        assert_eq!(ahead(&[now, now.plus(1), now.plus(2), now.plus(4)], now), 2);
+        assert_eq!(ahead(&[now.plus(-1), now], now), 0);
+    }
 }

@@ -45,16 +45,17 @@ pub async fn run(ctx: &JobCtx) -> Result<serde_json::Value, DbError> {
     Ok(serde_json::json!({"vacuumed": done, "rows": rows}))
 }
 
+/// The partitions and [`TABLES`] with at least `$1` dead tuples, most first.
+const CANDIDATES: &str = "
+SELECT relname::text, n_dead_tup, n_live_tup FROM pg_stat_user_tables
+ WHERE (relname LIKE 'analytics_events_p%' OR relname IN
+        ('events_quarantine', 'event_dedupe', 'entry_ledger', 'dead_letters', 'api_keys'))
+   AND n_dead_tup >= $1 ORDER BY n_dead_tup DESC";
+
 /// The tables with at least [`MIN_DEAD`] dead tuples, most first: name, dead and live tuples.
 async fn candidates(client: &Object) -> Result<Vec<(String, i64, i64)>, DbError> {
     Ok(client
-        .query(
-            "SELECT relname::text, n_dead_tup, n_live_tup FROM pg_stat_user_tables \
-             WHERE (relname LIKE 'analytics_events_p%' OR relname IN \
-                    ('events_quarantine', 'event_dedupe', 'entry_ledger', 'dead_letters', 'api_keys')) \
-               AND n_dead_tup >= $1 ORDER BY n_dead_tup DESC",
-            &[&MIN_DEAD],
-        )
+        .query(CANDIDATES, &[&MIN_DEAD])
         .await
         .map_err(DbError::query("list tables to vacuum"))?
         .iter()
