@@ -164,3 +164,20 @@ impl Drop for TestDb {
         .join();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daemons_get_the_test_servers_password_and_each_variable_once() {
+        let env = db_env("some_db");
+        let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD"]
+        );
+        let password = env.iter().find(|(k, _)| k == "DB_PASSWORD").map(|(_, v)| v);
+        assert_eq!(password, Some(&admin_password()));
+    }
+}

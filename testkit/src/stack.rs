@@ -292,3 +292,63 @@ impl Stack {
             .join("\n")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value<'a>(env: &'a [(String, String)], key: &str) -> Vec<&'a str> {
+        env.iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn builder() -> StackBuilder {
+        let db = vec![("DB_NAME".to_owned(), "d".to_owned())];
+        StackBuilder::new(db, "redis://r/", "p")
+    }
+
+    #[test]
+    fn a_variable_set_twice_is_there_once_with_the_last_value() {
+        let b = builder()
+            .var("LOG_LEVEL", "info")
+            .var("QUEUE_HIGH_WATER", "9");
+        assert_eq!(value(&b.env, "LOG_LEVEL"), ["info"]);
+        assert_eq!(value(&b.env, "QUEUE_HIGH_WATER"), ["9"]);
+        assert_eq!(value(&b.env, "REDIS_URL"), ["redis://r/"]);
+        assert_eq!(value(&b.env, "STREAM_PREFIX"), ["p"]);
+        assert_eq!(value(&b.env, "GATEWAY_ADDR"), [b.gateway_addr()]);
+    }
+
+    #[test]
+    fn pools_are_set_together_and_own_pools_removes_them() {
+        let b = builder().var("DB_POOL_MAX", "4").pools(8, 2, 4, 1);
+        let sizes: Vec<Vec<&str>> = POOL_VARS.iter().map(|k| value(&b.env, k)).collect();
+        assert_eq!(sizes, [["8"], ["2"], ["4"], ["1"]]);
+        let b = b.own_pools();
+        assert!(POOL_VARS.iter().all(|k| value(&b.env, k).is_empty()));
+        assert_eq!(value(&b.env, "DB_NAME"), ["d"]);
+    }
+
+    #[test]
+    fn maintenance_variables_override_only_the_maintenance_workers() {
+        let b = builder()
+            .maintenance(1)
+            .maintenance_var("LOG_LEVEL", "info");
+        let stack = Stack {
+            env: b.env,
+            gateway_addr: b.gateway_addr,
+            gateway: None,
+            writers: Vec::new(),
+            maintenance: None,
+            more_maintenance: Vec::new(),
+            maintenance_count: b.maintenance,
+            writer_name: b.writer_name,
+            maintenance_env: b.maintenance_env,
+            bins: PathBuf::new(),
+        };
+        assert_eq!(value(&stack.env, "LOG_LEVEL"), ["warn"]);
+        assert_eq!(value(&stack.maintenance_vars(), "LOG_LEVEL"), ["info"]);
+    }
+}
