@@ -1,5 +1,5 @@
 //! The command line: the daemon by default, or one of the one-shot commands (`migrate`,
-//! `run-once`, `stats`, `erasures run-once`), each on a small pool of its own.
+//! `adopt`, `run-once`, `stats`, `erasures run-once`), each on a small pool of its own.
 
 use clap::{Args, Parser, Subcommand};
 use shared::daemon;
@@ -7,7 +7,7 @@ use shared::db::Db;
 use shared::metrics::PoolName;
 
 use crate::clock::Clock;
-use crate::{erasure, migrate, stats, MaintenanceConfig, RunOnce};
+use crate::{adopt, erasure, migrate, stats, MaintenanceConfig, RunOnce};
 
 /// Sluice maintenance worker: partitions, retention, views, ANALYZE and VACUUM on schedules.
 #[derive(Parser)]
@@ -21,6 +21,9 @@ pub struct Cli {
 pub enum Command {
     /// Apply migrations/ (idempotent, safe to run concurrently).
     Migrate,
+    /// Upgrade an installation of the original design in place: move its plain
+    /// analytics_events aside, migrate, copy its rows month by month (resumable), verify them.
+    Adopt(AdoptArgs),
     /// Run the maintenance jobs once: partitions, views and analyze by default.
     RunOnce(RunOnceArgs),
     /// Print table, partition and index sizes, row estimates, dead tuples, quarantine and the
@@ -61,6 +64,13 @@ impl From<RunOnceArgs> for RunOnce {
     }
 }
 
+#[derive(Args)]
+pub struct AdoptArgs {
+    /// Old rows copied per statement.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(100..=1_000_000))]
+    batch_rows: i64,
+}
+
 #[derive(Subcommand)]
 pub enum ErasuresCommand {
     /// Advance the open requests, oldest first, until they are done or the oldest must wait
@@ -72,6 +82,7 @@ pub enum ErasuresCommand {
 pub async fn run(config: MaintenanceConfig, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Migrate => migrate_command(&config).await,
+        Command::Adopt(args) => adopt_command(&config, args).await,
         Command::RunOnce(args) => run_once_command(&config, args.into()).await,
         Command::Stats => {
             print!("{}", stats::report(&pool(&config, 2).await?).await?);
@@ -90,6 +101,19 @@ async fn migrate_command(config: &MaintenanceConfig) -> anyhow::Result<()> {
         report.applied,
         report.partitions_created,
         shared::schema::expected_version()
+    );
+    Ok(())
+}
+
+async fn adopt_command(config: &MaintenanceConfig, args: AdoptArgs) -> anyhow::Result<()> {
+    let options = adopt::Options {
+        batch_rows: args.batch_rows,
+    };
+    let report = adopt::run(config, options).await?;
+    println!("{}", serde_json::to_string(&report)?);
+    anyhow::ensure!(
+        report.complete,
+        "a month's copy does not match its original rows (see the report); run adopt again"
     );
     Ok(())
 }

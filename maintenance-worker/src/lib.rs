@@ -5,6 +5,7 @@
 //! - [`cli`]: the command line and the one-shot commands.
 //! - [`config`]: environment to [`MaintenanceConfig`], schedules parsed at start.
 //! - [`migrate`]: the `migrate` command.
+//! - [`adopt`]: the `adopt` command, the upgrade from the original design's table.
 //! - [`jobs`]: the jobs, one file each, run under a per-job lock.
 //! - [`scheduler`]: cron-driven job loops.
 //! - [`erasure`]: erasure requests carried out, a phase at a time.
@@ -13,6 +14,7 @@
 //! - [`stats`]: the `stats` report.
 //! - [`metrics`]: this daemon's metrics.
 
+pub mod adopt;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -11,6 +11,7 @@ use crate::config::MaintenanceConfig;
 pub async fn run(config: &MaintenanceConfig) -> anyhow::Result<MigrateReport> {
     let (client, conn) =
         connect_one(&pg_config(&config.db.primary, &config.db), &config.db).await?;
+    crate::adopt::refuse_original(&client).await?;
     let report = schema::migrate(
         &client,
         PartitionWindow {

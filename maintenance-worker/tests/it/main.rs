@@ -1,5 +1,6 @@
 //! Integration tests of the maintenance worker against the real PostgreSQL.
 
+mod adopt;
 mod daemon;
 mod erasure;
 mod jobs;
