@@ -132,7 +132,9 @@ async fn fold(db: &shared::db::Db) -> anyhow::Result<(Duration, serde_json::Valu
 }
 
 /// History rows `from+1..=to`: 50 apps, 10 event names, days 7 to 330 back, users and sessions
-/// from pools, so each (app, day, event) has repeated ids as real traffic does.
+/// from pools, so each (app, day, event) has repeated ids as real traffic does. Each statement
+/// inserts in (app, time) order, so the indexes take it in one sweep instead of at random (past
+/// 50M rows, random inserts are read-bound here: 130 s a million instead of about 30).
 fn history_sql(from: i64, to: i64) -> String {
     format!(
         "SET statement_timeout = 0; \
@@ -141,7 +143,7 @@ fn history_sql(from: i64, to: i64) -> String {
                 (ARRAY['page_view','page_view','page_view','click','click','scroll','search','signup','purchase','share'])[1 + (i * 7919) % 10], \
                 now() - interval '7 days' - (((i * 104729) % 27993600)::text || ' seconds')::interval, now(), \
                 'user_' || ((i * 31) % 3000), 'sess_' || ((i * 17) % 9000) \
-         FROM generate_series({from}::bigint + 1, {to}::bigint) i"
+         FROM generate_series({from}::bigint + 1, {to}::bigint) i ORDER BY 2, 4"
     )
 }
 
