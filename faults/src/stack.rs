@@ -37,6 +37,8 @@ pub struct Stack {
     pub prefix: String,
     pub pg_port: u16,
     pub redis_url: String,
+    /// The app's read key (for the read API).
+    pub read_key: String,
     /// The daemons, their variables and the gateway's address.
     pub daemons: testkit::Stack,
     pub sender: Sender,
@@ -110,20 +112,52 @@ impl Stack {
         prefix: &str,
         shape: Shape,
     ) -> anyhow::Result<Self> {
+        Self::start_on(pg, &direct(pg.port), redis_url, name, prefix, shape).await
+    }
+
+    /// As [`Stack::start_with`], with the daemons' pools through the transaction pooler on
+    /// `pooler_port` (`DB_POOLER=transaction`) and their sessions direct to `pg`.
+    pub async fn start_pooled(
+        pg: &OwnPostgres,
+        pooler_port: u16,
+        redis_url: &str,
+        name: &str,
+        prefix: &str,
+        shape: Shape,
+    ) -> anyhow::Result<Self> {
+        let mut route = direct(pooler_port);
+        route.push(("DB_POOLER".into(), "transaction".into()));
+        route.push(("DB_DIRECT_HOST".into(), "127.0.0.1".into()));
+        route.push(("DB_DIRECT_PORT".into(), pg.port.to_string()));
+        Self::start_on(pg, &route, redis_url, name, prefix, shape).await
+    }
+
+    /// A new database on `pg`, migrated, an app, and the daemons, reaching PostgreSQL by the
+    /// `route` variables.
+    async fn start_on(
+        pg: &OwnPostgres,
+        route: &[(String, String)],
+        redis_url: &str,
+        name: &str,
+        prefix: &str,
+        shape: Shape,
+    ) -> anyhow::Result<Self> {
         let db = format!("faults_{name}_{}", std::process::id()).replace('-', "_");
-        let mut daemons = builder(pg.port, &db, redis_url, prefix, shape).build()?;
+        let mut daemons = builder(route, &db, redis_url, prefix, shape).build()?;
         testkit::recreate_database(&pg.client("postgres").await?, &db).await?;
         daemons.command("maintenance-worker", &["migrate"])?;
         pg.client(&db).await?.batch_execute(POISON_SQL).await?;
         let app = daemons.command("ingest-gateway", &["apps", "create", "--name", name])?;
         let app: serde_json::Value = serde_json::from_str(&app)?;
         let key = app["ingest_key"].as_str().context("ingest_key")?.to_owned();
+        let read_key = app["read_key"].as_str().context("read_key")?.to_owned();
         daemons.start_all().await;
         Ok(Self {
             db,
             prefix: prefix.to_owned(),
             pg_port: pg.port,
             redis_url: redis_url.to_owned(),
+            read_key,
             sender: Sender::new(&daemons.gateway_addr, &key),
             daemons,
         })
@@ -215,15 +249,25 @@ impl Stack {
     }
 }
 
-/// The daemons' stack on database `db` of the suite's PostgreSQL on `pg_port`.
-fn builder(pg_port: u16, db: &str, redis_url: &str, prefix: &str, shape: Shape) -> StackBuilder {
-    let db_env = [
-        ("DB_HOST", "127.0.0.1".to_owned()),
-        ("DB_PORT", pg_port.to_string()),
-        ("DB_NAME", db.to_owned()),
-        ("DB_USER", "postgres".into()),
-    ];
-    let db_env = db_env.map(|(k, v)| (k.to_owned(), v)).to_vec();
+/// The variables that point the daemons at a server on `port` of this host.
+fn direct(port: u16) -> Vec<(String, String)> {
+    vec![
+        ("DB_HOST".into(), "127.0.0.1".into()),
+        ("DB_PORT".into(), port.to_string()),
+    ]
+}
+
+/// The daemons' stack on database `db`, reached by the `route` variables.
+fn builder(
+    route: &[(String, String)],
+    db: &str,
+    redis_url: &str,
+    prefix: &str,
+    shape: Shape,
+) -> StackBuilder {
+    let mut db_env = route.to_vec();
+    db_env.push(("DB_NAME".into(), db.to_owned()));
+    db_env.push(("DB_USER".into(), "postgres".into()));
     let b = StackBuilder::new(db_env, redis_url, prefix)
         .var("STREAM_SHARDS", SHARDS.to_string())
         .var("QUEUE_HIGH_WATER", "10000000")

@@ -96,6 +96,7 @@ async fn start(
 ) -> anyhow::Result<Option<Arc<AppState>>> {
     // The pool on the primary ("write") is opened on first use: key lookups and reloads.
     let pools = Pools::new(&config.db)?;
+    daemon::check_direct(&config.db).await?;
     let cache = cache::Cache::new(
         config.redis.cache_url.clone(),
         &config.stream_prefix,

@@ -4,7 +4,6 @@
 use clap::{Args, Parser, Subcommand};
 use shared::daemon;
 use shared::db::Db;
-use shared::metrics::PoolName;
 
 use crate::clock::Clock;
 use crate::{adopt, erasure, migrate, stats, MaintenanceConfig, RunOnce};
@@ -131,7 +130,7 @@ async fn pool(config: &MaintenanceConfig, max: usize) -> anyhow::Result<Db> {
     let mut db_config = config.db.clone();
     db_config.primary.pool_min = 0;
     db_config.primary.pool_max = max;
-    let db = daemon::pool(&db_config, PoolName::Write)?;
+    let db = daemon::session_pool(&db_config)?;
     daemon::check_schema(&db).await?;
     Ok(db)
 }

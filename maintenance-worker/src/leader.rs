@@ -77,7 +77,7 @@ impl Leadership {
                 return Some(client);
             }
         }
-        let mut pg = shared::db::pg_config(&db.primary, db);
+        let mut pg = shared::db::pg_config(&db.session_endpoint(), db);
         pg.application_name("sluice-maintenance-leader");
         let (client, _conn) = match shared::db::connect_one(&pg, db).await {
             Ok(c) => c,

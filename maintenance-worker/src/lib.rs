@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use shared::daemon::{self, Ops};
 use shared::db::Db;
-use shared::metrics::{Daemon, PoolName};
+use shared::metrics::Daemon;
 use shared::ops::{Readiness, ReadyCheck};
 use shared::tasks::Tasks;
 
@@ -113,7 +113,7 @@ pub async fn run(
         &watched,
     );
     metrics::register();
-    let db = daemon::pool(&config.db, PoolName::Write)?;
+    let db = daemon::session_pool(&config.db)?;
     if !daemon::connect(&db, &startup, &shutdown).await? {
         ops.stop().await;
         return Ok(());

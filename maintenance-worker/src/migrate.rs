@@ -9,8 +9,11 @@ use crate::config::MaintenanceConfig;
 
 /// Applies every pending migration on the primary. Safe to run concurrently with itself.
 pub async fn run(config: &MaintenanceConfig) -> anyhow::Result<MigrateReport> {
-    let (client, conn) =
-        connect_one(&pg_config(&config.db.primary, &config.db), &config.db).await?;
+    let (client, conn) = connect_one(
+        &pg_config(&config.db.session_endpoint(), &config.db),
+        &config.db,
+    )
+    .await?;
     crate::adopt::refuse_original(&client).await?;
     let report = schema::migrate(
         &client,

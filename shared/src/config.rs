@@ -30,6 +30,10 @@ pub struct PgEndpoint {
     pub pool_max: usize,
     /// Connections opened at start and kept open.
     pub pool_min: usize,
+    /// The server is a transaction pooler (`DB_POOLER=transaction`): its connections get no
+    /// startup options, no cached prepared statements, and every statement runs in a
+    /// transaction of its own (see `db`).
+    pub pooled: bool,
 }
 
 /// The database settings every daemon shares.
@@ -42,6 +46,10 @@ pub struct DbConfig {
     /// read pool's sizes are `read_pool_max` and `read_pool_min` wherever it points (see
     /// [`DbConfig::read_endpoint`]).
     pub replica: Option<PgEndpoint>,
+    /// Where the parts that need a PostgreSQL session of their own connect (migrations, the
+    /// maintenance worker, the gateway's key-change session): `DB_DIRECT_HOST` and
+    /// `DB_DIRECT_PORT` when PostgreSQL sits behind a transaction pooler, else the primary.
+    pub direct: Option<PgEndpoint>,
     /// The read pool's sizes, the only place they are kept.
     pub read_pool_max: usize,
     pub read_pool_min: usize,
@@ -144,7 +152,44 @@ fn primary(env: &Env) -> Result<PgEndpoint, ConfigError> {
             .unwrap_or_default(),
         pool_max,
         pool_min,
+        pooled: pooler(env)?,
     })
+}
+
+/// `DB_POOLER`: `none` (the default: `DB_HOST` is PostgreSQL or a session pooler) or
+/// `transaction` (`DB_HOST`, and `DB_READ_HOST` when set, are a transaction pooler such as
+/// PgBouncer with `pool_mode = transaction`).
+fn pooler(env: &Env) -> Result<bool, ConfigError> {
+    match env.string("DB_POOLER", "none").as_str() {
+        "none" => Ok(false),
+        "transaction" => Ok(true),
+        other => Err(ConfigError::new(
+            "DB_POOLER",
+            format!("{other:?} is neither \"none\" nor \"transaction\""),
+        )),
+    }
+}
+
+/// The session endpoint at `DB_DIRECT_HOST` and `DB_DIRECT_PORT`, with the primary's database,
+/// role and pool sizes; required behind a transaction pooler, which cannot hold a session.
+fn direct(env: &Env, primary: &PgEndpoint) -> Result<Option<PgEndpoint>, ConfigError> {
+    let Some(host) = env.get("DB_DIRECT_HOST") else {
+        if primary.pooled {
+            return Err(ConfigError::new(
+                "DB_POOLER",
+                "transaction pooling needs DB_DIRECT_HOST (and DB_DIRECT_PORT): migrations, the \
+                 maintenance worker's leadership and locks and the gateway's key-change session \
+                 need a PostgreSQL session, which a transaction pooler cannot hold",
+            ));
+        }
+        return Ok(None);
+    };
+    Ok(Some(PgEndpoint {
+        host: host.to_owned(),
+        port: env.parse("DB_DIRECT_PORT", 5432u16)?,
+        pooled: false,
+        ..primary.clone()
+    }))
 }
 
 /// The replica at `DB_READ_HOST` and `DB_READ_PORT`, with the primary's database and role.
@@ -168,6 +213,7 @@ impl DbConfig {
         let (read_pool_max, read_pool_min) = pool_size(env, read_vars, (100, 20))?;
         Ok(Self {
             replica: replica(env, &primary)?,
+            direct: direct(env, &primary)?,
             primary,
             read_pool_max,
             read_pool_min,
@@ -179,6 +225,19 @@ impl DbConfig {
             tls: PgTls::from_env(env)?,
             pool_vars: crate::budget::PoolVars::from_env(env)?,
         })
+    }
+
+    /// The endpoint of the parts that need a session: the direct one when set, else the
+    /// primary; with the write pool's sizes.
+    pub fn session_endpoint(&self) -> PgEndpoint {
+        match &self.direct {
+            Some(d) => PgEndpoint {
+                pool_max: self.primary.pool_max,
+                pool_min: self.primary.pool_min,
+                ..d.clone()
+            },
+            None => self.primary.clone(),
+        }
     }
 
     /// The endpoint reads go to: the replica when configured, else the primary; with the read

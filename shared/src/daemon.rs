@@ -36,6 +36,13 @@ pub fn pool(config: &DbConfig, name: PoolName) -> Result<Db, DbError> {
     }
 }
 
+/// The write pool of a daemon that needs PostgreSQL sessions (the maintenance worker: session
+/// locks, `SET`, `VACUUM`): on the direct endpoint when PostgreSQL sits behind a transaction
+/// pooler (see [`DbConfig::session_endpoint`]).
+pub fn session_pool(config: &DbConfig) -> Result<Db, DbError> {
+    Db::new(&config.session_endpoint(), config, PoolName::Write)
+}
+
 /// Warms `db`'s minimum and checks the schema version, retrying with backoff while the server
 /// refuses connections (too many clients, authentication) or cannot be reached; each refusal is
 /// logged with the server's message and SQLSTATE, counted in `sluice_db_connect_errors_total`,
@@ -71,6 +78,8 @@ where
                 startup.note(None);
                 return Ok(Some(v));
             }
+            // A pooler where PostgreSQL was expected: waiting will not mend it.
+            Err(StartError::Db(e)) if e.is_mispointed() => return Err(StartError::Db(e)),
             // A refusal, or a failed query (not a schema mismatch).
             Err(StartError::Db(e) | StartError::Schema(schema::SchemaError::Db(e))) => {
                 note_refusal(db, startup, &e)
@@ -105,10 +114,37 @@ fn note_refusal(db: &Db, startup: &Startup, e: &DbError) {
     startup.note(Some(e.to_string()));
 }
 
+/// Refuses to start when `DB_DIRECT_HOST` is a pooler too (see `db::pooler`): the parts that
+/// need a session would hold nothing. A server that is merely down is only logged: the session's
+/// own loop waits for it.
+pub async fn check_direct(config: &DbConfig) -> Result<(), StartError> {
+    if config.direct.is_none() {
+        return Ok(());
+    }
+    let pg = crate::db::pg_config(&config.session_endpoint(), config);
+    match crate::db::connect_one(&pg, config).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_mispointed() => Err(StartError::Db(e)),
+        Err(e) => {
+            tracing::warn!(error = %e, "DB_DIRECT_HOST does not answer yet.");
+            Ok(())
+        }
+    }
+}
+
 /// Refuses to start against a schema this binary does not expect.
 pub async fn check_schema(db: &Db) -> Result<(), StartError> {
-    let client = db.get("check schema version").await?;
-    schema::check_version(&client).await?;
+    // In a transaction, so that it also holds behind a transaction pooler (see `db::pooler`).
+    let mut client = db.get("check schema version").await?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(DbError::query("check schema version"))?;
+    schema::check_version(tx.client()).await?;
+    db.before_commit(&tx).await?;
+    tx.commit()
+        .await
+        .map_err(DbError::query("check schema version"))?;
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 //! - [`queue`]: the events and entries a pipeline's streams hold, summed over the shards.
 //! - [`postgres`]: a streaming replica of the test server, a PostgreSQL of a test's own, and the
 //!   PostgreSQL tools run as `postgres`.
+//! - [`pgbouncer`]: a PgBouncer of a test's own in transaction pooling mode.
 //! - [`redis_servers`]: a Redis and a Redis Cluster of a test's own; key clean-up.
 //! - [`fixtures`]: small fixtures tests share (an event as the gateway queues it).
 //! - [`http`]: a spare port, a minimal GET, and the one HTTP sender of every load.
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod db;
 pub mod fixtures;
 pub mod http;
+pub mod pgbouncer;
 pub mod postgres;
 pub mod procfs;
 pub mod queue;
@@ -34,6 +36,7 @@ pub use daemon::{bin_dir, Daemon, DAEMONS};
 pub use db::{admin_env, admin_password, connect, db_env, recreate_database, TestDb};
 pub use fixtures::view_event;
 pub use http::{free_port, http_get, HttpSender};
+pub use pgbouncer::PgBouncer;
 pub use postgres::{as_postgres, pg_bin, pg_client, OwnPostgres, Replica};
 pub use procfs::{cpu_seconds, peak_rss_mib, proc_status_kib, rss_mib};
 pub use queue::{queued_events, stream_entries};

@@ -167,13 +167,22 @@ impl Store {
         if !stale {
             return Ok(());
         }
-        let client = self.db.get("list partitions").await?;
-        let months = partitions::existing(&client).await?;
-        let legacy_keys: bool = client
+        // One transaction, so that it also holds behind a transaction pooler.
+        let mut client = self.db.get("list partitions").await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(DbError::query("list partitions"))?;
+        let months = partitions::existing(tx.client()).await?;
+        let legacy_keys: bool = tx
             .query_one("SELECT EXISTS (SELECT 1 FROM event_dedupe_legacy)", &[])
             .await
             .map_err(DbError::query("look for legacy dedupe keys"))?
             .get(0);
+        self.db.before_commit(&tx).await?;
+        tx.commit()
+            .await
+            .map_err(DbError::query("list partitions"))?;
         let mut p = self.lock_partitions();
         p.months = months.into_iter().collect();
         p.legacy_keys = legacy_keys;
@@ -209,6 +218,7 @@ impl Store {
             copy_events(&tx, "events_quarantine", &orphans).await?;
         }
         ledger::record_entries(&tx, keys(), &ledger, attempt.mode).await?;
+        self.db.before_commit(&tx).await?;
         tx.commit().await.map_err(DbError::query("commit batch"))?;
         Ok(Written {
             stored: known.len() as u64,

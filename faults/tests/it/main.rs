@@ -1,6 +1,7 @@
 mod budget;
 mod cluster;
 mod erasure;
+mod pgbouncer;
 mod prometheus;
 mod security;
 mod up;

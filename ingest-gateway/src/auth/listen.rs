@@ -51,7 +51,7 @@ struct Listener {
 impl Listener {
     /// Listens until stopped, listening again with backoff whenever the session ends.
     async fn run(self, config: DbConfig) {
-        let mut pg = shared::db::pg_config(&config.primary, &config);
+        let mut pg = shared::db::pg_config(&config.session_endpoint(), &config);
         pg.application_name("sluice-gateway-listen");
         let mut backoff = shared::retry::Backoff::standard();
         while !self.stop.is_cancelled() {

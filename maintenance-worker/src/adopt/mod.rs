@@ -109,8 +109,11 @@ async fn original_in_place(client: &Client) -> Result<bool, DbError> {
 
 /// Runs the whole upgrade (or resumes it): move aside, migrate, copy, verify.
 pub async fn run(config: &MaintenanceConfig, options: Options) -> Result<Report, AdoptError> {
-    let (client, conn) =
-        connect_one(&pg_config(&config.db.primary, &config.db), &config.db).await?;
+    let (client, conn) = connect_one(
+        &pg_config(&config.db.session_endpoint(), &config.db),
+        &config.db,
+    )
+    .await?;
     lock(&client).await?;
     let out = adopt(&client, config, options).await;
     drop(client);

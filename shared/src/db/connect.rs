@@ -8,8 +8,9 @@ use postgres_native_tls::MakeTlsConnector;
 use super::DbError;
 use crate::config::{DbConfig, PgEndpoint, SslMode};
 
-/// The tokio-postgres settings of an endpoint: server-side statement timeout, connect timeout,
-/// keepalives and an application name that shows in `pg_stat_activity`.
+/// The tokio-postgres settings of an endpoint: server-side statement timeout (none behind a
+/// transaction pooler, see `pooler`), connect timeout, keepalives and an application name that
+/// shows in `pg_stat_activity`.
 pub fn pg_config(ep: &PgEndpoint, config: &DbConfig) -> tokio_postgres::Config {
     let mut pg = tokio_postgres::Config::new();
     pg.host(&ep.host)
@@ -21,10 +22,6 @@ pub fn pg_config(ep: &PgEndpoint, config: &DbConfig) -> tokio_postgres::Config {
         .connect_timeout(config.connect_timeout)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(60))
-        .options(format!(
-            "-c statement_timeout={} -c timezone=UTC",
-            config.statement_timeout.as_millis()
-        ))
         .ssl_mode(match config.tls.mode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -32,6 +29,10 @@ pub fn pg_config(ep: &PgEndpoint, config: &DbConfig) -> tokio_postgres::Config {
                 tokio_postgres::config::SslMode::Require
             }
         });
+    if let Some(options) = super::pooler::startup_options(ep, config.statement_timeout.as_millis())
+    {
+        pg.options(options);
+    }
     pg
 }
 
@@ -84,6 +85,7 @@ pub async fn connect_one(
             tracing::debug!(error = %e, "PostgreSQL connection closed.");
         }
     });
+    session_of_its_own(&client).await?;
     Ok((client, task))
 }
 
@@ -106,12 +108,23 @@ pub async fn listen(
         .map_err(DbError::query("connect to listen"))?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(forward_notifications(conn, tx));
+    session_of_its_own(&client).await?;
     let sql: Vec<String> = channels.iter().map(|c| format!("LISTEN {c};")).collect();
     client
         .batch_execute(&sql.concat())
         .await
         .map_err(DbError::query("listen"))?;
     Ok((client, rx))
+}
+
+/// Checks that a session is PostgreSQL's own, not a pooler's (see `pooler`).
+async fn session_of_its_own(client: &tokio_postgres::Client) -> Result<(), DbError> {
+    super::pooler::check_session(client)
+        .await
+        .map_err(|message| DbError::Other {
+            op: "open a session",
+            message: message.into_owned(),
+        })
 }
 
 /// Drives a listening session's connection, sending its notifications to `tx` until the session

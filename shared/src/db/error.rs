@@ -58,7 +58,13 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 /// A pool's failure to hand out a connection, with the server's own words when it refused one.
 fn describe_pool(e: &PoolError) -> String {
     match e {
-        PoolError::Backend(e) => format!("cannot connect: {}", describe(e)),
+        PoolError::Backend(e) => {
+            let said = describe(e);
+            match super::pooler::is_mispointed(&said) {
+                true => format!("cannot connect: {said}: {}", super::pooler::MISPOINTED),
+                false => format!("cannot connect: {said}"),
+            }
+        }
         PoolError::Timeout(TimeoutType::Wait) => "every connection is busy".to_owned(),
         PoolError::Timeout(TimeoutType::Create) => "cannot connect: no answer in time".to_owned(),
         PoolError::Timeout(TimeoutType::Recycle) => "a connection stopped answering".to_owned(),
@@ -95,6 +101,12 @@ impl DbError {
             } => e.code().map(|c| c.code()),
             _ => None,
         }
+    }
+
+    /// True when the endpoint is a connection pooler where PostgreSQL itself was expected (see
+    /// `pooler`): a configuration error, not an outage, so a daemon stops instead of waiting.
+    pub fn is_mispointed(&self) -> bool {
+        super::pooler::is_mispointed(&self.to_string())
     }
 
     /// True when the server cancelled the statement for running past `statement_timeout`.

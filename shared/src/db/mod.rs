@@ -14,6 +14,7 @@
 
 mod connect;
 mod error;
+pub mod pooler;
 mod upkeep;
 
 use std::sync::Arc;
@@ -33,6 +34,32 @@ pub use connect::{connect_one, listen, pg_config, pg_tls};
 pub use error::{connect_error_label, describe, DbError};
 pub use upkeep::{PoolHealth, IDLE_TIMEOUT};
 
+/// The body of [`Db::query`], [`Db::query_one`] and [`Db::execute`]: `$method` on a cached
+/// prepared statement, or behind a transaction pooler inside a transaction of its own that
+/// deallocates the statement (the rows returned still hold it) before the commit hands the
+/// server back.
+macro_rules! run_statement {
+    ($self:ident, $op:ident, $sql:ident, $params:ident, $method:ident) => {{
+        let mut client = $self.get($op).await?;
+        if $self.inner.pooled {
+            return $self
+                .timed($op, async {
+                    let tx = client.transaction().await?;
+                    let out = tx.$method($sql, $params).await?;
+                    tx.batch_execute(pooler::DEALLOCATE).await?;
+                    tx.commit().await.map(|()| out)
+                })
+                .await;
+        }
+        $self
+            .timed($op, async {
+                let stmt = client.prepare_cached($sql).await?;
+                client.$method(&stmt, $params).await
+            })
+            .await
+    }};
+}
+
 /// One pool with its limits.
 #[derive(Clone)]
 pub struct Db {
@@ -43,6 +70,8 @@ struct DbInner {
     pool: Pool,
     name: PoolName,
     min: usize,
+    /// Behind a transaction pooler: no statement cache, every helper statement in a transaction.
+    pooled: bool,
     max_lifetime: Duration,
     query_timeout: Duration,
     slow_query: Duration,
@@ -96,6 +125,7 @@ impl Db {
             .wait_timeout(Some(config.acquire_timeout))
             .create_timeout(Some(config.connect_timeout))
             .recycle_timeout(Some(Duration::from_secs(5)))
+            .post_create(pooler::post_create(ep))
             .build()
             .map_err(|e| DbError::Other {
                 op: "build pool",
@@ -106,6 +136,7 @@ impl Db {
                 pool,
                 name,
                 min: ep.pool_min.min(ep.pool_max),
+                pooled: ep.pooled,
                 max_lifetime: config.max_lifetime,
                 query_timeout: config.statement_timeout + Duration::from_secs(1),
                 slow_query: config.slow_query,
@@ -146,19 +177,15 @@ impl Db {
         })
     }
 
-    /// Runs a statement through the prepared-statement cache, bounded and timed.
+    /// Runs a statement through the prepared-statement cache (behind a transaction pooler: in a
+    /// transaction of its own, unprepared after it), bounded and timed.
     pub async fn query(
         &self,
         op: &'static str,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, DbError> {
-        let client = self.get(op).await?;
-        self.timed(op, async {
-            let stmt = client.prepare_cached(sql).await?;
-            client.query(&stmt, params).await
-        })
-        .await
+        run_statement!(self, op, sql, params, query)
     }
 
     pub async fn query_one(
@@ -167,12 +194,7 @@ impl Db {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, DbError> {
-        let client = self.get(op).await?;
-        self.timed(op, async {
-            let stmt = client.prepare_cached(sql).await?;
-            client.query_one(&stmt, params).await
-        })
-        .await
+        run_statement!(self, op, sql, params, query_one)
     }
 
     pub async fn execute(
@@ -181,12 +203,7 @@ impl Db {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, DbError> {
-        let client = self.get(op).await?;
-        self.timed(op, async {
-            let stmt = client.prepare_cached(sql).await?;
-            client.execute(&stmt, params).await
-        })
-        .await
+        run_statement!(self, op, sql, params, execute)
     }
 
     /// Runs `f` inside a transaction: committed when it returns `Ok`, rolled back otherwise.
@@ -207,6 +224,7 @@ impl Db {
         };
         match out {
             Ok(v) => {
+                self.before_commit(&tx).await?;
                 tx.commit().await.map_err(DbError::query(op))?;
                 self.note_duration(op, started.elapsed());
                 Ok(v)
@@ -216,6 +234,18 @@ impl Db {
                 Err(e)
             }
         }
+    }
+
+    /// Behind a transaction pooler, drops the statements prepared in `tx` (rows and statements
+    /// kept past the commit would leave them on a server connection other clients get next);
+    /// nothing otherwise. Every transaction of a pooled connection calls it before committing.
+    pub async fn before_commit(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), DbError> {
+        if self.inner.pooled {
+            tx.batch_execute(pooler::DEALLOCATE)
+                .await
+                .map_err(DbError::query("deallocate before commit"))?;
+        }
+        Ok(())
     }
 
     /// Bounds `fut` by the query timeout and logs it when slow.

@@ -4,6 +4,7 @@
 mod budget;
 mod compose;
 mod migrations;
+mod pooler;
 mod pools;
 mod startup;
 mod tasks;

@@ -1,0 +1,106 @@
+//! The pools behind PgBouncer in transaction pooling mode with two server connections for many
+//! clients: every helper and transaction works concurrently, no prepared statement is left on a
+//! server connection (where another client's statement of the same name would collide), and
+//! each connection keeps UTC although the database's own default is far from it.
+
+use std::time::Duration;
+
+use shared::config::{DbConfig, Env};
+use shared::db::Db;
+use shared::metrics::PoolName;
+use testkit::{PgBouncer, TestDb};
+
+/// A pool of `max` connections to `db` through `bouncer`, as `DB_POOLER=transaction` builds it.
+fn pooled(db: &TestDb, bouncer: &PgBouncer, max: usize) -> Db {
+    let mut vars = db.env_vars();
+    vars.retain(|(k, _)| k != "DB_PORT");
+    vars.push(("DB_PORT".into(), bouncer.port.to_string()));
+    vars.push(("DB_POOLER".into(), "transaction".into()));
+    vars.push(("DB_DIRECT_HOST".into(), "127.0.0.1".into()));
+    vars.push(("DB_POOL_MAX".into(), max.to_string()));
+    vars.push(("DB_POOL_MIN".into(), "0".into()));
+    let config = DbConfig::from_env(&Env::from_pairs(vars)).expect("config");
+    assert!(config.primary.pooled);
+    Db::new(&config.primary, &config, PoolName::Write).expect("pool")
+}
+
+/// One client's round of every kind of statement.
+async fn round(db: &Db, i: i64) {
+    let n: i64 = db
+        .query_one("one", "SELECT $1::bigint + 1", &[&i])
+        .await
+        .expect("query_one")
+        .get(0);
+    assert_eq!(n, i + 1);
+    db.execute("insert", "INSERT INTO pooled_probe VALUES ($1)", &[&i])
+        .await
+        .expect("execute");
+    let rows = db
+        .query("rows", "SELECT v FROM pooled_probe WHERE v = $1", &[&i])
+        .await
+        .expect("query");
+    assert_eq!(rows.len(), 1);
+    db.transaction("tx", |tx| {
+        Box::pin(async move {
+            tx.execute("UPDATE pooled_probe SET v = -v WHERE v = $1", &[&i])
+                .await
+                .map_err(shared::db::DbError::query("update"))?;
+            let r = tx
+                .query_one("SELECT count(*) FROM pooled_probe WHERE v = $1", &[&-i])
+                .await
+                .map_err(shared::db::DbError::query("count"))?;
+            Ok(r.get::<_, i64>(0))
+        })
+    })
+    .await
+    .expect("transaction");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_helpers_work_through_pgbouncer_and_leave_no_statement_behind() {
+    let db = TestDb::migrated().await;
+    let direct = db.client().await;
+    direct
+        .batch_execute(&format!(
+            "CREATE TABLE pooled_probe (v bigint); \
+             ALTER DATABASE {} SET timezone = 'Pacific/Kiritimati'",
+            db.name
+        ))
+        .await
+        .expect("setup");
+    let bouncer = PgBouncer::start(testkit::admin_env().1, 2, "")
+        .await
+        .expect("pgbouncer");
+    // Twelve clients on two server connections.
+    let pool = pooled(&db, &bouncer, 12);
+    let rounds = (1..=240).map(|i| {
+        let pool = pool.clone();
+        async move { round(&pool, i).await }
+    });
+    let all = futures::future::join_all(rounds);
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("in time");
+    let moved: i64 = direct
+        .query_one("SELECT count(*) FROM pooled_probe WHERE v < 0", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(moved, 240);
+    // Each of the pooler's server connections, seen from inside a transaction (so the two
+    // statements share one): no prepared statement kept, and UTC.
+    for _ in 0..20 {
+        let row = pool
+            .query_one(
+                "leftovers",
+                "SELECT (SELECT count(*) FROM pg_prepared_statements WHERE NOT from_sql), \
+                 current_setting('TimeZone')",
+                &[],
+            )
+            .await
+            .expect("leftovers");
+        // The probe's own statement is the one it sees.
+        assert_eq!(row.get::<_, i64>(0), 1, "a statement was left behind");
+        assert_eq!(row.get::<_, String>(1), "UTC");
+    }
+}
