@@ -2,5 +2,6 @@ mod budget;
 mod cluster;
 mod erasure;
 mod prometheus;
+mod restore;
 mod security;
 mod up;
