@@ -19,6 +19,7 @@
 //!
 //! Everything callers use is re-exported here: `testkit::TestDb`, `testkit::connect`, ...
 
+pub mod backup;
 pub mod daemon;
 pub mod db;
 pub mod fixtures;

@@ -33,7 +33,7 @@ pub fn as_postgres(cmd: &str) -> Result<(), String> {
 }
 
 /// [`as_postgres`] with its error as an `anyhow::Error`.
-fn run_as_postgres(cmd: &str) -> anyhow::Result<()> {
+pub(crate) fn run_as_postgres(cmd: &str) -> anyhow::Result<()> {
     as_postgres(cmd).map_err(anyhow::Error::msg)
 }
 
@@ -106,10 +106,11 @@ impl Drop for Replica {
     }
 }
 
-/// A PostgreSQL cluster of a test's (or the fault suite's) own, on a spare port.
+/// A PostgreSQL cluster of a test's (or the fault suite's) own, on a spare port. Backups,
+/// WAL streaming and restores of one are in [`crate::backup`].
 pub struct OwnPostgres {
     pub port: u16,
-    dir: String,
+    pub(crate) dir: String,
 }
 
 impl OwnPostgres {
@@ -121,6 +122,11 @@ impl OwnPostgres {
     /// A server with `max_connections` slots (a stock PostgreSQL has 100, 3 of them kept for
     /// superusers).
     pub async fn start_with(max_connections: usize) -> anyhow::Result<Self> {
+        Self::start_configured(max_connections, "").await
+    }
+
+    /// As [`OwnPostgres::start_with`], with `settings` (lines of `postgresql.conf`) added.
+    pub async fn start_configured(max_connections: usize, settings: &str) -> anyhow::Result<Self> {
         let port = free_port();
         let dir = format!("/var/lib/postgresql/sluice-faults-{port}");
         let bin = pg_bin();
@@ -129,14 +135,14 @@ impl OwnPostgres {
             "{bin}/initdb -D {dir} -A trust -U postgres --no-sync >/dev/null"
         ))?;
         run_as_postgres(&format!(
-            "printf \"port = {port}\\nlisten_addresses = '127.0.0.1'\\nunix_socket_directories = '/tmp'\\nmax_connections = {max_connections}\\nshared_buffers = 128MB\\n\" >> {dir}/postgresql.conf"
+            "printf \"port = {port}\\nlisten_addresses = '127.0.0.1'\\nunix_socket_directories = '/tmp'\\nmax_connections = {max_connections}\\nshared_buffers = 128MB\\n{settings}\" >> {dir}/postgresql.conf"
         ))?;
         let me = Self { port, dir };
         me.start_server()?;
         Ok(me)
     }
 
-    fn start_server(&self) -> anyhow::Result<()> {
+    pub(crate) fn start_server(&self) -> anyhow::Result<()> {
         run_as_postgres(&format!(
             "{}/pg_ctl -D {} -l {}/log -w -t 60 start >/dev/null",
             pg_bin(),
@@ -168,6 +174,7 @@ impl Drop for OwnPostgres {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(crate::backup::restore_wal_dir(&self.dir));
     }
 }
 

@@ -3,5 +3,6 @@ mod cluster;
 mod erasure;
 mod pgbouncer;
 mod prometheus;
+mod restore;
 mod security;
 mod up;
