@@ -50,6 +50,8 @@ ensure_redis() {
 ensure_services() {
   command -v pg_isready >/dev/null || install_packages postgresql-client
   command -v redis-cli >/dev/null || install_packages redis-tools
+  # The tests run PgBouncers of their own (transaction pooling) in front of PostgreSQL.
+  command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || install_packages pgbouncer
   ensure_postgres
   ensure_redis
 }

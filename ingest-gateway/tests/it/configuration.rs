@@ -5,13 +5,14 @@ use std::collections::BTreeSet;
 use shared::config::Env;
 
 /// Every variable the daemons ask for: once with nothing set, once with the variables that
-/// switch other ones on (a replica, a separate cache Redis, a Redis URL) set.
+/// switch other ones on (a replica, a direct endpoint, a separate cache Redis, a Redis URL) set.
 fn asked() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for pairs in [
         vec![],
         vec![
             ("DB_READ_HOST", "replica"),
+            ("DB_DIRECT_HOST", "postgres"),
             ("CACHE_REDIS_URL", "redis://cache:6379/"),
             ("REDIS_URL", "redis://queue:6379/"),
             ("DB_PASSWORD", "pw"),

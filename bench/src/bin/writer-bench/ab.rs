@@ -1,5 +1,5 @@
-//! `--index-ab` and `--pending-ab`: drains with and without a feature, alternating, and the
-//! ratio of their rates.
+//! `--index-ab`, `--pending-ab` and `--pgbouncer-ab`: drains with and without a feature,
+//! alternating, and the ratio of their rates.
 
 use bench::print_table;
 
@@ -11,6 +11,8 @@ use crate::Args;
 pub enum Feature {
     UserIndex,
     SummaryPending,
+    /// The writer's pool through a PgBouncer in transaction pooling mode (`DB_POOLER`).
+    PgBouncer,
 }
 
 impl Feature {
@@ -18,6 +20,7 @@ impl Feature {
         match self {
             Feature::UserIndex => "user index",
             Feature::SummaryPending => "summary pending rows",
+            Feature::PgBouncer => "PgBouncer (transaction pooling)",
         }
     }
 
@@ -31,18 +34,30 @@ impl Feature {
                 user_index: true,
                 summary_pending: on,
             },
+            Feature::PgBouncer => Schema {
+                user_index: true,
+                summary_pending: true,
+            },
         }
     }
 }
 
-/// `--index-ab`, `--pending-ab`: drains with and without the feature, alternating (with,
-/// without, without, with, ...), and prints each drain and the median ratio.
+/// `--index-ab`, `--pending-ab`, `--pgbouncer-ab`: drains with and without the feature,
+/// alternating (with, without, without, with, ...), and prints each drain and the median ratio.
 pub async fn ab(
     events: &[shared::queue::QueuedEvent],
     args: &Args,
     feature: Feature,
 ) -> anyhow::Result<()> {
     let n = events.len();
+    // As many server connections as the writer's pool: the pooler adds no slot of its own.
+    let bouncer = match feature {
+        Feature::PgBouncer => {
+            let pg_port = testkit::admin_env().1;
+            Some(testkit::PgBouncer::start(pg_port, args.writers + 2, "").await?)
+        }
+        _ => None,
+    };
     let mut runs: Vec<(bool, f64)> = Vec::new();
     for pair in 0..args.pairs {
         let order = if pair % 2 == 0 {
@@ -58,7 +73,8 @@ pub async fn ab(
                 feature.name(),
                 if with { "on" } else { "off" }
             );
-            let took = drain_fresh(events, args, feature.schema(with)).await?;
+            let route = bouncer.as_ref().filter(|_| with).map(|b| b.port);
+            let took = drain_fresh(events, args, feature.schema(with), route).await?;
             runs.push((with, n as f64 / took.as_secs_f64()));
         }
     }

@@ -24,11 +24,13 @@ CREATE TRIGGER bench_discard BEFORE INSERT ON summary_pending
   FOR EACH ROW EXECUTE FUNCTION bench_discard();";
 
 /// Queues `events`, drains them with the writer into a fresh database (with `schema`'s
-/// features) and checks that every one was stored; returns the drain's time.
+/// features; through the transaction pooler on port `pooler` when given) and checks that every
+/// one was stored; returns the drain's time.
 pub async fn drain_fresh(
     events: &[QueuedEvent],
     args: &Args,
     schema: Schema,
+    pooler: Option<u16>,
 ) -> anyhow::Result<Duration> {
     let user_index = schema.user_index;
     let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
@@ -51,7 +53,7 @@ pub async fn drain_fresh(
         "the user index is on {indexed} partitions (wanted it {})",
         if user_index { "on" } else { "off" }
     );
-    let took = drain(&w_db, &prefix, args).await;
+    let took = drain(&w_db, &prefix, args, pooler).await;
     cleanup(&prefix).await;
     let took = took?;
     let stored: i64 = client
@@ -123,9 +125,27 @@ async fn fill(keys: &Keys, events: &[QueuedEvent]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn drain(db: &TestDb, prefix: &str, args: &Args) -> anyhow::Result<Duration> {
+async fn drain(
+    db: &TestDb,
+    prefix: &str,
+    args: &Args,
+    pooler: Option<u16>,
+) -> anyhow::Result<Duration> {
     let mut vars = db.env_vars();
     vars.retain(|(k, _)| !k.starts_with("DB_POOL"));
+    if let Some(port) = pooler {
+        let direct = testkit::admin_env().1.to_string();
+        vars.retain(|(k, _)| k != "DB_PORT");
+        vars.extend(
+            [
+                ("DB_PORT", port.to_string()),
+                ("DB_POOLER", "transaction".into()),
+                ("DB_DIRECT_HOST", "127.0.0.1".into()),
+                ("DB_DIRECT_PORT", direct),
+            ]
+            .map(|(k, v)| (k.to_owned(), v)),
+        );
+    }
     let extra = [
         ("DB_POOL_MAX", (args.writers + 2).to_string()),
         ("DB_POOL_MIN", args.writers.to_string()),

@@ -59,7 +59,11 @@ struct Args {
     /// and report the ratio.
     #[arg(long, conflicts_with = "index_ab")]
     pending_ab: bool,
-    /// Pairs of drains of `--index-ab` or `--pending-ab`.
+    /// Drain alternately directly and through a PgBouncer of its own in transaction pooling
+    /// mode (`DB_POOLER=transaction`) instead of the baselines, and report the ratio.
+    #[arg(long, conflicts_with_all = ["index_ab", "pending_ab"])]
+    pgbouncer_ab: bool,
+    /// Pairs of drains of `--index-ab`, `--pending-ab` or `--pgbouncer-ab`.
     #[arg(long, default_value_t = 2)]
     pairs: usize,
     /// Stream counts of the fair raw COPY limit (commits of `--batch-size` rows).
@@ -91,6 +95,9 @@ async fn main() -> anyhow::Result<()> {
     if args.pending_ab {
         return ab(&events, &args, Feature::SummaryPending).await;
     }
+    if args.pgbouncer_ab {
+        return ab(&events, &args, Feature::PgBouncer).await;
+    }
 
     eprintln!("Raw binary COPY baseline...");
     let raw_db = TestDb::migrated().await;
@@ -106,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
         user_index: !args.no_user_index,
         summary_pending: !args.no_summary_pending,
     };
-    let drain = drain_fresh(&events, &args, schema).await?;
+    let drain = drain_fresh(&events, &args, schema, None).await?;
 
     eprintln!("Multi-row INSERT baseline...");
     let ins_db = TestDb::migrated().await;
