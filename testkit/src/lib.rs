@@ -10,6 +10,8 @@
 //! - [`queue`]: the events and entries a pipeline's streams hold, summed over the shards.
 //! - [`postgres`]: a streaming replica of the test server, a PostgreSQL of a test's own, and the
 //!   PostgreSQL tools run as `postgres`.
+//! - [`backup`]: base backups, a synchronous WAL receiver, a hard loss and a restore of an
+//!   [`OwnPostgres`] on its own port.
 //! - [`pgbouncer`]: a PgBouncer of a test's own in transaction pooling mode.
 //! - [`redis_servers`]: a Redis and a Redis Cluster of a test's own; key clean-up.
 //! - [`fixtures`]: small fixtures tests share (an event as the gateway queues it).
