@@ -237,8 +237,7 @@ async fn replay_one(
     tx.execute("DELETE FROM dead_letters WHERE id = $1", &[&id])
         .await
         .map_err(DbError::query("delete dead letter"))?;
-    db.before_commit(&tx).await?;
-    tx.commit().await.map_err(DbError::query("commit replay"))?;
+    db.commit(tx, "commit replay").await?;
     Ok(events.len())
 }
 

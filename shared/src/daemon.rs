@@ -141,10 +141,7 @@ pub async fn check_schema(db: &Db) -> Result<(), StartError> {
         .await
         .map_err(DbError::query("check schema version"))?;
     schema::check_version(tx.client()).await?;
-    db.before_commit(&tx).await?;
-    tx.commit()
-        .await
-        .map_err(DbError::query("check schema version"))?;
+    db.commit(tx, "check schema version").await?;
     Ok(())
 }
 

@@ -179,10 +179,7 @@ impl Store {
             .await
             .map_err(DbError::query("look for legacy dedupe keys"))?
             .get(0);
-        self.db.before_commit(&tx).await?;
-        tx.commit()
-            .await
-            .map_err(DbError::query("list partitions"))?;
+        self.db.commit(tx, "list partitions").await?;
         let mut p = self.lock_partitions();
         p.months = months.into_iter().collect();
         p.legacy_keys = legacy_keys;
@@ -218,8 +215,7 @@ impl Store {
             copy_events(&tx, "events_quarantine", &orphans).await?;
         }
         ledger::record_entries(&tx, keys(), &ledger, attempt.mode).await?;
-        self.db.before_commit(&tx).await?;
-        tx.commit().await.map_err(DbError::query("commit batch"))?;
+        self.db.commit(tx, "commit batch").await?;
         Ok(Written {
             stored: known.len() as u64,
             quarantined: orphans.len() as u64,

@@ -248,6 +248,12 @@ impl Db {
         Ok(())
     }
 
+    /// Commits `tx` of one of this pool's connections, after [`Db::before_commit`].
+    pub async fn commit(&self, tx: Transaction<'_>, op: &'static str) -> Result<(), DbError> {
+        self.before_commit(&tx).await?;
+        tx.commit().await.map_err(DbError::query(op))
+    }
+
     /// Bounds `fut` by the query timeout and logs it when slow.
     pub async fn timed<T>(
         &self,
