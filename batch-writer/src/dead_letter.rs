@@ -217,10 +217,7 @@ async fn replay_one(
     id: i64,
 ) -> anyhow::Result<usize> {
     let mut client = db.get("replay dead letter").await?;
-    let tx = client
-        .transaction()
-        .await
-        .map_err(DbError::query("begin replay"))?;
+    let tx = db.begin(&mut client, "begin replay").await?;
     let Some(payload) = lock(&tx, id).await? else {
         return Ok(0);
     };

@@ -136,10 +136,7 @@ pub async fn check_direct(config: &DbConfig) -> Result<(), StartError> {
 pub async fn check_schema(db: &Db) -> Result<(), StartError> {
     // In a transaction, so that it also holds behind a transaction pooler (see `db::pooler`).
     let mut client = db.get("check schema version").await?;
-    let tx = client
-        .transaction()
-        .await
-        .map_err(DbError::query("check schema version"))?;
+    let tx = db.begin(&mut client, "check schema version").await?;
     schema::check_version(tx.client()).await?;
     db.commit(tx, "check schema version").await?;
     Ok(())

@@ -169,10 +169,7 @@ impl Store {
         }
         // One transaction, so that it also holds behind a transaction pooler.
         let mut client = self.db.get("list partitions").await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(DbError::query("list partitions"))?;
+        let tx = self.db.begin(&mut client, "list partitions").await?;
         let months = partitions::existing(tx.client()).await?;
         let legacy_keys: bool = tx
             .query_one("SELECT EXISTS (SELECT 1 FROM event_dedupe_legacy)", &[])
@@ -189,10 +186,7 @@ impl Store {
 
     async fn write_once(&self, attempt: &Attempt<'_, '_>) -> Result<Written, DbError> {
         let mut client = self.db.get("write batch").await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(DbError::query("begin batch"))?;
+        let tx = self.db.begin(&mut client, "begin batch").await?;
         let used = attempt.used();
         let keys = || used.iter().map(|i| attempt.entries[*i].key);
         // Two transactions may hold the same entry: its first reader's, stalled or cut off, and

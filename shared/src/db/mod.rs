@@ -45,7 +45,13 @@ macro_rules! run_statement {
             return $self
                 .timed($op, async {
                     let tx = client.transaction().await?;
-                    let out = tx.$method($sql, $params).await?;
+                    // Pipelined: the setting is sent ahead of the statement, no wait between.
+                    let (set, out) = futures::join!(
+                        tx.batch_execute(&$self.inner.local_timeout),
+                        tx.$method($sql, $params)
+                    );
+                    set?;
+                    let out = out?;
                     tx.batch_execute(pooler::DEALLOCATE).await?;
                     tx.commit().await.map(|()| out)
                 })
@@ -74,6 +80,8 @@ struct DbInner {
     pooled: bool,
     max_lifetime: Duration,
     query_timeout: Duration,
+    /// Behind a transaction pooler, the statement timeout each transaction sets for itself.
+    local_timeout: String,
     slow_query: Duration,
 }
 
@@ -139,6 +147,7 @@ impl Db {
                 pooled: ep.pooled,
                 max_lifetime: config.max_lifetime,
                 query_timeout: config.statement_timeout + Duration::from_secs(1),
+                local_timeout: pooler::local_timeout(config.statement_timeout),
                 slow_query: config.slow_query,
             }),
         })
@@ -214,7 +223,7 @@ impl Db {
     {
         let mut client = self.get(op).await?;
         let started = Instant::now();
-        let tx = client.transaction().await.map_err(DbError::query(op))?;
+        let tx = self.begin(&mut client, op).await?;
         let out = match tokio::time::timeout(self.inner.query_timeout, f(&tx)).await {
             Ok(out) => out,
             Err(_) => Err(DbError::Timeout {
@@ -234,6 +243,23 @@ impl Db {
                 Err(e)
             }
         }
+    }
+
+    /// Begins a transaction on `client`, one of this pool's connections; behind a transaction
+    /// pooler it sets its own statement timeout (`SET LOCAL`: the pooler drops the startup
+    /// option that sets it for a session).
+    pub async fn begin<'c>(
+        &self,
+        client: &'c mut Object,
+        op: &'static str,
+    ) -> Result<Transaction<'c>, DbError> {
+        let tx = client.transaction().await.map_err(DbError::query(op))?;
+        if self.inner.pooled {
+            tx.batch_execute(&self.inner.local_timeout)
+                .await
+                .map_err(DbError::query(op))?;
+        }
+        Ok(tx)
     }
 
     /// Behind a transaction pooler, drops the statements prepared in `tx` (rows and statements

@@ -8,8 +8,8 @@
 //!
 //! So a pooled endpoint's connections ([`PgEndpoint::pooled`]) get no startup options, set their
 //! time zone with `SET` (a parameter the pooler tracks per client and restores on every server it
-//! hands out), run every helper statement inside a transaction of its own (see `Db::query`), and
-//! end every transaction with [`DEALLOCATE`].
+//! hands out), run every helper statement inside a transaction of its own (see `Db::query`), set
+//! the statement timeout in each transaction ([`local_timeout`]) and end it with [`DEALLOCATE`].
 //! The parts that need a session connect to `DB_DIRECT_HOST`, and every session and every
 //! unpooled connection checks that it is one: it starts with the option `sluice.startup=kept`
 //! and reads it back; a pooler that dropped it fails that check, and one that refuses it fails
@@ -25,6 +25,15 @@ use crate::config::PgEndpoint;
 /// statements tokio-postgres prepared in it go, even those its returned rows still hold (their
 /// `Close` arrives later, on whichever server, where closing a missing statement is no error).
 pub const DEALLOCATE: &str = "DEALLOCATE ALL";
+
+/// The statement each pooled transaction starts with: the timeout a session gets from its
+/// startup options.
+pub fn local_timeout(statement_timeout: std::time::Duration) -> String {
+    format!(
+        "SET LOCAL statement_timeout = {}",
+        statement_timeout.as_millis()
+    )
+}
 
 /// What a session or an unpooled connection says when it reached a pooler.
 pub const MISPOINTED: &str = "this endpoint is a connection pooler, not PostgreSQL: it refused \

@@ -1,7 +1,8 @@
 //! The pools behind PgBouncer in transaction pooling mode with two server connections for many
 //! clients: every helper and transaction works concurrently, no prepared statement is left on a
 //! server connection (where another client's statement of the same name would collide), and
-//! each connection keeps UTC although the database's own default is far from it.
+//! each connection keeps UTC although the database's own default is far from it, and the
+//! statement timeout.
 
 use std::time::Duration;
 
@@ -88,13 +89,13 @@ async fn pooled_helpers_work_through_pgbouncer_and_leave_no_statement_behind() {
         .get(0);
     assert_eq!(moved, 240);
     // Each of the pooler's server connections, seen from inside a transaction (so the two
-    // statements share one): no prepared statement kept, and UTC.
+    // statements share one): no prepared statement kept, UTC, the statement timeout.
     for _ in 0..20 {
         let row = pool
             .query_one(
                 "leftovers",
                 "SELECT (SELECT count(*) FROM pg_prepared_statements WHERE NOT from_sql), \
-                 current_setting('TimeZone')",
+                 current_setting('TimeZone'), current_setting('statement_timeout')",
                 &[],
             )
             .await
@@ -102,5 +103,7 @@ async fn pooled_helpers_work_through_pgbouncer_and_leave_no_statement_behind() {
         // The probe's own statement is the one it sees.
         assert_eq!(row.get::<_, i64>(0), 1, "a statement was left behind");
         assert_eq!(row.get::<_, String>(1), "UTC");
+        // The startup option is gone; each transaction sets it.
+        assert_eq!(row.get::<_, String>(2), "30s");
     }
 }
