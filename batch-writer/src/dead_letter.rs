@@ -218,10 +218,31 @@ async fn replay_one(
 ) -> anyhow::Result<usize> {
     let mut client = db.get("replay dead letter").await?;
     let tx = db.begin(&mut client, "begin replay").await?;
-    let Some(payload) = lock(&tx, id).await? else {
+    // Ended here either way, never by its drop (see `Db::finish`).
+    match replay_in(&tx, redis, keys, script, id).await {
+        Ok(n) => {
+            db.commit(tx, "commit replay").await?;
+            Ok(n)
+        }
+        Err(e) => {
+            Db::rollback(tx).await;
+            Err(e)
+        }
+    }
+}
+
+/// [`replay_one`] inside its transaction.
+async fn replay_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    redis: &mut shared::redis_conn::RedisConn,
+    keys: &Keys,
+    script: &redis::Script,
+    id: i64,
+) -> anyhow::Result<usize> {
+    let Some(payload) = lock(tx, id).await? else {
         return Ok(0);
     };
-    let events = replayable(&tx, payload).await?;
+    let events = replayable(tx, payload).await?;
     if events.is_empty() {
         // Every event is of a user being erased or suppressed: the erasure removes the row.
         tracing::info!(
@@ -234,7 +255,6 @@ async fn replay_one(
     tx.execute("DELETE FROM dead_letters WHERE id = $1", &[&id])
         .await
         .map_err(DbError::query("delete dead letter"))?;
-    db.commit(tx, "commit replay").await?;
     Ok(events.len())
 }
 

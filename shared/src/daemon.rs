@@ -137,8 +137,12 @@ pub async fn check_schema(db: &Db) -> Result<(), StartError> {
     // In a transaction, so that it also holds behind a transaction pooler (see `db::pooler`).
     let mut client = db.get("check schema version").await?;
     let tx = db.begin(&mut client, "check schema version").await?;
-    schema::check_version(tx.client()).await?;
-    db.commit(tx, "check schema version").await?;
+    let out = schema::check_version(tx.client()).await;
+    let out = match out {
+        Err(schema::SchemaError::Db(e)) => Err(e),
+        other => Ok(other),
+    };
+    db.finish(tx, out, "check schema version").await??;
     Ok(())
 }
 

@@ -170,13 +170,17 @@ impl Store {
         // One transaction, so that it also holds behind a transaction pooler.
         let mut client = self.db.get("list partitions").await?;
         let tx = self.db.begin(&mut client, "list partitions").await?;
-        let months = partitions::existing(tx.client()).await?;
-        let legacy_keys: bool = tx
-            .query_one("SELECT EXISTS (SELECT 1 FROM event_dedupe_legacy)", &[])
-            .await
-            .map_err(DbError::query("look for legacy dedupe keys"))?
-            .get(0);
-        self.db.commit(tx, "list partitions").await?;
+        let out = async {
+            let months = partitions::existing(tx.client()).await?;
+            let legacy_keys: bool = tx
+                .query_one("SELECT EXISTS (SELECT 1 FROM event_dedupe_legacy)", &[])
+                .await
+                .map_err(DbError::query("look for legacy dedupe keys"))?
+                .get(0);
+            Ok((months, legacy_keys))
+        }
+        .await;
+        let (months, legacy_keys) = self.db.finish(tx, out, "list partitions").await?;
         let mut p = self.lock_partitions();
         p.months = months.into_iter().collect();
         p.legacy_keys = legacy_keys;
@@ -187,29 +191,37 @@ impl Store {
     async fn write_once(&self, attempt: &Attempt<'_, '_>) -> Result<Written, DbError> {
         let mut client = self.db.get("write batch").await?;
         let tx = self.db.begin(&mut client, "begin batch").await?;
+        let out = self.write_in(&tx, attempt).await;
+        self.db.finish(tx, out, "commit batch").await
+    }
+
+    async fn write_in(
+        &self,
+        tx: &Transaction<'_>,
+        attempt: &Attempt<'_, '_>,
+    ) -> Result<Written, DbError> {
         let used = attempt.used();
         let keys = || used.iter().map(|i| attempt.entries[*i].key);
         // Two transactions may hold the same entry: its first reader's, stalled or cut off, and
         // that of the writer that claimed it meanwhile. They take the entry's lock first, so
         // the second waits for the first, and its ledger lookup (next statement, new snapshot)
         // then sees what the first committed.
-        ledger::lock_entries(&tx, keys()).await?;
-        let ledger = ledger::ledger_rows(&tx, &attempt.lookup(&used)).await?;
+        ledger::lock_entries(tx, keys()).await?;
+        let ledger = ledger::ledger_rows(tx, &attempt.lookup(&used)).await?;
         let legacy = self.lock_partitions().legacy_keys;
-        let fresh = dedupe::first_seen(&tx, attempt, &ledger, legacy).await?;
+        let fresh = dedupe::first_seen(tx, attempt, &ledger, legacy).await?;
         let (known, orphans): (Vec<&QueuedEvent>, Vec<&QueuedEvent>) = {
             let p = self.lock_partitions();
             fresh
                 .iter()
                 .partition(|e| p.months.contains(&rows::month(e)))
         };
-        copy_events(&tx, "analytics_events", &known).await?;
-        crate::pending::copy(&tx, &known).await?;
+        copy_events(tx, "analytics_events", &known).await?;
+        crate::pending::copy(tx, &known).await?;
         if !orphans.is_empty() {
-            copy_events(&tx, "events_quarantine", &orphans).await?;
+            copy_events(tx, "events_quarantine", &orphans).await?;
         }
-        ledger::record_entries(&tx, keys(), &ledger, attempt.mode).await?;
-        self.db.commit(tx, "commit batch").await?;
+        ledger::record_entries(tx, keys(), &ledger, attempt.mode).await?;
         Ok(Written {
             stored: known.len() as u64,
             quarantined: orphans.len() as u64,

@@ -35,25 +35,31 @@ pub use error::{connect_error_label, describe, DbError};
 pub use upkeep::{PoolHealth, IDLE_TIMEOUT};
 
 /// The body of [`Db::query`], [`Db::query_one`] and [`Db::execute`]: `$method` on a cached
-/// prepared statement, or behind a transaction pooler inside a transaction of its own that
-/// deallocates the statement (the rows returned still hold it) before the commit hands the
-/// server back.
+/// prepared statement; behind a transaction pooler, `pooler::$typed`: the statement sent unnamed
+/// with its parameter types (learned once per statement), in a transaction of its own that sets
+/// its statement timeout, so nothing is prepared on the server and nothing is sent after the
+/// commit hands the server back.
 macro_rules! run_statement {
-    ($self:ident, $op:ident, $sql:ident, $params:ident, $method:ident) => {{
+    ($self:ident, $op:ident, $sql:ident, $params:ident, $method:ident, $typed:ident) => {{
         let mut client = $self.get($op).await?;
         if $self.inner.pooled {
             return $self
                 .timed($op, async {
+                    let types = $self.inner.types.learn(&mut client, $sql).await?;
+                    let typed = pooler::typed($params, &types);
                     let tx = client.transaction().await?;
                     // Pipelined: the setting is sent ahead of the statement, no wait between.
                     let (set, out) = futures::join!(
                         tx.batch_execute(&$self.inner.local_timeout),
-                        tx.$method($sql, $params)
+                        pooler::$typed(&tx, $sql, &typed)
                     );
-                    set?;
-                    let out = out?;
-                    tx.batch_execute(pooler::DEALLOCATE).await?;
-                    tx.commit().await.map(|()| out)
+                    match set.and(out) {
+                        Ok(out) => tx.commit().await.map(|()| out),
+                        Err(e) => {
+                            let _ = tx.rollback().await;
+                            Err(e)
+                        }
+                    }
                 })
                 .await;
         }
@@ -82,6 +88,8 @@ struct DbInner {
     query_timeout: Duration,
     /// Behind a transaction pooler, the statement timeout each transaction sets for itself.
     local_timeout: String,
+    /// Behind a transaction pooler, each helper statement's parameter types.
+    types: pooler::ParamTypes,
     slow_query: Duration,
 }
 
@@ -148,6 +156,7 @@ impl Db {
                 max_lifetime: config.max_lifetime,
                 query_timeout: config.statement_timeout + Duration::from_secs(1),
                 local_timeout: pooler::local_timeout(config.statement_timeout),
+                types: pooler::ParamTypes::default(),
                 slow_query: config.slow_query,
             }),
         })
@@ -194,7 +203,7 @@ impl Db {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, DbError> {
-        run_statement!(self, op, sql, params, query)
+        run_statement!(self, op, sql, params, query, typed_rows)
     }
 
     pub async fn query_one(
@@ -203,7 +212,7 @@ impl Db {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, DbError> {
-        run_statement!(self, op, sql, params, query_one)
+        run_statement!(self, op, sql, params, query_one, typed_one)
     }
 
     pub async fn execute(
@@ -212,7 +221,7 @@ impl Db {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, DbError> {
-        run_statement!(self, op, sql, params, execute)
+        run_statement!(self, op, sql, params, execute, typed_count)
     }
 
     /// Runs `f` inside a transaction: committed when it returns `Ok`, rolled back otherwise.
@@ -231,18 +240,9 @@ impl Db {
                 timeout: self.inner.query_timeout,
             }),
         };
-        match out {
-            Ok(v) => {
-                self.before_commit(&tx).await?;
-                tx.commit().await.map_err(DbError::query(op))?;
-                self.note_duration(op, started.elapsed());
-                Ok(v)
-            }
-            Err(e) => {
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        }
+        let v = self.finish(tx, out, op).await?;
+        self.note_duration(op, started.elapsed());
+        Ok(v)
     }
 
     /// Begins a transaction on `client`, one of this pool's connections; behind a transaction
@@ -274,9 +274,39 @@ impl Db {
         Ok(())
     }
 
+    /// Ends `tx` of one of this pool's connections as `out` says: committed when it is `Ok`
+    /// (after [`Db::before_commit`]), else rolled back and the rollback awaited. Never leave a
+    /// pooled transaction to its drop: the `ROLLBACK` a drop sends is not waited for, the next
+    /// transaction's `BEGIN` follows it on the wire, and a transaction pooler hands the server
+    /// back at the rollback's answer and drops the `BEGIN`'s (PgBouncer 1.18): the client waits
+    /// for ever.
+    pub async fn finish<T>(
+        &self,
+        tx: Transaction<'_>,
+        out: Result<T, DbError>,
+        op: &'static str,
+    ) -> Result<T, DbError> {
+        match out {
+            Ok(v) => self.commit(tx, op).await.map(|()| v),
+            Err(e) => {
+                Self::rollback(tx).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Rolls `tx` back and waits for the answer (see [`Db::finish`]); a failure is moot, the
+    /// connection then being unusable and dropped by the pool.
+    pub async fn rollback(tx: Transaction<'_>) {
+        let _ = tx.rollback().await;
+    }
+
     /// Commits `tx` of one of this pool's connections, after [`Db::before_commit`].
     pub async fn commit(&self, tx: Transaction<'_>, op: &'static str) -> Result<(), DbError> {
-        self.before_commit(&tx).await?;
+        if let Err(e) = self.before_commit(&tx).await {
+            Self::rollback(tx).await;
+            return Err(e);
+        }
         tx.commit().await.map_err(DbError::query(op))
     }
 
