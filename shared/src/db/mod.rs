@@ -43,7 +43,7 @@ macro_rules! run_statement {
     ($self:ident, $op:ident, $sql:ident, $params:ident, $method:ident, $typed:ident) => {{
         let mut client = $self.get($op).await?;
         if $self.inner.pooled {
-            return $self
+            let out = $self
                 .timed($op, async {
                     let types = $self.inner.types.learn(&mut client, $sql).await?;
                     let typed = pooler::typed($params, &types);
@@ -62,6 +62,7 @@ macro_rules! run_statement {
                     }
                 })
                 .await;
+            return $self.keep_unless_timed_out(client, out);
         }
         $self
             .timed($op, async {
@@ -293,6 +294,25 @@ impl Db {
                 Err(e)
             }
         }
+    }
+
+    /// The bound on every query (and on a writer's whole batch): the statement timeout and a
+    /// second.
+    pub fn query_timeout(&self) -> Duration {
+        self.inner.query_timeout
+    }
+
+    /// Passes `out` on; when it is a timeout, closes `client` instead of returning it to the
+    /// pool: its transaction was cut off mid-way, with answers still to come on it.
+    pub fn keep_unless_timed_out<T>(
+        &self,
+        client: Object,
+        out: Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        if matches!(out, Err(DbError::Timeout { .. })) {
+            drop(Object::take(client));
+        }
+        out
     }
 
     /// Rolls `tx` back and waits for the answer (see [`Db::finish`]); a failure is moot, the
