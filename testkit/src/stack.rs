@@ -33,7 +33,7 @@ pub struct StackBuilder {
 }
 
 /// Sets `key` to `value` in `env`, in place of any value it had.
-fn set(env: &mut Vec<(String, String)>, key: &str, value: String) {
+pub fn set(env: &mut Vec<(String, String)>, key: &str, value: String) {
     env.retain(|(k, _)| k != key);
     env.push((key.to_owned(), value));
 }

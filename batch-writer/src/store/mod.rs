@@ -193,17 +193,14 @@ impl Store {
     /// another connection, instead of holding its entries for ever.
     async fn write_once(&self, attempt: &Attempt<'_, '_>) -> Result<Written, DbError> {
         let mut client = self.db.get("write batch").await?;
-        let limit = self.db.query_timeout();
-        let out = tokio::time::timeout(limit, async {
-            let tx = self.db.begin(&mut client, "begin batch").await?;
-            let out = self.write_in(&tx, attempt).await;
-            self.db.finish(tx, out, "commit batch").await
-        })
-        .await
-        .unwrap_or(Err(DbError::Timeout {
-            op: "write batch",
-            timeout: limit,
-        }));
+        let out = self
+            .db
+            .bounded("write batch", async {
+                let tx = self.db.begin(&mut client, "begin batch").await?;
+                let out = self.write_in(&tx, attempt).await;
+                self.db.finish(tx, out, "commit batch").await
+            })
+            .await;
         self.db.keep_unless_timed_out(client, out)
     }
 

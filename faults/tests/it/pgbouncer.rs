@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use faults::load::{audit, Load};
 use faults::stack::{Shape, Stack};
+use testkit::stack::set;
 use testkit::{free_port, http_get, wait_for, OwnPostgres, PgBouncer, TestDb};
 
 const REDIS: &str = "redis://127.0.0.1:6379/";
@@ -205,11 +206,6 @@ async fn run_to_exit(bin: &str, env: &[(String, String)]) -> (Option<i32>, Strin
         Ok(Err(e)) => (None, e.to_string()),
         Err(_) => (None, "still running after 60 s".into()),
     }
-}
-
-fn set(env: &mut Vec<(String, String)>, key: &str, value: String) {
-    env.retain(|(k, _)| k != key);
-    env.push((key.to_owned(), value));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

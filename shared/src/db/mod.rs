@@ -234,13 +234,12 @@ impl Db {
         let mut client = self.get(op).await?;
         let started = Instant::now();
         let tx = self.begin(&mut client, op).await?;
-        let out = match tokio::time::timeout(self.inner.query_timeout, f(&tx)).await {
-            Ok(out) => out,
-            Err(_) => Err(DbError::Timeout {
-                op,
-                timeout: self.inner.query_timeout,
-            }),
-        };
+        let out = self.bounded(op, f(&tx)).await;
+        if matches!(out, Err(DbError::Timeout { .. })) {
+            // Cut off with answers still to come: no rollback to wait for, the connection goes.
+            drop(tx);
+            return self.keep_unless_timed_out(client, out);
+        }
         let v = self.finish(tx, out, op).await?;
         self.note_duration(op, started.elapsed());
         Ok(v)
@@ -296,12 +295,6 @@ impl Db {
         }
     }
 
-    /// The bound on every query (and on a writer's whole batch): the statement timeout and a
-    /// second.
-    pub fn query_timeout(&self) -> Duration {
-        self.inner.query_timeout
-    }
-
     /// Passes `out` on; when it is a timeout, closes `client` instead of returning it to the
     /// pool: its transaction was cut off mid-way, with answers still to come on it.
     pub fn keep_unless_timed_out<T>(
@@ -337,15 +330,23 @@ impl Db {
         fut: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, DbError> {
         let started = Instant::now();
-        let out = tokio::time::timeout(self.inner.query_timeout, fut).await;
+        let out = self
+            .bounded(op, async { fut.await.map_err(DbError::query(op)) })
+            .await;
         self.note_duration(op, started.elapsed());
-        match out {
-            Ok(r) => r.map_err(DbError::query(op)),
-            Err(_) => Err(DbError::Timeout {
-                op,
-                timeout: self.inner.query_timeout,
-            }),
-        }
+        out
+    }
+
+    /// `fut`, or [`DbError::Timeout`] once it has run past the query timeout.
+    pub async fn bounded<T>(
+        &self,
+        op: &'static str,
+        fut: impl std::future::Future<Output = Result<T, DbError>>,
+    ) -> Result<T, DbError> {
+        let limit = self.inner.query_timeout;
+        tokio::time::timeout(limit, fut)
+            .await
+            .unwrap_or(Err(DbError::Timeout { op, timeout: limit }))
     }
 
     fn note_duration(&self, op: &'static str, elapsed: Duration) {

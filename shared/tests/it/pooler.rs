@@ -9,17 +9,17 @@ use std::time::Duration;
 use shared::config::{DbConfig, Env};
 use shared::db::Db;
 use shared::metrics::PoolName;
+use testkit::stack::set;
 use testkit::{PgBouncer, TestDb};
 
 /// A pool of `max` connections to `db` through `bouncer`, as `DB_POOLER=transaction` builds it.
 fn pooled(db: &TestDb, bouncer: &PgBouncer, max: usize) -> Db {
     let mut vars = db.env_vars();
-    vars.retain(|(k, _)| k != "DB_PORT");
-    vars.push(("DB_PORT".into(), bouncer.port.to_string()));
-    vars.push(("DB_POOLER".into(), "transaction".into()));
-    vars.push(("DB_DIRECT_HOST".into(), "127.0.0.1".into()));
-    vars.push(("DB_POOL_MAX".into(), max.to_string()));
-    vars.push(("DB_POOL_MIN".into(), "0".into()));
+    set(&mut vars, "DB_PORT", bouncer.port.to_string());
+    set(&mut vars, "DB_POOLER", "transaction".into());
+    set(&mut vars, "DB_DIRECT_HOST", "127.0.0.1".into());
+    set(&mut vars, "DB_POOL_MAX", max.to_string());
+    set(&mut vars, "DB_POOL_MIN", "0".into());
     let config = DbConfig::from_env(&Env::from_pairs(vars)).expect("config");
     assert!(config.primary.pooled);
     Db::new(&config.primary, &config, PoolName::Write).expect("pool")
