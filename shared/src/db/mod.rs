@@ -264,7 +264,8 @@ impl Db {
 
     /// Behind a transaction pooler, drops the statements prepared in `tx` (rows and statements
     /// kept past the commit would leave them on a server connection other clients get next);
-    /// nothing otherwise. Every transaction of a pooled connection calls it before committing.
+    /// nothing otherwise. Every transaction that may prepare named statements calls it before
+    /// committing ([`Db::commit`]); the helpers' own prepare nothing.
     pub async fn before_commit(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), DbError> {
         if self.inner.pooled {
             tx.batch_execute(pooler::DEALLOCATE)
