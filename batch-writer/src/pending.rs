@@ -11,11 +11,10 @@ use chrono::NaiveDate;
 use futures::pin_mut;
 use shared::db::DbError;
 use shared::queue::QueuedEvent;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::Transaction;
 
 use crate::rows;
+use crate::store::Tx;
 
 /// What the trigger would have recorded for one (app, day, event name).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -53,10 +52,6 @@ pub fn of<'e>(events: &[&'e QueuedEvent]) -> BTreeMap<(&'e str, NaiveDate, &'e s
     out
 }
 
-/// Tells the trigger of migration 0009 that this transaction records its own pending rows (the
-/// setting ends with the transaction); the SQL fragment the entry locks' statement carries.
-pub const TELL_TRIGGER: &str = "set_config('sluice.summary_pending', 'written', true)";
-
 const TYPES: [Type; 7] = [
     Type::TEXT,
     Type::DATE,
@@ -69,19 +64,19 @@ const TYPES: [Type; 7] = [
 
 /// Binary COPY of the pending rows of `events` (the events this transaction stores in
 /// `analytics_events`) into `summary_pending`.
-pub async fn copy(tx: &Transaction<'_>, events: &[&QueuedEvent]) -> Result<(), DbError> {
+pub async fn copy(tx: &Tx<'_, '_>, events: &[&QueuedEvent]) -> Result<(), DbError> {
     if events.is_empty() {
         return Ok(());
     }
     let op = "copy summary pending rows";
-    let sink = tx
+    let writer = tx
         .copy_in(
             "COPY summary_pending (app_id, day, event_name, events, users, sessions, owners) \
              FROM STDIN (FORMAT binary)",
+            &TYPES,
+            op,
         )
-        .await
-        .map_err(DbError::query(op))?;
-    let writer = BinaryCopyInWriter::new(sink, &TYPES);
+        .await?;
     pin_mut!(writer);
     for ((app, day, name), p) in of(events) {
         let users: Vec<&str> = p.users.into_iter().collect();

@@ -6,12 +6,11 @@ use std::collections::{HashMap, HashSet};
 use futures::pin_mut;
 use shared::db::DbError;
 use shared::queue::QueuedEvent;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
-use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::ledger::Ledger;
+use super::tx::Tx;
 use super::Attempt;
 use crate::rows;
 
@@ -20,7 +19,7 @@ use crate::rows;
 /// key that exists; on the slow path existing keys are skipped). `legacy`: look the legacy keys
 /// up too.
 pub(super) async fn first_seen<'e>(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_, '_>,
     attempt: &Attempt<'_, 'e>,
     ledger: &HashMap<Uuid, Ledger>,
     legacy: bool,
@@ -81,7 +80,7 @@ fn sort_out<'e>(
 /// The events among `events` whose key sits in `event_dedupe_legacy` (written before keys became
 /// exact, and still inside the dedupe window).
 async fn legacy_duplicates<'e>(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_, '_>,
     events: &[&'e QueuedEvent],
 ) -> Result<HashSet<(Uuid, &'e str)>, DbError> {
     if events.is_empty() {
@@ -96,9 +95,9 @@ async fn legacy_duplicates<'e>(
         .query(
             "SELECT dedupe_key FROM event_dedupe_legacy WHERE dedupe_key = ANY($1)",
             &[&list],
+            "look up legacy dedupe keys",
         )
-        .await
-        .map_err(DbError::query("look up legacy dedupe keys"))?;
+        .await?;
     Ok(found
         .iter()
         .filter_map(|r| keys.get(&r.get::<_, Uuid>(0)))
@@ -107,16 +106,18 @@ async fn legacy_duplicates<'e>(
 }
 
 /// Binary COPY of the events' dedupe keys; a key that exists fails the transaction.
-async fn copy_dedupe_keys(tx: &Transaction<'_>, events: &[&QueuedEvent]) -> Result<(), DbError> {
+async fn copy_dedupe_keys(tx: &Tx<'_, '_>, events: &[&QueuedEvent]) -> Result<(), DbError> {
     if events.is_empty() {
         return Ok(());
     }
     let op = "copy dedupe keys";
-    let sink = tx
-        .copy_in("COPY event_dedupe (event_id, app_id) FROM STDIN (FORMAT binary)")
-        .await
-        .map_err(DbError::query(op))?;
-    let writer = BinaryCopyInWriter::new(sink, &[Type::UUID, Type::TEXT]);
+    let writer = tx
+        .copy_in(
+            "COPY event_dedupe (event_id, app_id) FROM STDIN (FORMAT binary)",
+            &[Type::UUID, Type::TEXT],
+            op,
+        )
+        .await?;
     pin_mut!(writer);
     for e in events {
         writer
@@ -131,7 +132,7 @@ async fn copy_dedupe_keys(tx: &Transaction<'_>, events: &[&QueuedEvent]) -> Resu
 
 /// Inserts the events' dedupe keys that are not there yet; returns those inserted.
 async fn insert_dedupe_keys(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_, '_>,
     events: &[&QueuedEvent],
 ) -> Result<HashSet<(Uuid, String)>, DbError> {
     if events.is_empty() {
@@ -145,8 +146,8 @@ async fn insert_dedupe_keys(
              SELECT * FROM unnest($1::uuid[], $2::text[]) \
              ON CONFLICT DO NOTHING RETURNING event_id, app_id",
             &[&ids, &apps],
+            "insert dedupe keys",
         )
-        .await
-        .map_err(DbError::query("insert dedupe keys"))?;
+        .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }

@@ -5,11 +5,10 @@ use std::collections::HashMap;
 
 use futures::pin_mut;
 use shared::db::DbError;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
-use tokio_postgres::Transaction;
 use uuid::Uuid;
 
+use super::tx::Tx;
 use super::Mode;
 
 /// What the ledger holds for an entry.
@@ -25,36 +24,71 @@ pub fn entry_lock_id(key: Uuid) -> i64 {
     (hi ^ lo.rotate_left(32)) as i64
 }
 
-/// Takes a transaction-scoped advisory lock per entry, in key order (so two writers never wait
-/// on each other in a cycle). The lock id is the entry key folded to 64 bits; a collision only
-/// makes one writer wait for another.
+/// The entries' advisory lock ids, in key order (so two writers never wait on each other in a
+/// cycle), each once. The lock id is the entry key folded to 64 bits; a collision only makes one
+/// writer wait for another.
+fn lock_ids(keys: impl Iterator<Item = Uuid>) -> Vec<i64> {
+    let mut ids: Vec<i64> = keys.map(entry_lock_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The statement that takes a transaction-scoped advisory lock per entry (`$1`, in key order)
+/// and tells the summary trigger that this transaction records its own pending rows
+/// ([`crate::pending`]); its one row is materialized before anything that follows it in a
+/// statement reads it.
+macro_rules! lock_cte {
+    () => {
+        "WITH locks AS MATERIALIZED (SELECT (SELECT count(pg_advisory_xact_lock(id)) \
+         FROM unnest($1::bigint[]) AS id) AS n, \
+         set_config('sluice.summary_pending', 'written', true) AS told) "
+    };
+}
+
+/// Takes the entries' locks (see [`lock_cte`]).
 pub(super) async fn lock_entries(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_, '_>,
     keys: impl Iterator<Item = Uuid>,
 ) -> Result<(), DbError> {
-    let mut ids: Vec<i64> = keys.map(entry_lock_id).collect();
+    let ids = lock_ids(keys);
     if ids.is_empty() {
         return Ok(());
     }
-    ids.sort_unstable();
-    ids.dedup();
-    // The same statement tells the summary trigger that this transaction records its own
-    // pending rows ([`crate::pending`]).
-    tx.execute(
-        &format!(
-            "SELECT (SELECT count(pg_advisory_xact_lock(id)) FROM unnest($1::bigint[]) AS id), {}",
-            crate::pending::TELL_TRIGGER
-        ),
-        &[&ids],
-    )
-    .await
-    .map_err(DbError::query("lock entries"))?;
+    const SQL: &str = concat!(lock_cte!(), "SELECT n, told FROM locks");
+    tx.query(SQL, &[&ids], "lock entries").await?;
+    Ok(())
+}
+
+/// The first delivery of entries written whole (nothing to look up): takes their locks and
+/// records them in the ledger in one statement, the locks first (the ledger rows are inserted
+/// from the lock statement's one row). A ledger row that exists fails the transaction (23505),
+/// never is skipped quietly, as the COPY of [`record_entries`] does. Saves the COPY's two round
+/// trips at the end of the transaction.
+pub(super) async fn lock_and_record(
+    tx: &Tx<'_, '_>,
+    keys: impl Iterator<Item = Uuid> + Clone,
+) -> Result<(), DbError> {
+    let ids = lock_ids(keys.clone());
+    let (new, _) = unrecorded(keys, &HashMap::new());
+    if new.is_empty() {
+        return Ok(());
+    }
+    const SQL: &str = concat!(
+        lock_cte!(),
+        "INSERT INTO entry_ledger (entry_key) \
+         SELECT k FROM locks, unnest($2::uuid[]) AS k WHERE locks.n >= 0 AND locks.told = 'written'"
+    );
+    let inserted = tx
+        .execute(SQL, &[&ids, &new], "lock and record entries")
+        .await?;
+    debug_assert_eq!(inserted, new.len() as u64);
     Ok(())
 }
 
 /// What the ledger holds for the entries among `keys`.
 pub(super) async fn ledger_rows(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_, '_>,
     keys: &[Uuid],
 ) -> Result<HashMap<Uuid, Ledger>, DbError> {
     if keys.is_empty() {
@@ -64,9 +98,9 @@ pub(super) async fn ledger_rows(
         .query(
             "SELECT entry_key, whole FROM entry_ledger WHERE entry_key = ANY($1)",
             &[&keys],
+            "look up entry ledger",
         )
-        .await
-        .map_err(DbError::query("look up entry ledger"))?;
+        .await?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -81,7 +115,7 @@ pub(super) async fn ledger_rows(
 /// written in parts before are marked whole. Split: entries without a row get a "parts" row; an
 /// entry may be in several parts of one split, so an existing row is kept.
 pub(super) async fn record_entries(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_, '_>,
     keys: impl Iterator<Item = Uuid>,
     ledger: &HashMap<Uuid, Ledger>,
     mode: Mode,
@@ -89,14 +123,14 @@ pub(super) async fn record_entries(
     let (new, parts) = unrecorded(keys, ledger);
     match mode {
         Mode::Whole => {
-            copy_uuids(tx, "entry_ledger", "entry_key", new.iter()).await?;
+            copy_uuids(tx, new.iter()).await?;
             if !parts.is_empty() {
                 tx.execute(
                     "UPDATE entry_ledger SET whole = true WHERE entry_key = ANY($1)",
                     &[&parts],
+                    "complete ledger rows",
                 )
-                .await
-                .map_err(DbError::query("complete ledger rows"))?;
+                .await?;
             }
         }
         Mode::Split if !new.is_empty() => {
@@ -104,9 +138,9 @@ pub(super) async fn record_entries(
                 "INSERT INTO entry_ledger (entry_key, whole) SELECT unnest($1::uuid[]), false \
                  ON CONFLICT (entry_key) DO NOTHING",
                 &[&new],
+                "record split entries",
             )
-            .await
-            .map_err(DbError::query("record split entries"))?;
+            .await?;
         }
         Mode::Split => {}
     }
@@ -133,25 +167,22 @@ fn unrecorded(
     (new, parts)
 }
 
-/// Binary COPY of uuids into a one-key table (`table` and `column` are constants of this module);
-/// a key that exists fails the transaction.
+/// Binary COPY of ledger keys; a key that exists fails the transaction.
 async fn copy_uuids<'k>(
-    tx: &Transaction<'_>,
-    table: &'static str,
-    column: &'static str,
+    tx: &Tx<'_, '_>,
     keys: impl ExactSizeIterator<Item = &'k Uuid>,
 ) -> Result<(), DbError> {
     if keys.len() == 0 {
         return Ok(());
     }
     let op = "copy ledger rows";
-    let sink = tx
-        .copy_in(&format!(
-            "COPY {table} ({column}) FROM STDIN (FORMAT binary)"
-        ))
-        .await
-        .map_err(DbError::query(op))?;
-    let writer = BinaryCopyInWriter::new(sink, &[Type::UUID]);
+    let writer = tx
+        .copy_in(
+            "COPY entry_ledger (entry_key) FROM STDIN (FORMAT binary)",
+            &[Type::UUID],
+            op,
+        )
+        .await?;
     pin_mut!(writer);
     for key in keys {
         writer

@@ -15,15 +15,18 @@
 //!
 //! Architecture invariant: every transaction that commits events of an entry leaves a ledger row
 //! for that entry. A first delivery is written on the fast path without per-event keys and
-//! without a lookup; its ledger row goes in with a plain COPY, so if any row for the entry
-//! exists (whole or parts, however the entry came to be written) the COPY fails and the call is
-//! retried on the slow path, which looks every entry and key up first. Duplicates are rare, so
-//! the fast path is usual.
+//! without a lookup; its ledger rows go in with the locks, in steps 1 and 5's one statement, by a
+//! plain INSERT, so if any row for the entry exists (whole or parts, however the entry came to be
+//! written) the statement fails and the call is retried on the slow path, which looks every entry
+//! and key up first. Duplicates are rare, so the fast path is usual: its transaction is `BEGIN`,
+//! the locks and ledger rows, the COPY of events (and of dedupe keys before it for client ids),
+//! the COPY of pending rows, `COMMIT`, every statement from the connection's cache ([`tx`]).
 
 mod dedupe;
 mod ledger;
+mod tx;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -31,13 +34,12 @@ use futures::pin_mut;
 use shared::db::{Db, DbError};
 use shared::queue::QueuedEvent;
 use shared::schema::partitions::{self, Month};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use crate::rows::{self, COPY_COLUMNS, COPY_TYPES};
 
 pub use ledger::entry_lock_id;
+pub use tx::Tx;
 
 /// What the store knows of a stream entry.
 #[derive(Debug, Clone, Copy)]
@@ -197,7 +199,7 @@ impl Store {
             .db
             .bounded("write batch", async {
                 let tx = self.db.begin(&mut client, "begin batch").await?;
-                let out = self.write_in(&tx, attempt).await;
+                let out = self.write_in(&Tx::new(&self.db, &tx), attempt).await;
                 self.db.finish(tx, out, "commit batch").await
             })
             .await;
@@ -206,7 +208,7 @@ impl Store {
 
     async fn write_in(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Tx<'_, '_>,
         attempt: &Attempt<'_, '_>,
     ) -> Result<Written, DbError> {
         let used = attempt.used();
@@ -214,9 +216,17 @@ impl Store {
         // Two transactions may hold the same entry: its first reader's, stalled or cut off, and
         // that of the writer that claimed it meanwhile. They take the entry's lock first, so
         // the second waits for the first, and its ledger lookup (next statement, new snapshot)
-        // then sees what the first committed.
-        ledger::lock_entries(tx, keys()).await?;
-        let ledger = ledger::ledger_rows(tx, &attempt.lookup(&used)).await?;
+        // then sees what the first committed. With nothing to look up (the usual first
+        // delivery of whole entries), the ledger rows go in with the locks.
+        let lookup = attempt.lookup(&used);
+        let recorded = lookup.is_empty() && attempt.mode == Mode::Whole;
+        let ledger = if recorded {
+            ledger::lock_and_record(tx, keys()).await?;
+            HashMap::new()
+        } else {
+            ledger::lock_entries(tx, keys()).await?;
+            ledger::ledger_rows(tx, &lookup).await?
+        };
         let legacy = self.lock_partitions().legacy_keys;
         let fresh = dedupe::first_seen(tx, attempt, &ledger, legacy).await?;
         let (known, orphans): (Vec<&QueuedEvent>, Vec<&QueuedEvent>) = {
@@ -230,7 +240,9 @@ impl Store {
         if !orphans.is_empty() {
             copy_events(tx, "events_quarantine", &orphans).await?;
         }
-        ledger::record_entries(tx, keys(), &ledger, attempt.mode).await?;
+        if !recorded {
+            ledger::record_entries(tx, keys(), &ledger, attempt.mode).await?;
+        }
         Ok(Written {
             stored: known.len() as u64,
             quarantined: orphans.len() as u64,
@@ -299,7 +311,7 @@ fn is_missing_partition(e: &DbError) -> bool {
 }
 
 async fn copy_events(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_, '_>,
     table: &'static str,
     events: &[&QueuedEvent],
 ) -> Result<(), DbError> {
@@ -311,13 +323,8 @@ async fn copy_events(
     } else {
         "copy quarantined events"
     };
-    let sink = tx
-        .copy_in(&format!(
-            "COPY {table} {COPY_COLUMNS} FROM STDIN (FORMAT binary)"
-        ))
-        .await
-        .map_err(DbError::query(op))?;
-    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+    let sql = format!("COPY {table} {COPY_COLUMNS} FROM STDIN (FORMAT binary)");
+    let writer = tx.copy_in(&sql, &COPY_TYPES, op).await?;
     pin_mut!(writer);
     rows::write_rows(writer.as_mut(), events)
         .await

@@ -262,6 +262,24 @@ impl Db {
         Ok(tx)
     }
 
+    /// The prepared statement for `sql` in `tx`, one of this pool's transactions: from the
+    /// connection's statement cache, so a statement sent every batch is parsed and described once
+    /// per connection and costs no round trip after that; behind a transaction pooler, prepared
+    /// afresh (the commit's [`Db::before_commit`] drops it with the rest).
+    pub async fn prepare(
+        &self,
+        tx: &Transaction<'_>,
+        sql: &str,
+        op: &'static str,
+    ) -> Result<tokio_postgres::Statement, DbError> {
+        let out = if self.inner.pooled {
+            tx.prepare(sql).await
+        } else {
+            tx.prepare_cached(sql).await
+        };
+        out.map_err(DbError::query(op))
+    }
+
     /// Behind a transaction pooler, drops the statements prepared in `tx` (rows and statements
     /// kept past the commit would leave them on a server connection other clients get next);
     /// nothing otherwise. Every transaction that may prepare named statements calls it before
