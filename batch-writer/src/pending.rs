@@ -5,51 +5,81 @@
 //! 0008). The writer copies them into `summary_pending` in the transaction that stores the
 //! events, after telling the trigger so.
 
-use std::collections::{BTreeMap, BTreeSet};
-
+use bytes::{BufMut, Bytes, BytesMut};
 use chrono::NaiveDate;
-use futures::pin_mut;
+use futures::SinkExt;
 use shared::db::DbError;
 use shared::queue::QueuedEvent;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::{IsNull, ToSql, Type};
 
 use crate::rows;
 use crate::store::Tx;
 
 /// What the trigger would have recorded for one (app, day, event name).
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Pending<'e> {
+    pub app: &'e str,
+    pub day: NaiveDate,
+    pub name: &'e str,
     pub events: i64,
-    pub users: BTreeSet<&'e str>,
-    /// Each session and its owner so far: `Some(user)` while every event of it had that user.
-    pub sessions: BTreeMap<&'e str, Option<&'e str>>,
+    /// The distinct user ids, sorted.
+    pub users: Vec<&'e str>,
+    /// The distinct sessions, sorted, and beside each its owner: `Some(user)` when every event
+    /// of it carried that user.
+    pub sessions: Vec<&'e str>,
+    pub owners: Vec<Option<&'e str>>,
 }
 
-/// The pending rows of `events`, keyed by (app, day, event name).
-pub fn of<'e>(events: &[&'e QueuedEvent]) -> BTreeMap<(&'e str, NaiveDate, &'e str), Pending<'e>> {
-    let mut out: BTreeMap<_, Pending> = BTreeMap::new();
-    for e in events {
-        let day = rows::time(e.occurred_at_us).date_naive();
-        let p = out
-            .entry((e.app_id.as_str(), day, e.event_name.as_str()))
-            .or_default();
-        p.events += 1;
-        let user = e.user_id.as_deref();
-        if let Some(u) = user {
-            p.users.insert(u);
-        }
-        if let Some(s) = e.session_id.as_deref() {
-            p.sessions
-                .entry(s)
-                .and_modify(|owner| {
-                    if *owner != user {
-                        *owner = None;
-                    }
-                })
-                .or_insert(user);
-        }
+/// One event as the pending rows see it.
+type Seen<'e> = (
+    &'e str,
+    NaiveDate,
+    &'e str,
+    Option<&'e str>,
+    Option<&'e str>,
+);
+
+/// The pending rows of `events`, one per (app, day, event name), in that order. Sorting one
+/// vector of borrowed fields and walking its runs: no map or set per group.
+pub fn of<'e>(events: &[&'e QueuedEvent]) -> Vec<Pending<'e>> {
+    let mut seen: Vec<Seen<'e>> = events
+        .iter()
+        .map(|e| {
+            let day = rows::time(e.occurred_at_us).date_naive();
+            let (user, session) = (e.user_id.as_deref(), e.session_id.as_deref());
+            (e.app_id.as_str(), day, e.event_name.as_str(), user, session)
+        })
+        .collect();
+    seen.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+    seen.chunk_by(|a, b| (a.0, a.1, a.2) == (b.0, b.1, b.2))
+        .map(group)
+        .collect()
+}
+
+/// The pending row of one (app, day, event name)'s events.
+fn group<'e>(run: &[Seen<'e>]) -> Pending<'e> {
+    let mut users: Vec<&str> = run.iter().filter_map(|r| r.3).collect();
+    users.sort_unstable();
+    users.dedup();
+    let mut by_session: Vec<(&str, Option<&str>)> =
+        run.iter().filter_map(|r| r.4.map(|s| (s, r.3))).collect();
+    // Stable: each session's events stay in arrival order, though only equality matters.
+    by_session.sort_by(|a, b| a.0.cmp(b.0));
+    let (mut sessions, mut owners) = (Vec::new(), Vec::new());
+    for events in by_session.chunk_by(|a, b| a.0 == b.0) {
+        let first = events[0].1;
+        sessions.push(events[0].0);
+        owners.push(first.filter(|_| events.iter().all(|e| e.1 == first)));
     }
-    out
+    Pending {
+        app: run[0].0,
+        day: run[0].1,
+        name: run[0].2,
+        events: run.len() as i64,
+        users,
+        sessions,
+        owners,
+    }
 }
 
 const TYPES: [Type; 7] = [
@@ -62,34 +92,62 @@ const TYPES: [Type; 7] = [
     Type::TEXT_ARRAY,
 ];
 
-/// Binary COPY of the pending rows of `events` (the events this transaction stores in
-/// `analytics_events`) into `summary_pending`.
-pub async fn copy(tx: &Tx<'_, '_>, events: &[&QueuedEvent]) -> Result<(), DbError> {
-    if events.is_empty() {
-        return Ok(());
+/// The binary COPY data (header, rows, trailer) of the pending rows of `events` (the events
+/// this transaction stores in `analytics_events`), for [`copy`]. Encoded ahead, while
+/// PostgreSQL takes the events' COPY, so that the pending rows' COPY costs its connection only
+/// the round trips.
+pub fn encode(events: &[&QueuedEvent]) -> Result<Bytes, DbError> {
+    let op = "encode summary pending rows";
+    let mut buf = BytesMut::with_capacity(events.len() * 48 + 64);
+    buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.put_i32(0); // flags
+    buf.put_i32(0); // header extension
+    for p in of(events) {
+        let row: [&(dyn ToSql + Sync); 7] = [
+            &p.app,
+            &p.day,
+            &p.name,
+            &p.events,
+            &p.users,
+            &p.sessions,
+            &p.owners,
+        ];
+        buf.put_i16(row.len() as i16);
+        for (value, ty) in row.iter().zip(&TYPES) {
+            let at = buf.len();
+            buf.put_i32(0);
+            let encoded = value.to_sql_checked(ty, &mut buf);
+            let len = match encoded.map_err(|e| DbError::Other {
+                op,
+                message: e.to_string(),
+            })? {
+                IsNull::Yes => -1,
+                IsNull::No => (buf.len() - at - 4) as i32,
+            };
+            buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        }
     }
+    buf.put_i16(-1);
+    Ok(buf.freeze())
+}
+
+/// Binary COPY of pending rows encoded by [`encode`] into `summary_pending`; nothing when
+/// `events` was empty.
+pub async fn copy(tx: &Tx<'_, '_>, data: Option<Bytes>) -> Result<(), DbError> {
+    let Some(data) = data else {
+        return Ok(());
+    };
     let op = "copy summary pending rows";
-    let writer = tx
-        .copy_in(
+    let sink = tx
+        .copy_in_raw(
             "COPY summary_pending (app_id, day, event_name, events, users, sessions, owners) \
              FROM STDIN (FORMAT binary)",
-            &TYPES,
             op,
         )
         .await?;
-    pin_mut!(writer);
-    for ((app, day, name), p) in of(events) {
-        let users: Vec<&str> = p.users.into_iter().collect();
-        let (sessions, owners): (Vec<&str>, Vec<Option<&str>>) = p.sessions.into_iter().unzip();
-        let row: [&(dyn ToSql + Sync); 7] =
-            [&app, &day, &name, &p.events, &users, &sessions, &owners];
-        writer
-            .as_mut()
-            .write(&row)
-            .await
-            .map_err(DbError::query(op))?;
-    }
-    writer.finish().await.map_err(DbError::query(op))?;
+    futures::pin_mut!(sink);
+    sink.send(data).await.map_err(DbError::query(op))?;
+    sink.finish().await.map_err(DbError::query(op))?;
     Ok(())
 }
 
@@ -137,23 +195,31 @@ mod tests {
         let got = of(&refs);
         let day = NaiveDate::from_ymd_opt(2026, 11, 30).expect("day");
         let next = day.succ_opt().expect("next");
+        let find = |app, day, name| {
+            got.iter()
+                .find(|p| (p.app, p.day, p.name) == (app, day, name))
+                .expect("row")
+        };
         assert_eq!(got.len(), 4);
-        let a = &got[&("a", day, "click")];
+        let keys: Vec<_> = got.iter().map(|p| (p.app, p.day, p.name)).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted, "rows come out in key order");
+        let a = find("a", day, "click");
         assert_eq!(a.events, 6);
-        assert_eq!(a.users, BTreeSet::from(["u1", "u2", "u3", "u4"]));
-        assert_eq!(
-            a.sessions,
-            BTreeMap::from([("s1", Some("u1")), ("s2", None), ("s3", None)])
-        );
-        let a_next = &got[&("a", next, "click")];
+        assert_eq!(a.users, ["u1", "u2", "u3", "u4"]);
+        assert_eq!(a.sessions, ["s1", "s2", "s3"]);
+        assert_eq!(a.owners, [Some("u1"), None, None]);
+        let a_next = find("a", next, "click");
         assert_eq!(a_next.events, 1);
-        assert_eq!(a_next.sessions, BTreeMap::from([("s1", Some("u1"))]));
-        assert_eq!(got[&("a", day, "view")].events, 1);
-        // A session's anonymous event first, then one with a user: no owner either way round.
         assert_eq!(
-            got[&("b", day, "click")].sessions,
-            BTreeMap::from([("s4", None)])
+            (&a_next.sessions[..], &a_next.owners[..]),
+            (&["s1"][..], &[Some("u1")][..])
         );
-        assert!(got[&("b", day, "click")].users.contains("u5"));
+        assert_eq!(find("a", day, "view").events, 1);
+        // A session's anonymous event first, then one with a user: no owner either way round.
+        let b = find("b", day, "click");
+        assert_eq!((&b.sessions[..], &b.owners[..]), (&["s4"][..], &[None][..]));
+        assert_eq!(b.users, ["u5"]);
     }
 }

@@ -118,7 +118,9 @@ pub async fn run(ctx: Arc<Ctx>, tasks: &Tasks) {
     }
 }
 
-/// `WRITER_CONCURRENCY` writer tasks, each taking the batcher's next batch in turn.
+/// `WRITER_CONCURRENCY` writer tasks, each taking the batcher's next batch in turn. A task
+/// acknowledges a written batch while it takes and writes its next one, so its connection does
+/// not wait on Redis between transactions; it ends once its last batch is acknowledged.
 fn spawn_writers(
     ctx: &Arc<Ctx>,
     work: &Tasks,
@@ -130,10 +132,22 @@ fn spawn_writers(
             let ctx = ctx.clone();
             let rx = batch_rx.clone();
             work.spawn("batch_writer", async move {
+                let mut written = None;
                 loop {
-                    let next = rx.lock().await.recv().await;
-                    match next {
-                        Some(batch) => write::process(&ctx, batch).await,
+                    let ack = async {
+                        if let Some(w) = written.take() {
+                            write::acknowledge(&ctx, w).await;
+                        }
+                    };
+                    let write = async {
+                        let next = rx.lock().await.recv().await;
+                        match next {
+                            Some(batch) => Some(write::process(&ctx, batch).await),
+                            None => None,
+                        }
+                    };
+                    match tokio::join!(ack, write).1 {
+                        Some(w) => written = w,
                         None => return,
                     }
                 }

@@ -12,6 +12,7 @@ use shared::retry::Backoff;
 use uuid::Uuid;
 
 use super::batch::Batch;
+use super::read::Release;
 use super::{ack, retry, Ctx};
 use crate::dead_letter;
 use crate::reader::Entry;
@@ -20,9 +21,18 @@ use crate::store::{EntryInfo, Item, Mode, WriteError, Written};
 /// An event the database refused, with its entry's index in the batch and why.
 type Failure<'a> = (usize, &'a QueuedEvent, String);
 
-/// Writes one batch, dead-letters what must be, acknowledges what is done.
-pub async fn process(ctx: &Ctx, batch: Batch) {
-    let _release = ctx.inflight.release_on_drop(&batch.entries);
+/// A batch written, its entries still in flight: what [`acknowledge`] acknowledges.
+pub struct ToAck<'c> {
+    batch: Batch,
+    /// `done[i]`: entry `i` is committed or dead-lettered.
+    done: Vec<bool>,
+    _release: Release<'c>,
+}
+
+/// Writes one batch and dead-letters what must be; returns the batch to acknowledge, or `None`
+/// when the process stops with it unwritten (its entries stay pending for another writer).
+pub async fn process(ctx: &Ctx, batch: Batch) -> Option<ToAck<'_>> {
+    let release = ctx.inflight.release_on_drop(&batch.entries);
     let started = Instant::now();
     let (events, mut done) = decoded_or_dead_lettered(ctx, &batch).await;
     let mut infos = ledger_infos(ctx, &batch);
@@ -32,7 +42,7 @@ pub async fn process(ctx: &Ctx, batch: Batch) {
             entries = batch.entries.len(),
             "Stopping with a batch unwritten; its entries stay pending for another writer."
         );
-        return;
+        return None;
     };
     settle_failures(ctx, &batch, &infos, failures, &mut done).await;
     let elapsed = started.elapsed();
@@ -45,10 +55,21 @@ pub async fn process(ctx: &Ctx, batch: Batch) {
             (now_us - e.received_at_us).max(0) as u64
         ));
     }
-    let to_ack: Vec<_> = batch
+    drop(events);
+    Some(ToAck {
+        batch,
+        done,
+        _release: release,
+    })
+}
+
+/// Acknowledges the done entries of a written batch, then takes its entries out of flight.
+pub async fn acknowledge(ctx: &Ctx, written: ToAck<'_>) {
+    let to_ack: Vec<_> = written
+        .batch
         .entries
         .iter()
-        .zip(&done)
+        .zip(&written.done)
         .filter_map(|(e, d)| d.then_some(e))
         .collect();
     ack::ack(ctx, &to_ack).await;

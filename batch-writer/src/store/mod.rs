@@ -235,10 +235,16 @@ impl Store {
                 .iter()
                 .partition(|e| p.months.contains(&rows::month(e)))
         };
-        copy_events(tx, "analytics_events", &known).await?;
-        crate::pending::copy(tx, &known).await?;
+        // The pending rows are computed and encoded while PostgreSQL takes the events' rows.
+        let pending = copy_events(tx, "analytics_events", &known, || {
+            (!known.is_empty())
+                .then(|| crate::pending::encode(&known))
+                .transpose()
+        })
+        .await??;
+        crate::pending::copy(tx, pending).await?;
         if !orphans.is_empty() {
-            copy_events(tx, "events_quarantine", &orphans).await?;
+            copy_events(tx, "events_quarantine", &orphans, || ()).await?;
         }
         if !recorded {
             ledger::record_entries(tx, keys(), &ledger, attempt.mode).await?;
@@ -310,13 +316,17 @@ fn is_missing_partition(e: &DbError) -> bool {
     e.sql_state() == Some("23514") && e.to_string().contains("no partition")
 }
 
-async fn copy_events(
+/// Binary COPY of `events` into `table`; `meanwhile` runs once the rows are sent, while the
+/// server still works through them, before the COPY is finished. Nothing to copy: only
+/// `meanwhile`.
+async fn copy_events<R>(
     tx: &Tx<'_, '_>,
     table: &'static str,
     events: &[&QueuedEvent],
-) -> Result<(), DbError> {
+    meanwhile: impl FnOnce() -> R,
+) -> Result<R, DbError> {
     if events.is_empty() {
-        return Ok(());
+        return Ok(meanwhile());
     }
     let op = if table == "analytics_events" {
         "copy events"
@@ -329,6 +339,7 @@ async fn copy_events(
     rows::write_rows(writer.as_mut(), events)
         .await
         .map_err(DbError::query(op))?;
+    let out = meanwhile();
     writer.finish().await.map_err(DbError::query(op))?;
-    Ok(())
+    Ok(out)
 }

@@ -2,11 +2,12 @@
 //! statement cache ([`Db::prepare`]), so after a connection's first batch a COPY costs two round
 //! trips (start, finish) and a statement one, none of them parsed again.
 
+use bytes::Bytes;
 use deadpool_postgres::Transaction;
 use shared::db::{Db, DbError};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Row, Statement};
+use tokio_postgres::{CopyInSink, Row, Statement};
 
 pub struct Tx<'a, 'c> {
     db: &'a Db,
@@ -37,6 +38,19 @@ impl<'a, 'c> Tx<'a, 'c> {
             .await
             .map_err(DbError::query(op))?;
         Ok(BinaryCopyInWriter::new(sink, types))
+    }
+
+    /// Starts a COPY (`sql` is `COPY ... FROM STDIN`) whose data the caller sends as it is.
+    pub async fn copy_in_raw(
+        &self,
+        sql: &str,
+        op: &'static str,
+    ) -> Result<CopyInSink<Bytes>, DbError> {
+        let statement = self.statement(sql, op).await?;
+        self.tx
+            .copy_in(&statement)
+            .await
+            .map_err(DbError::query(op))
     }
 
     pub async fn execute(
