@@ -41,7 +41,7 @@ pub use fixtures::view_event;
 pub use http::{free_port, http_get, HttpSender};
 pub use pgbouncer::PgBouncer;
 pub use postgres::{as_postgres, pg_bin, pg_client, OwnPostgres, Replica};
-pub use procfs::{cpu_seconds, peak_rss_mib, proc_status_kib, rss_mib};
+pub use procfs::{cpu_seconds, peak_rss_mib, postgres_cpu_seconds, proc_status_kib, rss_mib};
 pub use queue::{queued_events, stream_entries};
 pub use redis_servers::{redis_cleanup, OwnCluster, OwnRedis};
 pub use stack::{Stack, StackBuilder};

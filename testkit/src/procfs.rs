@@ -27,3 +27,50 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
 }
+
+/// The fields of `/proc/PID/stat` after the command name (the state is field 0 here).
+fn stat_fields(pid: &str) -> Option<Vec<u64>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = s.rsplit_once(')')?.1;
+    Some(
+        after
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// CPU seconds every PostgreSQL server process on this machine has used, the exited ones
+/// included: each live `postgres` process's user and system time, plus, for each postmaster
+/// (a `postgres` whose parent is not one), the time of its children that have exited (backends
+/// closed, autovacuum workers done). The difference across a phase is what PostgreSQL spent
+/// on it, whatever backends came and went.
+pub fn postgres_cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let comm = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok();
+    let is_postgres = |pid: &str| comm(pid).is_some_and(|c| c.trim_end() == "postgres");
+    let mut ticks = 0u64;
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if !is_postgres(pid) {
+            continue;
+        }
+        // After the state: ppid [0], ..., utime [10], stime [11], cutime [12], cstime [13].
+        let Some(f) = stat_fields(pid) else { continue };
+        ticks += f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+        let parent = f.first().map(u64::to_string).unwrap_or_default();
+        if !is_postgres(&parent) {
+            ticks += f.get(12).copied().unwrap_or(0) + f.get(13).copied().unwrap_or(0);
+        }
+    }
+    ticks as f64 / 100.0
+}

@@ -19,6 +19,7 @@
 
 use std::time::Duration;
 
+use bench::spent::{measure, Spent};
 use bench::{baseline, print_table, queued_event};
 use clap::Parser;
 use testkit::TestDb;
@@ -101,76 +102,92 @@ async fn main() -> anyhow::Result<()> {
 
     eprintln!("Raw binary COPY baseline...");
     let raw_db = TestDb::migrated().await;
-    let raw = baseline::raw_copy(&raw_db.client().await, &events).await?;
+    let raw_client = raw_db.client().await;
+    let raw = measure(baseline::raw_copy(&raw_client, &events)).await?;
     eprintln!(
         "Fair limit: {:?} raw COPY streams, commits of {} rows...",
         args.fair_streams, args.batch_size
     );
-    let fair = baseline::fair_limits(&events, &args.fair_streams, args.batch_size).await?;
+    let mut fair = Vec::new();
+    for &streams in &args.fair_streams {
+        let one = async {
+            let limit = baseline::fair_limits(&events, &[streams], args.batch_size).await?;
+            Ok::<_, anyhow::Error>(limit[0].1)
+        };
+        fair.push((streams, measure(one).await?));
+    }
 
     eprintln!("Draining with the batch writer...");
     let schema = Schema {
         user_index: !args.no_user_index,
         summary_pending: !args.no_summary_pending,
     };
-    let drain = drain_fresh(&events, &args, schema, None).await?;
+    let drain = measure(drain_fresh(&events, &args, schema, None)).await?;
 
     eprintln!("Multi-row INSERT baseline...");
     let ins_db = TestDb::migrated().await;
-    let insert = baseline::multi_row_insert(&ins_db.client().await, &events).await?;
+    let ins_client = ins_db.client().await;
+    let insert = measure(baseline::multi_row_insert(&ins_client, &events)).await?;
 
-    let rate = |d: Duration| n as f64 / d.as_secs_f64();
-    let mut rows = vec![vec![
+    let line = |method: String, s: &Spent| {
+        vec![
+            method,
+            n.to_string(),
+            format!("{:.2}", s.took.as_secs_f64()),
+            format!("{:.0}", n as f64 / s.took.as_secs_f64()),
+            format!("{:.2}", raw.took.as_secs_f64() / s.took.as_secs_f64()),
+            format!("{:.1}", s.postgres_us_per_row(n)),
+            format!("{:.1}", s.own_us_per_row(n)),
+        ]
+    };
+    let mut rows = vec![line(
         "raw binary COPY (one stream, one transaction)".into(),
-        n.to_string(),
-        format!("{:.2}", raw.as_secs_f64()),
-        format!("{:.0}", rate(raw)),
-        "1.00".into(),
-    ]];
-    for (streams, took) in &fair {
-        rows.push(vec![
+        &raw,
+    )];
+    for (streams, spent) in &fair {
+        rows.push(line(
             format!(
                 "fair limit: {streams} raw COPY stream(s), a commit every {} rows",
                 args.batch_size
             ),
-            n.to_string(),
-            format!("{:.2}", took.as_secs_f64()),
-            format!("{:.0}", rate(*took)),
-            format!("{:.2}", raw.as_secs_f64() / took.as_secs_f64()),
-        ]);
+            spent,
+        ));
     }
-    rows.extend([
-        vec![
-            format!(
-                "batch-writer drain ({} COPY streams, dedupe on, {} ids{}{})",
-                args.writers,
-                if args.client_ids { "client" } else { "gateway" },
-                if args.no_summary_pending {
-                    ", summary pending rows discarded"
-                } else {
-                    ""
-                },
-                if args.no_user_index {
-                    ", no user index"
-                } else {
-                    ""
-                },
-            ),
-            n.to_string(),
-            format!("{:.2}", drain.as_secs_f64()),
-            format!("{:.0}", rate(drain)),
-            format!("{:.2}", raw.as_secs_f64() / drain.as_secs_f64()),
-        ],
-        vec![
-            "multi-row INSERT, 1000 rows a statement".into(),
-            n.to_string(),
-            format!("{:.2}", insert.as_secs_f64()),
-            format!("{:.0}", rate(insert)),
-            format!("{:.2}", raw.as_secs_f64() / insert.as_secs_f64()),
-        ],
-    ]);
+    rows.push(line(
+        format!(
+            "batch-writer drain ({} COPY streams, dedupe on, {} ids{}{})",
+            args.writers,
+            if args.client_ids { "client" } else { "gateway" },
+            if args.no_summary_pending {
+                ", summary pending rows discarded"
+            } else {
+                ""
+            },
+            if args.no_user_index {
+                ", no user index"
+            } else {
+                ""
+            },
+        ),
+        &drain,
+    ));
+    rows.push(line(
+        "multi-row INSERT, 1000 rows a statement".into(),
+        &insert,
+    ));
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    let (raw, drain, insert) = (raw.took, drain.took, insert.took);
+    let fair: Vec<(usize, Duration)> = fair.iter().map(|(s, spent)| (*s, spent.took)).collect();
     print_table(
-        &["method", "rows", "seconds", "rows/s", "of raw COPY"],
+        &[
+            "method",
+            "rows",
+            "seconds",
+            "rows/s",
+            "of raw COPY",
+            "PostgreSQL CPU us/row",
+            "bench process CPU us/row",
+        ],
         &rows,
     );
     println!(
