@@ -74,7 +74,9 @@ pub async fn ab(
                 if with { "on" } else { "off" }
             );
             let route = bouncer.as_ref().filter(|_| with).map(|b| b.port);
-            let took = drain_fresh(events, args, feature.schema(with), route).await?;
+            let took = drain_fresh(events, args, feature.schema(with), route)
+                .await?
+                .took;
             runs.push((with, n as f64 / took.as_secs_f64()));
         }
     }

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use bench::spent::{measure, Spent};
 use shared::config::Env;
 use shared::queue::{self, Keys, QueuedEvent};
 use testkit::TestDb;
@@ -31,7 +32,7 @@ pub async fn drain_fresh(
     args: &Args,
     schema: Schema,
     pooler: Option<u16>,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<Spent> {
     let user_index = schema.user_index;
     let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let keys = Keys::new(&prefix, args.shards);
@@ -53,7 +54,8 @@ pub async fn drain_fresh(
         "the user index is on {indexed} partitions (wanted it {})",
         if user_index { "on" } else { "off" }
     );
-    let took = drain(&w_db, &prefix, args, pooler).await;
+    // The drain alone: the streams are filled and the database made before.
+    let took = measure(drain(&w_db, &prefix, args, pooler)).await;
     cleanup(&prefix).await;
     let took = took?;
     let stored: i64 = client

@@ -122,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
         user_index: !args.no_user_index,
         summary_pending: !args.no_summary_pending,
     };
-    let drain = measure(drain_fresh(&events, &args, schema, None)).await?;
+    let drain = drain_fresh(&events, &args, schema, None).await?;
 
     eprintln!("Multi-row INSERT baseline...");
     let ins_db = TestDb::migrated().await;
