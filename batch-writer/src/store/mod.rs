@@ -213,20 +213,7 @@ impl Store {
     ) -> Result<Written, DbError> {
         let used = attempt.used();
         let keys = || used.iter().map(|i| attempt.entries[*i].key);
-        // Two transactions may hold the same entry: its first reader's, stalled or cut off, and
-        // that of the writer that claimed it meanwhile. They take the entry's lock first, so
-        // the second waits for the first, and its ledger lookup (next statement, new snapshot)
-        // then sees what the first committed. With nothing to look up (the usual first
-        // delivery of whole entries), the ledger rows go in with the locks.
-        let lookup = attempt.lookup(&used);
-        let recorded = lookup.is_empty() && attempt.mode == Mode::Whole;
-        let ledger = if recorded {
-            ledger::lock_and_record(tx, keys()).await?;
-            HashMap::new()
-        } else {
-            ledger::lock_entries(tx, keys()).await?;
-            ledger::ledger_rows(tx, &lookup).await?
-        };
+        let (ledger, recorded) = take_entries(tx, attempt, &used).await?;
         let legacy = self.lock_partitions().legacy_keys;
         let fresh = dedupe::first_seen(tx, attempt, &ledger, legacy).await?;
         let (known, orphans): (Vec<&QueuedEvent>, Vec<&QueuedEvent>) = {
@@ -235,17 +222,7 @@ impl Store {
                 .iter()
                 .partition(|e| p.months.contains(&rows::month(e)))
         };
-        // The pending rows are computed and encoded while PostgreSQL takes the events' rows.
-        let pending = copy_events(tx, "analytics_events", &known, || {
-            (!known.is_empty())
-                .then(|| crate::pending::encode(&known))
-                .transpose()
-        })
-        .await??;
-        crate::pending::copy(tx, pending).await?;
-        if !orphans.is_empty() {
-            copy_events(tx, "events_quarantine", &orphans, || ()).await?;
-        }
+        store_events(tx, &known, &orphans).await?;
         if !recorded {
             ledger::record_entries(tx, keys(), &ledger, attempt.mode).await?;
         }
@@ -259,6 +236,45 @@ impl Store {
     fn lock_partitions(&self) -> std::sync::MutexGuard<'_, PartitionCache> {
         self.partitions.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Takes the locks of the entries `used` and what the ledger holds for them. Two transactions
+/// may hold the same entry: its first reader's, stalled or cut off, and that of the writer that
+/// claimed it meanwhile. They take the entry's lock first, so the second waits for the first,
+/// and its ledger lookup (next statement, new snapshot) then sees what the first committed. With
+/// nothing to look up (the usual first delivery of whole entries), the ledger rows go in with
+/// the locks: then the second value is true.
+async fn take_entries(
+    tx: &Tx<'_, '_>,
+    attempt: &Attempt<'_, '_>,
+    used: &[usize],
+) -> Result<(HashMap<Uuid, ledger::Ledger>, bool), DbError> {
+    let keys = used.iter().map(|i| attempt.entries[*i].key);
+    let lookup = attempt.lookup(used);
+    if lookup.is_empty() && attempt.mode == Mode::Whole {
+        ledger::lock_and_record(tx, keys).await?;
+        return Ok((HashMap::new(), true));
+    }
+    ledger::lock_entries(tx, keys).await?;
+    Ok((ledger::ledger_rows(tx, &lookup).await?, false))
+}
+
+/// Copies the events whose month has a partition and their summary pending rows (computed and
+/// encoded while PostgreSQL takes the events' rows), and the others into the quarantine.
+async fn store_events(
+    tx: &Tx<'_, '_>,
+    known: &[&QueuedEvent],
+    orphans: &[&QueuedEvent],
+) -> Result<(), DbError> {
+    let pending = copy_events(tx, "analytics_events", known, || {
+        (!known.is_empty())
+            .then(|| crate::pending::encode(known))
+            .transpose()
+    })
+    .await??;
+    crate::pending::copy(tx, pending).await?;
+    copy_events(tx, "events_quarantine", orphans, || ()).await?;
+    Ok(())
 }
 
 /// One attempt at a write: its events, their entries, and how it covers them.
