@@ -192,20 +192,36 @@ async fn the_pipeline_through_pgbouncer_in_transaction_mode_stores_every_event_e
 /// Runs `bin` (the daemon, no arguments) with `env` until it exits, at most 60 s: its exit
 /// status and standard error.
 async fn run_to_exit(bin: &str, env: &[(String, String)]) -> (Option<i32>, String) {
-    let out = tokio::process::Command::new(bin)
+    use tokio::io::AsyncReadExt;
+    let spawned = tokio::process::Command::new(bin)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("REDIS_URL", REDIS)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .output();
-    match tokio::time::timeout(Duration::from_secs(60), out).await {
-        Ok(Ok(o)) => (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        ),
-        Ok(Err(e)) => (None, e.to_string()),
-        Err(_) => (None, "still running after 60 s".into()),
-    }
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => return (None, e.to_string()),
+    };
+    let mut pipe = child.stderr.take().expect("stderr piped");
+    let reader = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let _ = pipe.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let code = match tokio::time::timeout(Duration::from_secs(60), child.wait()).await {
+        Ok(Ok(status)) => status.code(),
+        Ok(Err(e)) => return (None, e.to_string()),
+        Err(_) => {
+            // Still running: stop it and show what it said meanwhile.
+            let _ = child.kill().await;
+            let said = reader.await.unwrap_or_default();
+            return (None, format!("still running after 60 s; it said:\n{said}"));
+        }
+    };
+    (code, reader.await.unwrap_or_default())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,13 +145,20 @@ pub fn post_create(ep: &PgEndpoint) -> Hook {
     })
 }
 
-/// Reads back the startup marker: missing means a pooler dropped the startup options.
+/// Reads back the startup marker: missing means a pooler dropped the startup options. A simple
+/// query, so nothing is prepared: the endpoint may be a transaction pooler whose server
+/// connection still holds another client's statement of the name tokio-postgres would pick
+/// (`prepared statement "s0" already exists`), which would hide the dropped marker.
 pub async fn check_session(client: &tokio_postgres::Client) -> Result<(), Cow<'static, str>> {
-    let row = client
-        .query_one("SELECT current_setting('sluice.startup', true)", &[])
+    let said = client
+        .simple_query("SELECT current_setting('sluice.startup', true)")
         .await
         .map_err(|e| Cow::Owned(format!("check the session: {}", super::describe(&e))))?;
-    match row.get::<_, Option<String>>(0).as_deref() {
+    let marker = said.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0)),
+        _ => None,
+    });
+    match marker.flatten() {
         Some("kept") => Ok(()),
         _ => Err(Cow::Borrowed(MISPOINTED)),
     }
