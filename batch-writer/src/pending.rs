@@ -63,8 +63,7 @@ fn group<'e>(run: &[Seen<'e>]) -> Pending<'e> {
     users.dedup();
     let mut by_session: Vec<(&str, Option<&str>)> =
         run.iter().filter_map(|r| r.4.map(|s| (s, r.3))).collect();
-    // Stable: each session's events stay in arrival order, though only equality matters.
-    by_session.sort_by(|a, b| a.0.cmp(b.0));
+    by_session.sort_unstable_by_key(|s| s.0);
     let (mut sessions, mut owners) = (Vec::new(), Vec::new());
     for events in by_session.chunk_by(|a, b| a.0 == b.0) {
         let first = events[0].1;

@@ -30,8 +30,8 @@ fn own_cpu() -> f64 {
 }
 
 /// Runs `phase`, which returns its own timing (the part it times, without its setup), and adds
-/// the CPU PostgreSQL and this process spent over the whole of it (its setup, a fresh database
-/// and connections, included: a few hundredths of a second).
+/// the CPU PostgreSQL and this process spent over the whole of it, its setup (a fresh database
+/// and connections, when the phase makes them) included.
 pub async fn measure<F, E>(phase: F) -> Result<Spent, E>
 where
     F: Future<Output = Result<Duration, E>>,

@@ -21,14 +21,13 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
 
 /// CPU seconds (user + system) a process has used, from /proc/PID/stat.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = s.rsplit_once(')')?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
+    let f = stat_fields(&pid.to_string())?;
+    Some((f.get(10)? + f.get(11)?) as f64 / 100.0)
 }
 
-/// The fields of `/proc/PID/stat` after the command name (the state is field 0 here).
+/// The numeric fields of `/proc/PID/stat` after the command name and the state: the parent's
+/// pid is [0], user and system time (clock ticks) [10] and [11], the exited children's [12] and
+/// [13].
 fn stat_fields(pid: &str) -> Option<Vec<u64>> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = s.rsplit_once(')')?.1;
@@ -64,7 +63,6 @@ pub fn postgres_cpu_seconds() -> f64 {
         if !is_postgres(pid) {
             continue;
         }
-        // After the state: ppid [0], ..., utime [10], stime [11], cutime [12], cstime [13].
         let Some(f) = stat_fields(pid) else { continue };
         ticks += f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
         let parent = f.first().map(u64::to_string).unwrap_or_default();
@@ -73,4 +71,29 @@ pub fn postgres_cpu_seconds() -> f64 {
         }
     }
     ticks as f64 / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn stat_fields_start_with_the_parent_and_cpu_time_grows_with_work() {
+        let me = std::process::id();
+        let fields = super::stat_fields(&me.to_string()).expect("own stat");
+        assert_eq!(fields[0], u64::from(std::os::unix::process::parent_id()));
+        let before = super::cpu_seconds(me).expect("own cpu time");
+        let started = Instant::now();
+        let mut spin = 0u64;
+        // Until the clock ticks have moved (they count in hundredths), at most 10 s.
+        while super::cpu_seconds(me).expect("own cpu time") < before + 0.05 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "cpu time never grew"
+            );
+            for _ in 0..100_000 {
+                spin = std::hint::black_box(spin.wrapping_add(1));
+            }
+        }
+    }
 }
