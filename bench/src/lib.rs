@@ -10,6 +10,7 @@ use uuid::Uuid;
 pub mod baseline;
 pub mod db;
 pub mod load;
+pub mod posthog;
 pub mod spent;
 
 /// Event names with a skewed (Zipf-like) distribution: the first is the most common.

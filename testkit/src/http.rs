@@ -79,8 +79,12 @@ impl HttpSender {
             "" => req.uri(self.url.as_str()),
             _ => req.uri(format!("{}{path}", self.url)),
         };
+        // An empty authorization sends none (PostHog's v0 key is in the body).
+        let req = match self.auth.as_str() {
+            "" => req,
+            auth => req.header("authorization", auth),
+        };
         let req = req
-            .header("authorization", &self.auth)
             .header("content-type", "application/json")
             .body(http_body_util::Full::new(body))
             .ok()?;

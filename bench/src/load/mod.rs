@@ -153,6 +153,16 @@ impl Target {
         }
     }
 
+    /// PostHog's v0 `POST /batch/` at `addr` (Sluice's PostHog route or PostHog's capture): the
+    /// key travels in the body, and 200 means accepted.
+    pub fn posthog(addr: &str, connections: usize) -> Self {
+        Self {
+            key: String::new(),
+            ok: 200,
+            http: HttpSender::new(format!("http://{addr}/batch/"), String::new(), connections),
+        }
+    }
+
     /// The URL the load goes to.
     pub fn url(&self) -> &str {
         &self.http.url

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::validate::{short_id, within_window};
 
 pub use message::Message;
-pub use posthog::{posthog, posthog_key, posthog_uuid};
+pub use posthog::{posthog, posthog_key, posthog_uuid, PostHogEvent};
 pub use segment::{segment, SegmentShared, SEGMENT_TYPES};
 
 /// The namespace of event ids derived from an SDK's non-UUID message id:

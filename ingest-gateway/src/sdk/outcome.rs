@@ -65,12 +65,13 @@ fn map_one(
     match api {
         Api::Segment | Api::Jitsu => map::segment(msg, route.kind, shared, ctx),
         Api::PostHog | Api::PostHogV1 => {
-            if let (Some(own), Some(req)) = (map::posthog_key(msg), request_key) {
+            let event = map::PostHogEvent::read(msg)?;
+            if let (Some(own), Some(req)) = (event.key(), request_key) {
                 if own != req {
                     return Err("the event carries another key than the request".into());
                 }
             }
-            map::posthog(msg, ctx)
+            map::posthog(event, ctx)
         }
     }
 }

@@ -24,10 +24,6 @@ impl<'a> Fields<'a> {
         self.position(k).ok().map(|i| self.0[i].1)
     }
 
-    pub(super) fn contains_key(&self, k: &str) -> bool {
-        self.position(k).is_ok()
-    }
-
     pub(super) fn remove(&mut self, k: &str) -> Option<&'a RawValue> {
         self.position(k).ok().map(|i| self.0.remove(i).1)
     }
@@ -105,6 +101,11 @@ impl<'a> Message<'a> {
         self.fields
             .as_deref()
             .ok_or_else(|| "the message must be a JSON object".to_owned())
+    }
+
+    /// The fields in arrival order (none when not an object).
+    pub(super) fn into_fields(self) -> Vec<(Key<'a>, &'a RawValue)> {
+        self.fields.unwrap_or_default()
     }
 
     /// The fields sorted by name, a repeated name keeping its last value.

@@ -7,21 +7,38 @@ use serde_json::value::RawValue;
 use shared::queue::QueuedEvent;
 use uuid::Uuid;
 
-use super::message::{Fields, Message};
+use super::message::{Fields, Key, Message};
 use super::metadata::{metadata, push_key};
 use super::{event_id, occurred_at, parse_time, session_id, string, text, user_id, Context};
 use crate::validate::EventName;
 
-/// The key a PostHog event carries itself (posthog-js puts the project token in `properties`).
+/// A PostHog event read once: its top-level fields sorted by name, and what the mapping reads
+/// in its `properties`. The request's key check and the mapping both use it, so neither the
+/// event nor its properties are parsed or sorted twice.
+pub struct PostHogEvent<'a> {
+    fields: Fields<'a>,
+    props: Props<'a>,
+}
+
+impl<'a> PostHogEvent<'a> {
+    pub fn read(msg: &Message<'a>) -> Result<Self, String> {
+        let fields = msg.sorted()?;
+        let props = Props::read(fields.get("properties"));
+        Ok(Self { fields, props })
+    }
+
+    /// The key the event carries itself (posthog-js puts the project token in `properties`).
+    pub fn key(&self) -> Option<String> {
+        ["api_key", "token", "$token"]
+            .iter()
+            .find_map(|k| text(self.fields.get(k)))
+            .or_else(|| text(self.props.last("token")))
+    }
+}
+
+/// The key a PostHog event carries itself.
 pub fn posthog_key(msg: &Message<'_>) -> Option<String> {
-    let msg = msg.sorted().ok()?;
-    ["api_key", "token", "$token"]
-        .iter()
-        .find_map(|k| text(msg.get(k)))
-        .or_else(|| {
-            let props = Message::from_raw(msg.get("properties")?).sorted().ok()?;
-            text(props.get("token"))
-        })
+    PostHogEvent::read(msg).ok()?.key()
 }
 
 /// A PostHog event's own `uuid`, to name it in a v1 answer.
@@ -36,8 +53,11 @@ pub fn posthog_uuid(msg: &Message<'_>) -> Option<String> {
 }
 
 /// One PostHog event (v0 `/batch/`, `/e/`, ... or v1 `/i/v1/analytics/events`).
-pub fn posthog(msg: &Message<'_>, ctx: &Context<'_>) -> Result<QueuedEvent, String> {
-    let mut msg = msg.sorted()?;
+pub fn posthog(ev: PostHogEvent<'_>, ctx: &Context<'_>) -> Result<QueuedEvent, String> {
+    let PostHogEvent {
+        fields: mut msg,
+        props,
+    } = ev;
     let name = match string(msg.remove("event")) {
         Some(e) => EventName::parse(&e)?,
         None => return Err("event is required".into()),
@@ -46,15 +66,15 @@ pub fn posthog(msg: &Message<'_>, ctx: &Context<'_>) -> Result<QueuedEvent, Stri
     for k in ["api_key", "token", "$token"] {
         msg.remove(k);
     }
-    let props = Props::read(msg.get("properties"))?;
     let user = take_text(&mut msg, "distinct_id")
         .or_else(|| take_text(&mut msg, "$distinct_id"))
-        .or(props.distinct_id);
-    let session = take_text(&mut msg, "session_id").or(props.session_id);
-    let no_skew = props.ignore_sent_at || skew_correction_disabled(msg.get("options"));
+        .or_else(|| text(props.last("distinct_id")));
+    let session = take_text(&mut msg, "session_id").or_else(|| text(props.last("$session_id")));
+    let ignore_sent_at = props.last("$ignore_sent_at").map(RawValue::get) == Some("true");
+    let no_skew = ignore_sent_at || skew_correction_disabled(msg.get("options"));
     let occurred = time(&mut msg, ctx, !no_skew)?;
     let extra: Vec<(&str, String)> = props
-        .rebuilt
+        .without_token()?
         .map(|p| ("properties", p))
         .into_iter()
         .collect();
@@ -97,50 +117,52 @@ fn take_text(msg: &mut Fields<'_>, k: &str) -> Option<String> {
     Some(t)
 }
 
-/// What the mapping reads in the event's `properties` (when an object).
+/// The event's `properties` (when an object), their fields in arrival order: the mapping reads
+/// four of them, so a linear scan beats sorting a posthog-js event's forty.
 #[derive(Default)]
-struct Props {
-    distinct_id: Option<String>,
-    session_id: Option<String>,
-    ignore_sent_at: bool,
-    /// The properties without the project token, when they held it.
-    rebuilt: Option<String>,
+struct Props<'a> {
+    fields: Vec<(Key<'a>, &'a RawValue)>,
+    len: usize,
 }
 
-impl Props {
-    fn read(properties: Option<&RawValue>) -> Result<Self, String> {
-        let Some(p) = properties.filter(|p| p.get().trim_start().starts_with('{')) else {
-            return Ok(Props::default());
+impl<'a> Props<'a> {
+    fn read(properties: Option<&'a RawValue>) -> Self {
+        let Some(p) = properties.filter(|p| p.get().starts_with('{')) else {
+            return Props::default();
         };
-        let props = Message::from_raw(p).sorted()?;
-        let rebuilt = if props.contains_key("token") {
-            Some(without_token(&props, p.get().len())?)
-        } else {
-            None
-        };
-        Ok(Props {
-            distinct_id: text(props.get("distinct_id")),
-            session_id: text(props.get("$session_id")),
-            ignore_sent_at: props.get("$ignore_sent_at").map(|v| v.get().trim()) == Some("true"),
-            rebuilt,
-        })
-    }
-}
-
-/// The project token (the ingest key) is never stored: the properties are rebuilt without it,
-/// their values still as they came.
-fn without_token(props: &Fields<'_>, capacity: usize) -> Result<String, String> {
-    let mut out = String::with_capacity(capacity);
-    out.push('{');
-    for (k, v) in props.iter().filter(|(k, _)| *k != "token") {
-        if out.len() > 1 {
-            out.push(',');
+        Props {
+            fields: Message::from_raw(p).into_fields(),
+            len: p.get().len(),
         }
-        push_key(&mut out, k)?;
-        out.push_str(v.get());
     }
-    out.push('}');
-    Ok(out)
+
+    /// The value of `k`; the last one when it is given twice (as PostgreSQL's `jsonb` keeps).
+    fn last(&self, k: &str) -> Option<&'a RawValue> {
+        self.fields
+            .iter()
+            .rev()
+            .find(|(key, _)| key.0 == k)
+            .map(|(_, v)| *v)
+    }
+
+    /// The project token (the ingest key) is never stored: when the properties hold it, they
+    /// are rebuilt without it, the other fields as they came.
+    fn without_token(&self) -> Result<Option<String>, String> {
+        if self.last("token").is_none() {
+            return Ok(None);
+        }
+        let mut out = String::with_capacity(self.len);
+        out.push('{');
+        for (k, v) in self.fields.iter().filter(|(k, _)| k.0 != "token") {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            push_key(&mut out, &k.0)?;
+            out.push_str(v.get());
+        }
+        out.push('}');
+        Ok(Some(out))
+    }
 }
 
 /// The part of PostHog's `options` the mapping reads.

@@ -38,7 +38,7 @@ fn segment(
 }
 
 fn posthog(raw: &RawValue, ctx: &Context<'_>) -> Result<QueuedEvent, String> {
-    super::posthog(&Message::from_raw(raw), ctx)
+    super::posthog(super::PostHogEvent::read(&Message::from_raw(raw))?, ctx)
 }
 
 fn posthog_key(raw: &RawValue) -> Option<String> {
