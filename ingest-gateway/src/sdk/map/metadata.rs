@@ -9,13 +9,15 @@ use crate::validate::MAX_METADATA_DEPTH;
 
 /// The metadata text of the fields left: one JSON object of the raw values, nulls dropped,
 /// depth, NUL and size checked. `extra` are fields rebuilt by the mapping (a merged context),
-/// which take the place of a left field of the same name.
+/// which take the place of a left field of the same name. `capacity`: the message's size, which
+/// the text cannot pass, so it is written without growing.
 pub(super) fn metadata<'v>(
     rest: impl IntoIterator<Item = (&'v str, &'v RawValue)>,
     extra: &[(&str, String)],
+    capacity: usize,
     ctx: &Context<'_>,
 ) -> Result<Option<String>, String> {
-    let mut out = Object::new();
+    let mut out = Object::new(capacity.min(ctx.max_event_bytes) + 2);
     for (k, v) in rest {
         if !is_null(v) && !extra.iter().any(|(e, _)| *e == k) {
             out.field(k, v.get())?;
@@ -31,8 +33,8 @@ pub(super) fn metadata<'v>(
 struct Object(String);
 
 impl Object {
-    fn new() -> Self {
-        let mut out = String::with_capacity(512);
+    fn new(capacity: usize) -> Self {
+        let mut out = String::with_capacity(capacity);
         out.push('{');
         Object(out)
     }
@@ -84,12 +86,9 @@ pub(super) fn push_key(out: &mut String, k: &str) -> Result<(), String> {
 pub(super) fn check_raw(text: &str, depth_at: usize) -> Result<(), String> {
     // The quick proof, which holds for nearly every value: too few brackets to nest past the
     // limit, and no escape at all (so no `\u0000`). Otherwise the exact scan decides.
-    let (mut opens, mut escapes) = (0usize, 0usize);
-    for &b in text.as_bytes() {
-        opens += usize::from(b == b'{' || b == b'[');
-        escapes += usize::from(b == b'\\');
-    }
-    if depth_at + opens <= MAX_METADATA_DEPTH && escapes == 0 {
+    let bytes = text.as_bytes();
+    let opens = bytes.iter().filter(|&&b| b == b'{' || b == b'[').count();
+    if depth_at + opens <= MAX_METADATA_DEPTH && memchr::memchr(b'\\', bytes).is_none() {
         return Ok(());
     }
     scan(text.as_bytes(), depth_at)

@@ -18,13 +18,19 @@ use crate::validate::EventName;
 pub struct PostHogEvent<'a> {
     fields: Fields<'a>,
     props: Props<'a>,
+    /// The event's size as compact JSON.
+    bytes: usize,
 }
 
 impl<'a> PostHogEvent<'a> {
     pub fn read(msg: &Message<'a>) -> Result<Self, String> {
         let fields = msg.sorted()?;
         let props = Props::read(fields.get("properties"));
-        Ok(Self { fields, props })
+        Ok(Self {
+            fields,
+            props,
+            bytes: msg.bytes,
+        })
     }
 
     /// The key the event carries itself (posthog-js puts the project token in `properties`).
@@ -57,6 +63,7 @@ pub fn posthog(ev: PostHogEvent<'_>, ctx: &Context<'_>) -> Result<QueuedEvent, S
     let PostHogEvent {
         fields: mut msg,
         props,
+        bytes,
     } = ev;
     let name = match string(msg.remove("event")) {
         Some(e) => EventName::parse(&e)?,
@@ -86,7 +93,7 @@ pub fn posthog(ev: PostHogEvent<'_>, ctx: &Context<'_>) -> Result<QueuedEvent, S
         received_at_us: ctx.received_at.timestamp_micros(),
         user_id: user_id(user)?,
         session_id: session_id(session)?,
-        metadata: metadata(msg.iter(), &extra, ctx)?,
+        metadata: metadata(msg.iter(), &extra, bytes, ctx)?,
         client_id,
     })
 }

@@ -70,7 +70,7 @@ pub fn segment(
         received_at_us: ctx.received_at.timestamp_micros(),
         user_id: user_id(user)?,
         session_id: session_id(session)?,
-        metadata: metadata(rest.left.iter().copied(), &rest.rebuilt, ctx)?,
+        metadata: metadata(rest.left.iter().copied(), &rest.rebuilt, msg.bytes, ctx)?,
         client_id,
     })
 }
