@@ -73,10 +73,7 @@ pub fn posthog(ev: PostHogEvent<'_>, ctx: &Context<'_>) -> Result<QueuedEvent, S
     for k in ["api_key", "token", "$token"] {
         msg.remove(k);
     }
-    let user = take_text(&mut msg, "distinct_id")
-        .or_else(|| take_text(&mut msg, "$distinct_id"))
-        .or_else(|| text(props.last("distinct_id")));
-    let session = take_text(&mut msg, "session_id").or_else(|| text(props.last("$session_id")));
+    let (user, session) = ids(&mut msg, &props);
     let ignore_sent_at = props.last("$ignore_sent_at").map(RawValue::get) == Some("true");
     let no_skew = ignore_sent_at || skew_correction_disabled(msg.get("options"));
     let occurred = time(&mut msg, ctx, !no_skew)?;
@@ -96,6 +93,16 @@ pub fn posthog(ev: PostHogEvent<'_>, ctx: &Context<'_>) -> Result<QueuedEvent, S
         metadata: metadata(msg.iter(), &extra, bytes, ctx)?,
         client_id,
     })
+}
+
+/// The user (`distinct_id`, `$distinct_id`, else in the properties) and the session
+/// (`session_id`, else `$session_id` in the properties); the top-level fields read leave.
+fn ids(msg: &mut Fields<'_>, props: &Props<'_>) -> (Option<String>, Option<String>) {
+    let user = take_text(msg, "distinct_id")
+        .or_else(|| take_text(msg, "$distinct_id"))
+        .or_else(|| text(props.last("distinct_id")));
+    let session = take_text(msg, "session_id").or_else(|| text(props.last("$session_id")));
+    (user, session)
 }
 
 /// The event id from `uuid` ([`event_id`]); a `uuid` that is the event's own id leaves the
