@@ -122,15 +122,25 @@ pub fn short_id(field: &str, s: &str) -> Result<String, String> {
 }
 
 /// Metadata: a JSON object, at most 16 KiB serialized, nesting depth at most 32, no NUL in any
-/// key or string. Returns its compact serialization.
+/// key or string. Returns its compact serialization: the text as it came when it is compact and
+/// has no escape (so no NUL and no lone surrogate can hide in it), which serde has already
+/// checked is JSON; else the text of the parsed value.
 pub fn metadata(raw: &RawValue) -> Result<String, String> {
+    let text = raw.get();
+    if text.starts_with('{') && plain_compact(text.as_bytes()) {
+        crate::sdk::map::check_raw(text, 0)?;
+        return within_metadata_limit(text.to_owned());
+    }
     let value: Value =
         serde_json::from_str(raw.get()).map_err(|e| format!("metadata is not valid JSON: {e}"))?;
     if !value.is_object() {
         return Err("metadata must be a JSON object".into());
     }
     check_value(&value, 1)?;
-    let compact = value.to_string();
+    within_metadata_limit(value.to_string())
+}
+
+fn within_metadata_limit(compact: String) -> Result<String, String> {
     if compact.len() > MAX_METADATA_BYTES {
         return Err(format!(
             "metadata is {} bytes serialized; at most {MAX_METADATA_BYTES} are allowed",
@@ -138,6 +148,23 @@ pub fn metadata(raw: &RawValue) -> Result<String, String> {
         ));
     }
     Ok(compact)
+}
+
+/// JSON text with no escape and no whitespace outside its strings (without escapes, every `"`
+/// opens or closes a string).
+fn plain_compact(text: &[u8]) -> bool {
+    if memchr::memchr(b'\\', text).is_some() {
+        return false;
+    }
+    let mut in_str = false;
+    for &b in text {
+        match b {
+            b'"' => in_str = !in_str,
+            b' ' | b'\t' | b'\n' | b'\r' if !in_str => return false,
+            _ => {}
+        }
+    }
+    true
 }
 
 pub fn check_value(v: &Value, depth: usize) -> Result<(), String> {

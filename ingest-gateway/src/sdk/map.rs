@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::validate::{short_id, within_window};
 
 pub use message::Message;
+pub use metadata::check_raw;
 pub use posthog::{posthog, posthog_key, posthog_uuid, PostHogEvent};
 pub use segment::{segment, SegmentShared, SEGMENT_TYPES};
 

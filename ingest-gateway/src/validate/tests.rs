@@ -259,3 +259,25 @@ proptest! {
         prop_assert_eq!(d.rejected.iter().map(|r| r.index).collect::<Vec<_>>(), rejected);
     }
 }
+
+#[test]
+fn metadata_is_kept_as_sent_when_compact_and_rebuilt_compact_otherwise() {
+    let meta = |m: &str| {
+        one(&format!(r#"{{"event_name":"x","metadata":{m}}}"#))
+            .map(|e| e.metadata.expect("metadata"))
+    };
+    // Compact and without escapes: the text as sent, spaces inside strings kept.
+    let plain = r#"{"path":"/a b","n":[1,2.5,{"k":true}],"s":null}"#;
+    assert_eq!(meta(plain).unwrap(), plain);
+    // Whitespace between tokens: compacted; escapes: decoded by the parse, as before.
+    assert_eq!(meta("{ \"a\" : [1, 2] }").unwrap(), r#"{"a":[1,2]}"#);
+    assert_eq!(meta(r#"{"a":"\u00e9"}"#).unwrap(), r#"{"a":"é"}"#);
+    // An escape sends the text through the parse, which refuses a lone surrogate.
+    assert!(meta(r#"{"a":"\ud800"}"#).is_err());
+    // Both ways hold the depth limit at 32 and past it.
+    assert!(one(&nested(32)).is_ok());
+    let spaced = nested(32).replace(r#""a":"#, r#""a": "#);
+    assert!(one(&spaced).is_ok());
+    assert!(err(&nested(33)).contains("deeper than 32"));
+    assert!(err(&nested(33).replace(r#""a":"#, r#""a": "#)).contains("deeper than 32"));
+}

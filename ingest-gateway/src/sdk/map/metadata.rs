@@ -82,8 +82,9 @@ pub(super) fn push_key(out: &mut String, k: &str) -> Result<(), String> {
 }
 
 /// Depth and NUL check of raw JSON text (which serde has already parsed once), without building
-/// it: nesting at most `MAX_METADATA_DEPTH` below the metadata object, no `\u0000` escape.
-pub(super) fn check_raw(text: &str, depth_at: usize) -> Result<(), String> {
+/// it: nesting at most `MAX_METADATA_DEPTH` (`depth_at`: the depth the text starts below), no
+/// `\u0000` escape.
+pub fn check_raw(text: &str, depth_at: usize) -> Result<(), String> {
     // The quick proof, which holds for nearly every value: too few brackets to nest past the
     // limit, and no escape at all (so no `\u0000`). Otherwise the exact scan decides.
     let bytes = text.as_bytes();
