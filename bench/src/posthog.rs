@@ -112,14 +112,10 @@ pub fn batch_bodies(size: Size, key: &str, batch: usize, variants: usize) -> Vec
         .collect()
 }
 
-/// Mean bytes per event of `bodies` of `batch` events.
-pub fn bytes_per_event(bodies: &[Bytes], batch: usize) -> f64 {
-    bodies.iter().map(|b| b.len()).sum::<usize>() as f64 / (bodies.len() * batch) as f64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::load::bytes_per_event;
 
     #[test]
     fn events_have_the_sizes_the_docs_give_and_parse() {

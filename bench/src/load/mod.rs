@@ -100,6 +100,11 @@ pub fn bodies(batch: usize, variants: usize) -> Vec<Bytes> {
         .collect()
 }
 
+/// Mean bytes per event of `bodies` of `batch` events.
+pub fn bytes_per_event(bodies: &[Bytes], batch: usize) -> f64 {
+    bodies.iter().map(|b| b.len()).sum::<usize>() as f64 / (bodies.len() * batch) as f64
+}
+
 /// Segment `/v1/batch` bodies of `batch` messages each, as `@segment/analytics-node` sends them.
 pub fn segment_bodies(batch: usize, variants: usize) -> Vec<Bytes> {
     let mut rng = rand::rng();

@@ -55,16 +55,6 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let (addr, pid) = (&stack.gateway_addr, stack.running_gateway().child.id());
 
-    eprintln!("Raw pipelined XADD...");
-    let xadd = load::raw_xadd(
-        "redis://127.0.0.1:6379/",
-        &format!("{prefix}:raw"),
-        4,
-        64,
-        phase,
-    )
-    .await?;
-
     let meter = Meter::new(&prefix).await?;
     meter.clear().await;
     if args.posthog_only {
@@ -76,6 +66,16 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    eprintln!("Raw pipelined XADD...");
+    let xadd = load::raw_xadd(
+        "redis://127.0.0.1:6379/",
+        &format!("{prefix}:raw"),
+        4,
+        64,
+        phase,
+    )
+    .await?;
+    meter.clear().await;
     let target = Target::new(addr, &app.ingest_key, args.phases.connections);
     let segment_target = Target::segment(addr, &app.ingest_key, args.phases.connections);
     let batch_bodies = load::bodies(100, 16);
@@ -126,9 +126,6 @@ async fn main() -> anyhow::Result<()> {
         .chain(posthogs.iter().map(|c| &c.sluice))
         .map(|m| m.load.events_accepted)
         .sum::<u64>();
-    let bytes_per_event = |b: &[bytes::Bytes]| {
-        b.iter().map(|x| x.len()).sum::<usize>() as f64 / (b.len() * 100) as f64
-    };
 
     let mut rows = vec![
         vec![
@@ -144,11 +141,11 @@ async fn main() -> anyhow::Result<()> {
         ],
         batched.row(&format!(
             "/v1/events, batches of 100 ({:.0} B/event)",
-            bytes_per_event(&batch_bodies)
+            load::bytes_per_event(&batch_bodies, 100)
         )),
         segment.row(&format!(
             "Segment /v1/batch, batches of 100 ({:.0} B/event)",
-            bytes_per_event(&segment_bodies)
+            load::bytes_per_event(&segment_bodies, 100)
         )),
         single.row("single events"),
         paced.row(&format!("fixed {:.0} events/s, single", args.rate)),

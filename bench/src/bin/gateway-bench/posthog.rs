@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use bench::load::bytes_per_event;
 use bench::load::{Phases, Target};
-use bench::posthog::{batch_bodies, bytes_per_event, Size};
+use bench::posthog::{batch_bodies, Size};
 
 use crate::meter::{median, spread, Meter, Metered};
 
