@@ -67,6 +67,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0009_writer_pending.sql",
         sql: include_str!("../../../migrations/0009_writer_pending.sql"),
     },
+    Migration {
+        version: 10,
+        name: "0010_c_collation.sql",
+        sql: include_str!("../../../migrations/0010_c_collation.sql"),
+    },
 ];
 
 /// The schema version this build expects.
@@ -133,11 +138,21 @@ pub async fn migrate(
     client: &Client,
     window: PartitionWindow,
 ) -> Result<MigrateReport, SchemaError> {
+    migrate_to(client, window, expected_version()).await
+}
+
+/// [`migrate`], applying the migrations up to `version` only (an upgrade's test starts from an
+/// older schema with rows in it).
+pub async fn migrate_to(
+    client: &Client,
+    window: PartitionWindow,
+    version: i32,
+) -> Result<MigrateReport, SchemaError> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])
         .await
         .map_err(DbError::query("take migration lock"))?;
-    let out = migrate_locked(client, window).await;
+    let out = migrate_locked(client, window, version).await;
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK])
         .await;
@@ -147,10 +162,11 @@ pub async fn migrate(
 async fn migrate_locked(
     client: &Client,
     window: PartitionWindow,
+    version: i32,
 ) -> Result<MigrateReport, SchemaError> {
     let applied = applied_migrations(client).await?;
     let mut report = MigrateReport::default();
-    for m in MIGRATIONS {
+    for m in MIGRATIONS.iter().filter(|m| m.version <= version) {
         if already_applied(&applied, m)? {
             continue;
         }

@@ -23,7 +23,7 @@ async fn migrate_applies_once_then_is_a_no_op() {
     );
     let out = String::from_utf8_lossy(&first.stdout);
     assert!(
-        out.contains("migrations applied: [1, 2, 3, 4, 5, 6, 7, 8, 9]"),
+        out.contains("migrations applied: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"),
         "{out}"
     );
     let second = run();
