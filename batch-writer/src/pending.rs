@@ -13,7 +13,7 @@ use shared::queue::QueuedEvent;
 use tokio_postgres::types::{IsNull, ToSql, Type};
 
 use crate::rows;
-use crate::store::Tx;
+use crate::store::{end_copy_unsettled, Tx, Unsettled};
 
 /// What the trigger would have recorded for one (app, day, event name).
 #[derive(Debug, PartialEq, Eq)]
@@ -130,24 +130,27 @@ pub fn encode(events: &[&QueuedEvent]) -> Result<Bytes, DbError> {
     Ok(buf.freeze())
 }
 
-/// Binary COPY of pending rows encoded by [`encode`] into `summary_pending`; nothing when
-/// `events` was empty.
-pub async fn copy(tx: &Tx<'_, '_>, data: Option<Bytes>) -> Result<(), DbError> {
+/// Binary COPY of pending rows encoded by [`encode`] into `summary_pending`, started with
+/// `sent`'s answer and ended unsettled; nothing when `events` was empty.
+pub async fn copy<'s>(
+    tx: &Tx<'_, '_>,
+    data: Option<Bytes>,
+    sent: Unsettled<'s>,
+) -> Result<Unsettled<'s>, DbError> {
     let Some(data) = data else {
-        return Ok(());
+        return Ok(sent);
     };
     let op = "copy summary pending rows";
-    let sink = tx
-        .copy_in_raw(
+    let sink = sent
+        .then(tx.copy_in_raw(
             "COPY summary_pending (app_id, day, event_name, events, users, sessions, owners) \
              FROM STDIN (FORMAT binary)",
             op,
-        )
+        ))
         .await?;
-    futures::pin_mut!(sink);
+    let mut sink = Box::pin(sink);
     sink.send(data).await.map_err(DbError::query(op))?;
-    sink.finish().await.map_err(DbError::query(op))?;
-    Ok(())
+    Ok(end_copy_unsettled(sink, op).await)
 }
 
 #[cfg(test)]

@@ -131,3 +131,58 @@ async fn the_writer_records_the_pending_summary_rows_the_trigger_would_have() {
     assert_eq!(want.len(), 4 + 6 + 7, "{want:#?}");
     assert_eq!(pending_summary(&db).await, want);
 }
+
+/// The batch's steps share round trips (the locks with the events' COPY start, the end of one
+/// COPY with the start of the next, the end of the last with `COMMIT`). A failure at any of them
+/// is reported as its own, never as the refusal of the step sent behind it, and nothing of the
+/// batch is committed: here the pending rows' COPY, whose end goes out with `COMMIT`, is refused
+/// by a trigger.
+#[tokio::test]
+async fn a_refusal_at_the_last_copy_reaches_the_writer_and_commits_nothing() {
+    let db = TestDb::migrated().await;
+    let store = Store::new(Pools::new(&db.config()).expect("pools").write);
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE FUNCTION refuse_pending() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN RAISE EXCEPTION 'pending rows refused' USING ERRCODE = 'P0001'; END $$; \
+             CREATE TRIGGER refuse_pending BEFORE INSERT ON summary_pending \
+             FOR EACH ROW EXECUTE FUNCTION refuse_pending();",
+        )
+        .await
+        .expect("trigger");
+    let batch = events(20);
+    let items: Vec<_> = batch.iter().map(|e| (0, e)).collect();
+    let infos = [EntryInfo {
+        key: entry_key(0, "1-0").expect("key"),
+        suspect: false,
+    }];
+    let err = store
+        .write(&items, &infos, Mode::Whole)
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(err, batch_writer::store::WriteError::Data(ref e) if e.to_string().contains("pending rows refused")),
+        "{err}"
+    );
+    for table in ["analytics_events", "entry_ledger", "summary_pending"] {
+        let n = count(&db, &format!("SELECT count(*) FROM {table}")).await;
+        assert_eq!(n, 0, "{table}: nothing of the batch committed");
+    }
+
+    // Once the trigger is gone the same batch goes in whole, on the fast path's connection.
+    client
+        .batch_execute("DROP TRIGGER refuse_pending ON summary_pending")
+        .await
+        .expect("drop");
+    let w = store
+        .write(&items, &infos, Mode::Whole)
+        .await
+        .expect("written");
+    assert_eq!(w.stored, 20);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM analytics_events").await,
+        20
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM entry_ledger").await, 1);
+}
