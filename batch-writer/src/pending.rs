@@ -13,7 +13,7 @@ use shared::queue::QueuedEvent;
 use tokio_postgres::types::{IsNull, ToSql, Type};
 
 use crate::rows;
-use crate::store::{end_copy_unsettled, Tx, Unsettled};
+use crate::store::Tx;
 
 /// What the trigger would have recorded for one (app, day, event name).
 #[derive(Debug, PartialEq, Eq)]
@@ -130,27 +130,24 @@ pub fn encode(events: &[&QueuedEvent]) -> Result<Bytes, DbError> {
     Ok(buf.freeze())
 }
 
-/// Binary COPY of pending rows encoded by [`encode`] into `summary_pending`, started with
-/// `sent`'s answer and ended unsettled; nothing when `events` was empty.
-pub async fn copy<'s>(
-    tx: &Tx<'_, '_>,
-    data: Option<Bytes>,
-    sent: Unsettled<'s>,
-) -> Result<Unsettled<'s>, DbError> {
+/// Binary COPY of pending rows encoded by [`encode`] into `summary_pending`; nothing when
+/// `events` was empty.
+pub async fn copy(tx: &Tx<'_, '_>, data: Option<Bytes>) -> Result<(), DbError> {
     let Some(data) = data else {
-        return Ok(sent);
+        return Ok(());
     };
     let op = "copy summary pending rows";
-    let sink = sent
-        .then(tx.copy_in_raw(
+    let sink = tx
+        .copy_in_raw(
             "COPY summary_pending (app_id, day, event_name, events, users, sessions, owners) \
              FROM STDIN (FORMAT binary)",
             op,
-        ))
+        )
         .await?;
-    let mut sink = Box::pin(sink);
+    futures::pin_mut!(sink);
     sink.send(data).await.map_err(DbError::query(op))?;
-    Ok(end_copy_unsettled(sink, op).await)
+    sink.finish().await.map_err(DbError::query(op))?;
+    Ok(())
 }
 
 #[cfg(test)]

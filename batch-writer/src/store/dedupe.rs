@@ -3,43 +3,35 @@
 
 use std::collections::{HashMap, HashSet};
 
+use futures::pin_mut;
 use shared::db::DbError;
 use shared::queue::QueuedEvent;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use super::ledger::Ledger;
-use super::tx::{finish_unsettled, Tx, Unsettled};
+use super::tx::Tx;
 use super::Attempt;
 use crate::rows;
 
 /// The events of `attempt` not stored before: those without a key, and those whose key is
 /// recorded now (on the fast path every key goes in by COPY, which fails the transaction on a
 /// key that exists; on the slow path existing keys are skipped). `legacy`: look the legacy keys
-/// up too. `sent`: the transaction's unsettled step, settled before or with this one's start;
-/// the end of the keys' COPY is passed on unsettled.
-pub(super) async fn first_seen<'e, 'a>(
-    tx: &Tx<'a, '_>,
+/// up too.
+pub(super) async fn first_seen<'e>(
+    tx: &Tx<'_, '_>,
     attempt: &Attempt<'_, 'e>,
     ledger: &HashMap<Uuid, Ledger>,
     legacy: bool,
-    mut sent: Unsettled<'a>,
-) -> Result<(Vec<&'e QueuedEvent>, Unsettled<'a>), DbError> {
+) -> Result<Vec<&'e QueuedEvent>, DbError> {
     let (mut keyed, unkeyed) = sort_out(attempt, ledger);
-    if keyed.is_empty() {
-        return Ok((unkeyed, sent));
-    }
-    if legacy || !attempt.fast {
-        sent.settle().await?;
-        sent = Unsettled::settled();
-    }
     if legacy {
         let old = legacy_duplicates(tx, &keyed).await?;
         keyed.retain(|e| !old.contains(&(e.event_id, e.app_id.as_str())));
     }
     let mut fresh = unkeyed;
     if attempt.fast {
-        sent = copy_dedupe_keys(tx, &keyed, sent).await?;
+        copy_dedupe_keys(tx, &keyed).await?;
         fresh.extend(keyed.iter().copied());
     } else {
         let new = insert_dedupe_keys(tx, &keyed).await?;
@@ -49,7 +41,7 @@ pub(super) async fn first_seen<'e, 'a>(
                 .filter(|e| new.contains(&(e.event_id, e.app_id.clone()))),
         );
     }
-    Ok((fresh, sent))
+    Ok(fresh)
 }
 
 /// The events that need a dedupe key (each once) and those that do not; events of entries
@@ -113,25 +105,20 @@ async fn legacy_duplicates<'e>(
         .collect())
 }
 
-/// Binary COPY of the events' dedupe keys, started with `sent`'s answer and ended unsettled; a
-/// key that exists fails the transaction.
-async fn copy_dedupe_keys<'a>(
-    tx: &Tx<'a, '_>,
-    events: &[&QueuedEvent],
-    sent: Unsettled<'a>,
-) -> Result<Unsettled<'a>, DbError> {
+/// Binary COPY of the events' dedupe keys; a key that exists fails the transaction.
+async fn copy_dedupe_keys(tx: &Tx<'_, '_>, events: &[&QueuedEvent]) -> Result<(), DbError> {
     if events.is_empty() {
-        return Ok(sent);
+        return Ok(());
     }
     let op = "copy dedupe keys";
-    let writer = sent
-        .then(tx.copy_in(
+    let writer = tx
+        .copy_in(
             "COPY event_dedupe (event_id, app_id) FROM STDIN (FORMAT binary)",
             &[Type::UUID, Type::TEXT],
             op,
-        ))
+        )
         .await?;
-    let mut writer = Box::pin(writer);
+    pin_mut!(writer);
     for e in events {
         writer
             .as_mut()
@@ -139,7 +126,8 @@ async fn copy_dedupe_keys<'a>(
             .await
             .map_err(DbError::query(op))?;
     }
-    Ok(finish_unsettled(writer, op).await)
+    writer.finish().await.map_err(DbError::query(op))?;
+    Ok(())
 }
 
 /// Inserts the events' dedupe keys that are not there yet; returns those inserted.

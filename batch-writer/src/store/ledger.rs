@@ -8,7 +8,7 @@ use shared::db::DbError;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use super::tx::{Tx, Unsettled};
+use super::tx::Tx;
 use super::Mode;
 
 /// What the ledger holds for an entry.
@@ -64,27 +64,26 @@ pub(super) async fn lock_entries(
 /// records them in the ledger in one statement, the locks first (the ledger rows are inserted
 /// from the lock statement's one row). A ledger row that exists fails the transaction (23505),
 /// never is skipped quietly, as the COPY of [`record_entries`] does. Saves the COPY's two round
-/// trips at the end of the transaction. Sent, not awaited: its answer comes with the start of the
-/// batch's first COPY.
-pub(super) async fn lock_and_record<'a>(
-    tx: &Tx<'a, '_>,
+/// trips at the end of the transaction.
+pub(super) async fn lock_and_record(
+    tx: &Tx<'_, '_>,
     keys: impl Iterator<Item = Uuid> + Clone,
-) -> Result<Unsettled<'a>, DbError> {
+) -> Result<(), DbError> {
     let ids = lock_ids(keys.clone());
     let (new, _) = unrecorded(keys, &HashMap::new());
     if new.is_empty() {
-        return Ok(Unsettled::settled());
+        return Ok(());
     }
     const SQL: &str = concat!(
         lock_cte!(),
         "INSERT INTO entry_ledger (entry_key) \
          SELECT k FROM locks, unnest($2::uuid[]) AS k WHERE locks.n >= 0 AND locks.told = 'written'"
     );
-    let op = "lock and record entries";
-    let statement = tx.statement(SQL, op).await?;
-    Ok(tx
-        .send(statement, vec![Box::new(ids), Box::new(new)], op)
-        .await)
+    let inserted = tx
+        .execute(SQL, &[&ids, &new], "lock and record entries")
+        .await?;
+    debug_assert_eq!(inserted, new.len() as u64);
+    Ok(())
 }
 
 /// What the ledger holds for the entries among `keys`.

@@ -30,6 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use futures::pin_mut;
 use shared::db::{Db, DbError};
 use shared::queue::QueuedEvent;
 use shared::schema::partitions::{self, Month};
@@ -38,7 +39,7 @@ use uuid::Uuid;
 use crate::rows::{self, COPY_COLUMNS, COPY_TYPES};
 
 pub use ledger::entry_lock_id;
-pub use tx::{end_copy_unsettled, Tx, Unsettled};
+pub use tx::Tx;
 
 /// What the store knows of a stream entry.
 #[derive(Debug, Clone, Copy)]
@@ -191,59 +192,45 @@ impl Store {
 
     /// One transaction, bounded: an answer that never comes (a connection cut off without a
     /// word, a pooler that lost it) fails the batch after the query timeout, to be retried on
-    /// another connection, instead of holding its entries for ever. `COMMIT` goes out right
-    /// behind the end of the last COPY.
+    /// another connection, instead of holding its entries for ever.
     async fn write_once(&self, attempt: &Attempt<'_, '_>) -> Result<Written, DbError> {
         let mut client = self.db.get("write batch").await?;
         let out = self
             .db
             .bounded("write batch", async {
                 let tx = self.db.begin(&mut client, "begin batch").await?;
-                match self.write_in(&Tx::new(&self.db, &tx), attempt).await {
-                    Ok((written, sent)) => {
-                        let (last, commit) =
-                            futures::join!(sent.settle(), self.db.commit(tx, "commit batch"));
-                        last.and(commit).map(|()| written)
-                    }
-                    Err(e) => {
-                        Db::rollback(tx).await;
-                        Err(e)
-                    }
-                }
+                let out = self.write_in(&Tx::new(&self.db, &tx), attempt).await;
+                self.db.finish(tx, out, "commit batch").await
             })
             .await;
         self.db.keep_unless_timed_out(client, out)
     }
 
-    /// The transaction's steps; the last one unsettled, for the commit to follow at once.
     async fn write_in(
         &self,
         tx: &Tx<'_, '_>,
         attempt: &Attempt<'_, '_>,
-    ) -> Result<(Written, Unsettled<'static>), DbError> {
+    ) -> Result<Written, DbError> {
         let used = attempt.used();
         let keys = || used.iter().map(|i| attempt.entries[*i].key);
-        let (ledger, recorded, sent) = take_entries(tx, attempt, &used).await?;
+        let (ledger, recorded) = take_entries(tx, attempt, &used).await?;
         let legacy = self.lock_partitions().legacy_keys;
-        let (fresh, sent) = dedupe::first_seen(tx, attempt, &ledger, legacy, sent).await?;
+        let fresh = dedupe::first_seen(tx, attempt, &ledger, legacy).await?;
         let (known, orphans): (Vec<&QueuedEvent>, Vec<&QueuedEvent>) = {
             let p = self.lock_partitions();
             fresh
                 .iter()
                 .partition(|e| p.months.contains(&rows::month(e)))
         };
-        let mut sent = store_events(tx, &known, &orphans, sent).await?;
+        store_events(tx, &known, &orphans).await?;
         if !recorded {
-            sent.settle().await?;
-            sent = Unsettled::settled();
             ledger::record_entries(tx, keys(), &ledger, attempt.mode).await?;
         }
-        let written = Written {
+        Ok(Written {
             stored: known.len() as u64,
             quarantined: orphans.len() as u64,
             duplicates: (attempt.items.len() - fresh.len()) as u64,
-        };
-        Ok((written, sent))
+        })
     }
 
     fn lock_partitions(&self) -> std::sync::MutexGuard<'_, PartitionCache> {
@@ -256,51 +243,38 @@ impl Store {
 /// claimed it meanwhile. They take the entry's lock first, so the second waits for the first,
 /// and its ledger lookup (next statement, new snapshot) then sees what the first committed. With
 /// nothing to look up (the usual first delivery of whole entries), the ledger rows go in with
-/// the locks, unsettled: then the second value is true.
-async fn take_entries<'a>(
-    tx: &Tx<'a, '_>,
+/// the locks: then the second value is true.
+async fn take_entries(
+    tx: &Tx<'_, '_>,
     attempt: &Attempt<'_, '_>,
     used: &[usize],
-) -> Result<(HashMap<Uuid, ledger::Ledger>, bool, Unsettled<'a>), DbError> {
+) -> Result<(HashMap<Uuid, ledger::Ledger>, bool), DbError> {
     let keys = used.iter().map(|i| attempt.entries[*i].key);
     let lookup = attempt.lookup(used);
     if lookup.is_empty() && attempt.mode == Mode::Whole {
-        let sent = ledger::lock_and_record(tx, keys).await?;
-        return Ok((HashMap::new(), true, sent));
+        ledger::lock_and_record(tx, keys).await?;
+        return Ok((HashMap::new(), true));
     }
     ledger::lock_entries(tx, keys).await?;
-    let ledger = ledger::ledger_rows(tx, &lookup).await?;
-    Ok((ledger, false, Unsettled::settled()))
+    Ok((ledger::ledger_rows(tx, &lookup).await?, false))
 }
 
 /// Copies the events whose month has a partition and their summary pending rows (computed and
-/// encoded while PostgreSQL takes the events' rows), and the others into the quarantine. Each
-/// COPY starts with the previous step's answer; the last one's end is left unsettled.
-async fn store_events<'a>(
-    tx: &Tx<'a, '_>,
+/// encoded while PostgreSQL takes the events' rows), and the others into the quarantine.
+async fn store_events(
+    tx: &Tx<'_, '_>,
     known: &[&QueuedEvent],
     orphans: &[&QueuedEvent],
-    sent: Unsettled<'a>,
-) -> Result<Unsettled<'static>, DbError> {
-    let mut sent = match known {
-        [] => {
-            sent.settle().await?;
-            Unsettled::settled()
-        }
-        _ => {
-            let (pending, sent) = copy_events(tx, "analytics_events", known, sent, || {
-                crate::pending::encode(known)
-            })
-            .await?;
-            crate::pending::copy(tx, Some(pending?), sent).await?
-        }
-    };
-    if !orphans.is_empty() {
-        sent = copy_events(tx, "events_quarantine", orphans, sent, || ())
-            .await?
-            .1;
-    }
-    Ok(sent)
+) -> Result<(), DbError> {
+    let pending = copy_events(tx, "analytics_events", known, || {
+        (!known.is_empty())
+            .then(|| crate::pending::encode(known))
+            .transpose()
+    })
+    .await??;
+    crate::pending::copy(tx, pending).await?;
+    copy_events(tx, "events_quarantine", orphans, || ()).await?;
+    Ok(())
 }
 
 /// One attempt at a write: its events, their entries, and how it covers them.
@@ -358,27 +332,30 @@ fn is_missing_partition(e: &DbError) -> bool {
     e.sql_state() == Some("23514") && e.to_string().contains("no partition")
 }
 
-/// Binary COPY of `events` (not empty) into `table`, started with `sent`'s answer; `meanwhile`
-/// runs once the rows are sent, while the server still works through them. The COPY's end is
-/// left unsettled.
+/// Binary COPY of `events` into `table`; `meanwhile` runs once the rows are sent, while the
+/// server still works through them, before the COPY is finished. Nothing to copy: only
+/// `meanwhile`.
 async fn copy_events<R>(
     tx: &Tx<'_, '_>,
     table: &'static str,
     events: &[&QueuedEvent],
-    sent: Unsettled<'_>,
     meanwhile: impl FnOnce() -> R,
-) -> Result<(R, Unsettled<'static>), DbError> {
+) -> Result<R, DbError> {
+    if events.is_empty() {
+        return Ok(meanwhile());
+    }
     let op = if table == "analytics_events" {
         "copy events"
     } else {
         "copy quarantined events"
     };
     let sql = format!("COPY {table} {COPY_COLUMNS} FROM STDIN (FORMAT binary)");
-    let writer = sent.then(tx.copy_in(&sql, &COPY_TYPES, op)).await?;
-    let mut writer = Box::pin(writer);
+    let writer = tx.copy_in(&sql, &COPY_TYPES, op).await?;
+    pin_mut!(writer);
     rows::write_rows(writer.as_mut(), events)
         .await
         .map_err(DbError::query(op))?;
     let out = meanwhile();
-    Ok((out, tx::finish_unsettled(writer, op).await))
+    writer.finish().await.map_err(DbError::query(op))?;
+    Ok(out)
 }

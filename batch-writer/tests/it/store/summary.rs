@@ -132,11 +132,9 @@ async fn the_writer_records_the_pending_summary_rows_the_trigger_would_have() {
     assert_eq!(pending_summary(&db).await, want);
 }
 
-/// The batch's steps share round trips (the locks with the events' COPY start, the end of one
-/// COPY with the start of the next, the end of the last with `COMMIT`). A failure at any of them
-/// is reported as its own, never as the refusal of the step sent behind it, and nothing of the
-/// batch is committed: here the pending rows' COPY, whose end goes out with `COMMIT`, is refused
-/// by a trigger.
+/// A refusal at the batch's last step, the pending rows' COPY (here by a trigger), reaches the
+/// writer as its own error (a data error, for the split), and nothing of the batch is committed:
+/// not its events, not its ledger row.
 #[tokio::test]
 async fn a_refusal_at_the_last_copy_reaches_the_writer_and_commits_nothing() {
     let db = TestDb::migrated().await;
